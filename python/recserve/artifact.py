@@ -1,0 +1,216 @@
+"""The model artifact on disk: the only thing that passes from training to serving.
+
+Layout: ``<repo>/<model name>/<version>/`` with ``manifest.json`` and the files it lists
+(program modules and ``.npy`` tables). Nothing is pickled. Writing goes to a hidden
+temporary directory that is renamed into place, so a reader never sees half a version;
+loading verifies the format version and every file's sha256 before anything is used.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .schema import FeatureSchema
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PROGRAM_FORMATS = ("torchscript",)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class ArtifactError(ValueError):
+    """An artifact that must not be served: unknown format, bad checksum, missing file."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A verified, loaded model version."""
+
+    path: Path
+    name: str
+    version: int
+    family: str
+    program_format: str
+    schema: FeatureSchema
+    manifest: dict[str, Any]
+    modules: dict[str, torch.jit.ScriptModule]
+    tables: dict[str, np.ndarray]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return dict(self.manifest.get("metrics", {}))
+
+    @property
+    def created_at(self) -> str:
+        return str(self.manifest.get("created_at", ""))
+
+
+def validate_model_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ArtifactError(
+            f"model name {name!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def list_versions(model_dir: Path) -> list[int]:
+    """Published versions of one model (numeric directory names), oldest first."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_artifact(
+    repo: str | os.PathLike[str],
+    name: str,
+    *,
+    family: str,
+    schema: FeatureSchema,
+    modules: dict[str, torch.jit.ScriptModule],
+    tables: dict[str, np.ndarray],
+    metrics: dict[str, float] | None = None,
+    config: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    version: int | None = None,
+) -> Path:
+    """Write a new version of ``name`` into ``repo`` atomically; returns its directory.
+
+    ``version`` defaults to one more than the newest existing version.
+    """
+    validate_model_name(name)
+    model_dir = Path(repo) / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if version is None:
+        version = (list_versions(model_dir) or [0])[-1] + 1
+    final = model_dir / str(version)
+    if final.exists():
+        raise ArtifactError(f"{final} already exists; versions are never overwritten")
+
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
+    try:
+        files: dict[str, dict[str, str]] = {}
+        for key, module in modules.items():
+            path = staging / f"{key}.pt"
+            torch.jit.save(module, str(path))
+            files[path.name] = {"kind": "module", "key": key, "program_format": "torchscript"}
+        for key, table in tables.items():
+            if table.dtype == object:
+                raise ArtifactError(f"table {key!r} has dtype object; it would need pickle")
+            path = staging / f"{key}.npy"
+            np.save(path, table, allow_pickle=False)
+            files[path.name] = {"kind": "table", "key": key}
+        for filename, entry in files.items():
+            entry["sha256"] = _sha256(staging / filename)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "version": version,
+            "family": family,
+            "program_format": "torchscript",
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "schema": schema.to_json(),
+            "files": files,
+            "metrics": metrics or {},
+            "config": config or {},
+            **(extra or {}),
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def load_artifact(path: str | os.PathLike[str]) -> Artifact:
+    """Load and verify one version directory; raises ArtifactError with the reason."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: no {MANIFEST}; not a model version directory") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{manifest_path}: unreadable manifest ({exc})") from None
+
+    fmt = manifest.get("format_version")
+    if fmt != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: artifact format version {fmt!r} is not supported by this recserve "
+            f"(it reads version {FORMAT_VERSION}); re-export the model with a matching recserve"
+        )
+    program_format = manifest.get("program_format")
+    if program_format not in PROGRAM_FORMATS:
+        raise ArtifactError(
+            f"{path}: program format {program_format!r} is not supported "
+            f"(supported: {', '.join(PROGRAM_FORMATS)})"
+        )
+
+    modules: dict[str, torch.jit.ScriptModule] = {}
+    tables: dict[str, np.ndarray] = {}
+    for filename, entry in manifest.get("files", {}).items():
+        file_path = path / filename
+        if Path(filename).name != filename:
+            raise ArtifactError(f"{path}: manifest names a file outside the version: {filename}")
+        if not file_path.is_file():
+            raise ArtifactError(f"{path}: file {filename} listed in the manifest is missing")
+        data = file_path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+            raise ArtifactError(
+                f"{path}: checksum mismatch for {filename}; the file was altered or is "
+                "incomplete, re-export the model"
+            )
+        try:
+            if entry["kind"] == "module":
+                modules[entry["key"]] = _load_module(data, entry.get("program_format"))
+            elif entry["kind"] == "table":
+                tables[entry["key"]] = np.load(io.BytesIO(data), allow_pickle=False)
+            else:
+                raise ArtifactError(f"{path}: unknown file kind {entry['kind']!r} for {filename}")
+        except (RuntimeError, ValueError, OSError) as exc:
+            if isinstance(exc, ArtifactError):
+                raise
+            raise ArtifactError(f"{path}: cannot load {filename}: {exc}") from None
+
+    return Artifact(
+        path=path,
+        name=manifest["name"],
+        version=int(manifest["version"]),
+        family=manifest["family"],
+        program_format=program_format,
+        schema=FeatureSchema.from_json(manifest["schema"]),
+        manifest=manifest,
+        modules=modules,
+        tables=tables,
+    )
+
+
+def _load_module(data: bytes, program_format: str | None) -> torch.jit.ScriptModule:
+    """The one place where program formats are dispatched (torch.export goes here too)."""
+    if program_format == "torchscript":
+        module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+        module.eval()
+        return module
+    raise ArtifactError(f"program format {program_format!r} is not supported")

@@ -1,0 +1,241 @@
+"""Request pipelines: a loaded artifact plus request fields in, ranked items out.
+
+Nothing here knows about gRPC; the server converts messages to these calls. The item
+side of the model's input is gathered once when the model loads; a request only
+encodes its user once and indexes the item tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import kernels
+from .artifact import Artifact
+from .errors import InvalidRequest
+from .schema import FeatureSchema, encode_ids, encode_value
+
+RANKER_FAMILIES = ("deepfm",)
+DEFAULT_RECOMMEND_K = 10
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request bounds, set by the server's options."""
+
+    max_candidates: int = 10_000
+    max_k: int = 1_000
+
+
+@dataclass(frozen=True)
+class ScoredItem:
+    item_id: int
+    score: float
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The answer to a Rank or Recommend request."""
+
+    items: list[ScoredItem]
+    cold_start_user: bool
+    unknown_item_ids: list[int] = field(default_factory=list)
+
+
+def _check_ids(ids: np.ndarray, what: str) -> None:
+    negative = ids[ids < 0]
+    if negative.size:
+        raise InvalidRequest(f"{what} must be non-negative; got {int(negative[0])}")
+
+
+def _check_k(k: int, limits: Limits) -> None:
+    if k < 0 or k > limits.max_k:
+        raise InvalidRequest(f"k must be between 0 and {limits.max_k} (0 = default); got {k}")
+
+
+class RankerPipeline:
+    """Serves a ranker artifact (user fields x item fields -> logit) for Rank and Recommend.
+
+    The TorchScript module's signature is
+    ``forward(user: int64[B, Fu], item: int64[B, Fi], item_multi: int64[B, M]) -> float[B]``
+    (logits), with columns in the schema's order.
+    """
+
+    def __init__(self, artifact: Artifact, limits: Limits | None = None) -> None:
+        if artifact.family not in RANKER_FAMILIES:
+            raise ValueError(f"family {artifact.family!r} is not a ranker")
+        self.artifact = artifact
+        self.limits = limits or Limits()
+        self.schema: FeatureSchema = artifact.schema
+        self.module = artifact.modules["model"]
+        t = artifact.tables
+        self.user_ids = t["user_ids"]
+        self.user_features = t["user_features"]
+        self.item_ids = t["item_ids"]
+        self.item_titles = t.get("item_titles", np.full(self.item_ids.shape, "", dtype="<U1"))
+        self.seen_indptr = t["seen_indptr"]
+        self.seen_items = t["seen_items"]
+        self._item_features = torch.from_numpy(np.ascontiguousarray(t["item_features"]))
+        self._item_multi = torch.from_numpy(np.ascontiguousarray(t["item_multi"]))
+        self._user_columns = {f.name: i for i, f in enumerate(self.schema.single_valued("user"))}
+        self._check_tables()
+
+    def _check_tables(self) -> None:
+        n_items = self.item_ids.size
+        n_users = self.user_ids.size
+        if not (np.all(np.diff(self.item_ids) > 0) and np.all(np.diff(self.user_ids) > 0)):
+            raise ValueError("id tables must be sorted and unique")
+        if self._item_features.shape[0] != n_items or self._item_multi.shape[0] != n_items:
+            raise ValueError("item tables disagree on the number of items")
+        if self.user_features.shape != (n_users, len(self._user_columns)):
+            raise ValueError("user feature table does not match the schema")
+        if self.seen_indptr.shape != (n_users + 1,) or self.seen_indptr[-1] != self.seen_items.size:
+            raise ValueError("seen-items table is inconsistent")
+        if self.seen_items.size and (self.seen_items.min() < 0 or self.seen_items.max() >= n_items):
+            raise ValueError("seen-items table refers to items outside the catalog")
+
+    @property
+    def num_items(self) -> int:
+        return int(self.item_ids.size)
+
+    @property
+    def num_users(self) -> int:
+        return int(self.user_ids.size)
+
+    # -- user side -------------------------------------------------------------------
+
+    def encode_user(self, user_id: int, context: Mapping[str, str]) -> tuple[np.ndarray, int]:
+        """The user's encoded feature row and table row (-1 for a cold-start user)."""
+        if user_id < 0:
+            raise InvalidRequest(f"user_id must be non-negative; got {user_id}")
+        code = int(encode_ids(self.user_ids, [user_id])[0])
+        row = code - 1
+        if row >= 0:
+            features = self.user_features[row].copy()
+        else:
+            features = np.zeros(len(self._user_columns), dtype=np.int64)
+        for name, value in context.items():
+            column = self._user_columns.get(name)
+            if column is None:
+                known = ", ".join(n for n, i in self._user_columns.items() if i > 0)
+                raise InvalidRequest(
+                    f"unknown user feature {name!r}; this model takes: {known}"
+                )
+            spec = self.schema.by_name(name)
+            if spec.kind == "id":
+                raise InvalidRequest(f"{name!r} is the user id; send it as user_id")
+            try:
+                features[column] = encode_value(spec, value)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc)) from None
+        return features, row
+
+    def seen_rows(self, user_row: int) -> np.ndarray:
+        if user_row < 0:
+            return np.empty(0, dtype=np.int64)
+        return self.seen_items[self.seen_indptr[user_row] : self.seen_indptr[user_row + 1]]
+
+    # -- scoring ---------------------------------------------------------------------
+
+    def score_rows(self, user_features: np.ndarray, item_rows: np.ndarray | None) -> np.ndarray:
+        """Scores (probabilities) of one user against item table rows (None = all items)."""
+        if item_rows is None:
+            items, multi = self._item_features, self._item_multi
+        else:
+            index = torch.from_numpy(item_rows)
+            items, multi = self._item_features[index], self._item_multi[index]
+        n = items.shape[0]
+        if n == 0:
+            return np.empty(0, dtype=np.float32)
+        user = torch.from_numpy(user_features).unsqueeze(0).expand(n, -1)
+        with torch.inference_mode():
+            logits = self.module(user, items, multi)
+            return torch.sigmoid(logits).to(torch.float32).numpy()
+
+    def _to_items(self, rows: np.ndarray, scores: np.ndarray) -> list[ScoredItem]:
+        return [
+            ScoredItem(int(self.item_ids[r]), float(s), str(self.item_titles[r]))
+            for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
+        ]
+
+    # -- requests --------------------------------------------------------------------
+
+    def rank(
+        self,
+        user_id: int,
+        candidate_item_ids: Sequence[int],
+        k: int = 0,
+        context: Mapping[str, str] | None = None,
+    ) -> Ranking:
+        candidates = np.asarray(candidate_item_ids, dtype=np.int64).reshape(-1)
+        if candidates.size == 0:
+            raise InvalidRequest("candidate_item_ids is empty; send the items to rank")
+        if candidates.size > self.limits.max_candidates:
+            raise InvalidRequest(
+                f"{candidates.size} candidates exceed the limit of {self.limits.max_candidates}; "
+                "split the request"
+            )
+        _check_k(k, self.limits)
+        _check_ids(candidates, "candidate_item_ids")
+        unique, counts = np.unique(candidates, return_counts=True)
+        if unique.size != candidates.size:
+            raise InvalidRequest(
+                f"candidate_item_ids has duplicates, e.g. {int(unique[counts > 1][0])}; "
+                "send each item once"
+            )
+        user_features, user_row = self.encode_user(user_id, context or {})
+
+        codes = encode_ids(self.item_ids, candidates)
+        known = codes > 0
+        rows = codes[known] - 1
+        scores = self.score_rows(user_features, rows)
+        k = rows.size if k == 0 else min(k, rows.size)
+        values, order = kernels.topk_scores(scores, k)
+        keep = order >= 0  # NaN scores are never selected
+        best = rows[order[keep]]
+        return Ranking(
+            items=self._to_items(best, values[keep]),
+            cold_start_user=user_row < 0,
+            unknown_item_ids=candidates[~known].tolist(),
+        )
+
+    def recommend(
+        self,
+        user_id: int,
+        k: int = 0,
+        recent_item_ids: Sequence[int] = (),
+        include_seen: bool = False,
+        context: Mapping[str, str] | None = None,
+    ) -> Ranking:
+        _check_k(k, self.limits)
+        recent = np.asarray(recent_item_ids, dtype=np.int64).reshape(-1)
+        _check_ids(recent, "recent_item_ids")
+        user_features, user_row = self.encode_user(user_id, context or {})
+        codes = encode_ids(self.item_ids, recent)
+        k = k or DEFAULT_RECOMMEND_K
+
+        scores = self.score_rows(user_features, None)
+        exclude = None
+        if not include_seen:
+            exclude = [np.concatenate([self.seen_rows(user_row), codes[codes > 0] - 1])]
+        values, rows = kernels.topk_scores(scores, min(k, self.num_items), exclude)
+        keep = rows >= 0
+        return Ranking(
+            items=self._to_items(rows[keep], values[keep]),
+            cold_start_user=user_row < 0,
+            unknown_item_ids=recent[codes == 0].tolist(),
+        )
+
+
+def make_pipeline(artifact: Artifact, limits: Limits | None = None) -> RankerPipeline:
+    """The pipeline that serves an artifact's family."""
+    if artifact.family in RANKER_FAMILIES:
+        return RankerPipeline(artifact, limits)
+    raise ValueError(
+        f"{artifact.path}: model family {artifact.family!r} cannot be served by this recserve "
+        f"(it serves: {', '.join(RANKER_FAMILIES)})"
+    )

@@ -1,0 +1,5 @@
+"""Model definitions, one per file."""
+
+from .deepfm import DeepFM
+
+__all__ = ["DeepFM"]

@@ -1,0 +1,129 @@
+"""DeepFM ranker over user and item fields.
+
+Reference: Guo et al., "DeepFM: A Factorization-Machine based Neural Network for CTR
+Prediction", IJCAI 2017.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class FieldEmbedding(nn.Module):
+    r"""Embeds single- and multi-valued categorical fields into one vector per field.
+
+    All fields share one table with per-field offsets. Index 0 of every field means
+    "unknown" (or padding) and contributes a zero vector, so a cold-start user is
+    scored from the fields that are known. A multi-valued field is the mean of its
+    values' vectors.
+
+    Args:
+        cardinalities: rows per single-valued field (index 0 included).
+        multi_cardinalities: rows per multi-valued field.
+        multi_widths: columns each multi-valued field occupies in its input.
+        dim: embedding size (1 gives the FM first-order weights).
+
+    Example::
+
+        >>> emb = FieldEmbedding([3, 4], [5], [2], dim=8)
+        >>> emb(torch.tensor([[1, 2]]), torch.tensor([[3, 0]])).shape
+        torch.Size([1, 3, 8])
+    """
+
+    def __init__(
+        self,
+        cardinalities: Sequence[int],
+        multi_cardinalities: Sequence[int],
+        multi_widths: Sequence[int],
+        dim: int,
+    ) -> None:
+        super().__init__()
+        sizes = [*cardinalities, *multi_cardinalities]
+        offsets = torch.tensor([0, *sizes[:-1]], dtype=torch.int64).cumsum(0)
+        n_single = len(cardinalities)
+        column_field = [f for f, width in enumerate(multi_widths) for _ in range(width)]
+        pool = torch.zeros(len(column_field), len(multi_widths))
+        pool[torch.arange(len(column_field)), torch.tensor(column_field, dtype=torch.int64)] = 1.0
+        self.register_buffer("single_offsets", offsets[:n_single].clone(), persistent=False)
+        self.register_buffer(
+            "multi_offsets", offsets[n_single:][torch.tensor(column_field, dtype=torch.int64)],
+            persistent=False,
+        )
+        self.register_buffer("pool", pool, persistent=False)
+        self.table = nn.Embedding(sum(sizes), dim)
+        nn.init.normal_(self.table.weight, std=0.01)
+
+    def forward(self, single: torch.Tensor, multi: torch.Tensor) -> torch.Tensor:
+        # single: [B, Fs] int64; multi: [B, M] int64 -> [B, Fs + Fm, dim]
+        single_mask = (single > 0).unsqueeze(-1).to(self.table.weight.dtype)  # [B, Fs, 1]
+        single_vec = self.table(single + self.single_offsets) * single_mask  # [B, Fs, d]
+        multi_mask = (multi > 0).to(self.table.weight.dtype)  # [B, M]
+        multi_vec = self.table(multi + self.multi_offsets) * multi_mask.unsqueeze(-1)  # [B, M, d]
+        pooled = torch.einsum("bmd,mf->bfd", multi_vec, self.pool)  # [B, Fm, d]
+        counts = (multi_mask @ self.pool).clamp(min=1.0).unsqueeze(-1)  # [B, Fm, 1]
+        return torch.cat([single_vec, pooled / counts], dim=1)  # [B, F, d]
+
+
+class DeepFM(nn.Module):
+    r"""logit = b + Σ_f w_f + ½ Σ_d[(Σ_f v_fd)² − Σ_f v_fd²] + MLP([v_1, …, v_F]).
+
+    Fields are the user's single-valued fields, the item's single-valued fields, then
+    the item's multi-valued fields, each given as int64 indices (0 = unknown).
+
+    Args:
+        user_cardinalities: rows per user field (index 0 included).
+        item_cardinalities: rows per single-valued item field.
+        item_multi_cardinalities: rows per multi-valued item field.
+        item_multi_widths: columns of each multi-valued item field in ``item_multi``.
+        embedding_dim: size of each field's vector.
+        hidden: sizes of the MLP's hidden layers.
+        dropout: dropout after each hidden layer.
+
+    Example::
+
+        >>> model = DeepFM([5, 3], [7], [4], [2], embedding_dim=4, hidden=[8])
+        >>> user, item = torch.tensor([[1, 2]]), torch.tensor([[3]])
+        >>> model(user, item, torch.tensor([[1, 3]])).shape
+        torch.Size([1])
+    """
+
+    def __init__(
+        self,
+        user_cardinalities: Sequence[int],
+        item_cardinalities: Sequence[int],
+        item_multi_cardinalities: Sequence[int],
+        item_multi_widths: Sequence[int],
+        embedding_dim: int = 16,
+        hidden: Sequence[int] = (256, 128, 64),
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        single = [*user_cardinalities, *item_cardinalities]
+        args = (single, item_multi_cardinalities, item_multi_widths)
+        self.embedding = FieldEmbedding(*args, dim=embedding_dim)
+        self.first_order = FieldEmbedding(*args, dim=1)
+        self.bias = nn.Parameter(torch.zeros(1))
+        n_fields = len(single) + len(item_multi_widths)
+        layers: list[nn.Module] = []
+        width = n_fields * embedding_dim
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+            width = size
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(
+        self, user: torch.Tensor, item: torch.Tensor, item_multi: torch.Tensor
+    ) -> torch.Tensor:
+        # user: [B, Fu], item: [B, Fi], item_multi: [B, M] -> logits [B]
+        single = torch.cat([user, item], dim=1)  # [B, Fu + Fi]
+        v = self.embedding(single, item_multi)  # [B, F, d]
+        first = self.first_order(single, item_multi).sum(dim=(1, 2))  # [B]
+        square_of_sum = v.sum(dim=1).pow(2)  # [B, d]
+        sum_of_square = v.pow(2).sum(dim=1)  # [B, d]
+        fm = 0.5 * (square_of_sum - sum_of_square).sum(dim=1)  # [B]
+        deep = self.mlp(v.flatten(start_dim=1)).squeeze(-1)  # [B]
+        return self.bias + first + fm + deep
