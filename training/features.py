@@ -19,7 +19,7 @@ from recserve.schema import (
     encode_tokens,
 )
 
-from .data.types import InteractionData
+from .data import InteractionData
 
 # MovieLens' own age groups (the ML-1M README): under 18, 18-24, 25-34, ... 56+.
 AGE_BOUNDARIES = (18, 25, 35, 45, 50, 56)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .data.types import InteractionData
+from .data import InteractionData
 from .export import export_ranker
 from .features import EncodedData, encode_movielens, random_split
 from .models import DeepFM

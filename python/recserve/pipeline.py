@@ -8,7 +8,7 @@ encodes its user once and indexes the item tables.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ import torch
 from . import kernels
 from .artifact import Artifact
 from .errors import InvalidRequest
+from .results import Ranking, ScoredItem
 from .schema import FeatureSchema, encode_ids, encode_value
 
 RANKER_FAMILIES = ("deepfm",)
@@ -28,22 +29,6 @@ class Limits:
 
     max_candidates: int = 10_000
     max_k: int = 1_000
-
-
-@dataclass(frozen=True)
-class ScoredItem:
-    item_id: int
-    score: float
-    title: str = ""
-
-
-@dataclass(frozen=True)
-class Ranking:
-    """The answer to a Rank or Recommend request."""
-
-    items: list[ScoredItem]
-    cold_start_user: bool
-    unknown_item_ids: list[int] = field(default_factory=list)
 
 
 def _check_ids(ids: np.ndarray, what: str) -> None:

@@ -1,0 +1,246 @@
+// recserve._core: the pybind11 binding of the C++ core.
+//
+// Every entry point follows one shape (hnswlib's knnQuery_return_numpy):
+//   1. holding the GIL: check each numpy argument (exact ndim, dtype, C-contiguous,
+//      aligned, shapes agree, exclusion CSR valid) and allocate the outputs;
+//   2. without the GIL: run the C++ kernel on raw pointers;
+//   3. holding the GIL again: return the outputs.
+// Bad input raises ValueError (std::invalid_argument) or IndexError (std::out_of_range)
+// with a message that says how to fix it. The public, friendlier API is Python:
+// recserve.kernels, which converts inputs before calling this module.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <utility>
+
+#include "recserve/assert.h"
+#include "recserve/topk.h"
+
+#ifdef RECSERVE_WITH_CUDA
+#include "cuda/topk_cuda.cuh"
+#endif
+
+#ifndef RECSERVE_VERSION
+#error "RECSERVE_VERSION must be defined by the build (CMakeLists.txt)"
+#endif
+
+namespace py = pybind11;
+
+namespace {
+
+using OptionalArray = std::optional<py::array>;
+using TopkResult = std::pair<py::array_t<float>, py::array_t<int64_t>>;
+
+template <typename T>
+const char* dtype_name();
+template <>
+const char* dtype_name<float>() {
+    return "float32";
+}
+template <>
+const char* dtype_name<int64_t>() {
+    return "int64";
+}
+
+std::string shape_of(const py::array& a) {
+    std::ostringstream out;
+    out << "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+        out << a.shape(i) << (a.ndim() == 1 || i + 1 < a.ndim() ? "," : "");
+    }
+    out << ")";
+    return out.str();
+}
+
+// Checks that `a` is an ndim-D, C-contiguous, aligned array of T and returns its data.
+// `name` and `layout` (e.g. "queries", "[B, D]") are for the messages.
+template <typename T>
+const T* checked_data(const py::array& a, const char* fn, const char* name, py::ssize_t ndim,
+                      const char* layout) {
+    RECSERVE_THROW_IF_NOT(a.ndim() == ndim, fn << ": " << name << " must be a " << ndim
+                                               << "-D array " << layout << ", got a "
+                                               << a.ndim() << "-D array of shape "
+                                               << shape_of(a));
+    RECSERVE_THROW_IF_NOT(py::isinstance<py::array_t<T>>(a),
+                          fn << ": " << name << " must have dtype " << dtype_name<T>()
+                             << ", got " << std::string(py::str(a.dtype()))
+                             << "; convert it with np.asarray(" << name
+                             << ", dtype=np." << dtype_name<T>() << ")");
+    RECSERVE_THROW_IF_NOT(a.flags() & py::array::c_style,
+                          fn << ": " << name << " must be C-contiguous (row-major); pass "
+                             << "np.ascontiguousarray(" << name << ")");
+    RECSERVE_THROW_IF_NOT(reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) == 0,
+                          fn << ": " << name << " is not aligned to " << alignof(T)
+                             << " bytes; pass a copy, np.array(" << name << ")");
+    return static_cast<const T*>(a.data());
+}
+
+// A checked CSR exclusion list: per query row b, item indices ids[indptr[b]:indptr[b+1]].
+struct ExcludeCsr {
+    const int64_t* indptr = nullptr;  // nullptr: no exclusion
+    const int64_t* ids = nullptr;
+    int64_t nnz = 0;
+};
+
+ExcludeCsr checked_exclude(const OptionalArray& indptr, const OptionalArray& ids, const char* fn,
+                           int64_t B, int64_t N) {
+    RECSERVE_THROW_IF_NOT(indptr.has_value() == ids.has_value(),
+                          fn << ": pass both exclude_indptr and exclude_ids, or neither");
+    ExcludeCsr csr;
+    if (!indptr.has_value()) {
+        return csr;
+    }
+    csr.indptr = checked_data<int64_t>(*indptr, fn, "exclude_indptr", 1, "[B + 1]");
+    csr.ids = checked_data<int64_t>(*ids, fn, "exclude_ids", 1, "[nnz]");
+    csr.nnz = static_cast<int64_t>(ids->shape(0));
+    RECSERVE_THROW_IF_NOT(indptr->shape(0) == B + 1,
+                          fn << ": exclude_indptr must have B + 1 = " << B + 1
+                             << " entries (one more than the number of queries), got "
+                             << indptr->shape(0));
+    recserve::check_exclude_csr(csr.indptr, B, csr.ids, csr.nnz, N);
+    return csr;
+}
+
+void check_k_and_threads(const char* fn, int64_t k, int num_threads) {
+    RECSERVE_THROW_IF_NOT(k >= 0, fn << ": k must be >= 0, got " << k);
+    RECSERVE_THROW_IF_NOT(num_threads >= 1, fn << ": num_threads must be >= 1, got "
+                                                << num_threads);
+}
+
+TopkResult topk_scores(const py::array& scores, int64_t k, const OptionalArray& exclude_indptr,
+                       const OptionalArray& exclude_ids, int num_threads) {
+    const char* fn = "topk_scores";
+    check_k_and_threads(fn, k, num_threads);
+    const float* s = checked_data<float>(scores, fn, "scores", 2, "[B, N]");
+    const int64_t B = scores.shape(0);
+    const int64_t N = scores.shape(1);
+    const ExcludeCsr ex = checked_exclude(exclude_indptr, exclude_ids, fn, B, N);
+    py::array_t<float> values({B, k});
+    py::array_t<int64_t> indices({B, k});
+    float* v = values.mutable_data();
+    int64_t* i = indices.mutable_data();
+    {
+        py::gil_scoped_release release;
+        recserve::topk_scores(s, B, N, k, ex.indptr, ex.ids, ex.nnz, v, i, num_threads);
+    }
+    return {std::move(values), std::move(indices)};
+}
+
+TopkResult topk_inner_product(const py::array& queries, const py::array& items, int64_t k,
+                              const OptionalArray& exclude_indptr,
+                              const OptionalArray& exclude_ids, int num_threads) {
+    const char* fn = "topk_inner_product";
+    check_k_and_threads(fn, k, num_threads);
+    const float* q = checked_data<float>(queries, fn, "queries", 2, "[B, D]");
+    const float* x = checked_data<float>(items, fn, "items", 2, "[N, D]");
+    const int64_t B = queries.shape(0);
+    const int64_t D = queries.shape(1);
+    const int64_t N = items.shape(0);
+    RECSERVE_THROW_IF_NOT(items.shape(1) == D,
+                          fn << ": queries and items must have the same dimension D, got "
+                             << "queries " << shape_of(queries) << " and items "
+                             << shape_of(items));
+    const ExcludeCsr ex = checked_exclude(exclude_indptr, exclude_ids, fn, B, N);
+    py::array_t<float> values({B, k});
+    py::array_t<int64_t> indices({B, k});
+    float* v = values.mutable_data();
+    int64_t* i = indices.mutable_data();
+    {
+        py::gil_scoped_release release;
+        recserve::topk_inner_product(q, x, B, N, D, k, ex.indptr, ex.ids, ex.nnz, v, i,
+                                     num_threads);
+    }
+    return {std::move(values), std::move(indices)};
+}
+
+void check_exclude(const py::array& exclude_indptr, const py::array& exclude_ids,
+                   int64_t num_rows, int64_t num_items) {
+    const char* fn = "check_exclude_csr";
+    RECSERVE_THROW_IF_NOT(num_rows >= 0 && num_items >= 0,
+                          fn << ": num_rows and num_items must be >= 0");
+    checked_exclude(exclude_indptr, exclude_ids, fn, num_rows, num_items);
+}
+
+#ifdef RECSERVE_WITH_CUDA
+// CUDA entry points on raw device pointers (Python ints, e.g. torch's data_ptr()) and a
+// raw cudaStream_t (torch.cuda.current_stream().cuda_stream). Nothing here can check
+// that a pointer really addresses a device buffer of the stated shape: these are
+// private; recserve.kernels derives every argument from checked torch tensors and
+// checks the exclusion CSR on the host (check_exclude_csr) before uploading it.
+template <typename T>
+T* as_device_ptr(std::uintptr_t p) {
+    return reinterpret_cast<T*>(p);
+}
+
+void cuda_topk_scores(std::uintptr_t scores, int64_t B, int64_t N, int64_t k,
+                      std::uintptr_t exclude_indptr, std::uintptr_t exclude_ids, int64_t nnz,
+                      std::uintptr_t values, std::uintptr_t indices, std::uintptr_t stream) {
+    py::gil_scoped_release release;
+    recserve::cuda::topk_scores(as_device_ptr<const float>(scores), B, N, k,
+                                as_device_ptr<const int64_t>(exclude_indptr),
+                                as_device_ptr<const int64_t>(exclude_ids), nnz,
+                                as_device_ptr<float>(values), as_device_ptr<int64_t>(indices),
+                                reinterpret_cast<recserve::cuda::Stream>(stream));
+}
+
+void cuda_topk_inner_product(std::uintptr_t queries, std::uintptr_t items, int64_t B,
+                             int64_t N, int64_t D, int64_t k, std::uintptr_t exclude_indptr,
+                             std::uintptr_t exclude_ids, int64_t nnz, std::uintptr_t values,
+                             std::uintptr_t indices, std::uintptr_t stream) {
+    py::gil_scoped_release release;
+    recserve::cuda::topk_inner_product(
+            as_device_ptr<const float>(queries), as_device_ptr<const float>(items), B, N, D, k,
+            as_device_ptr<const int64_t>(exclude_indptr),
+            as_device_ptr<const int64_t>(exclude_ids), nnz, as_device_ptr<float>(values),
+            as_device_ptr<int64_t>(indices), reinterpret_cast<recserve::cuda::Stream>(stream));
+}
+#endif  // RECSERVE_WITH_CUDA
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "recserve C++ core: top-k selection (CPU, and CUDA when built with it). "
+              "Use recserve.kernels, which converts inputs; this module only checks them.";
+
+    m.def("topk_scores", &topk_scores, py::arg("scores"), py::arg("k"),
+          py::arg("exclude_indptr") = py::none(), py::arg("exclude_ids") = py::none(),
+          py::arg("num_threads") = 1,
+          "Top-k of each row of a C-contiguous float32 [B, N] score matrix.\n\n"
+          "Returns (values float32 [B, k], indices int64 [B, k]): descending scores, ties "
+          "to the smaller index, NaN never selected, row b never selects "
+          "exclude_ids[exclude_indptr[b]:exclude_indptr[b+1]]; padded with (-inf, -1).");
+    m.def("topk_inner_product", &topk_inner_product, py::arg("queries"), py::arg("items"),
+          py::arg("k"), py::arg("exclude_indptr") = py::none(),
+          py::arg("exclude_ids") = py::none(), py::arg("num_threads") = 1,
+          "Top-k of queries [B, D] @ items [N, D].T (float32, C-contiguous), fused: the "
+          "[B, N] score matrix is never materialised. Same result contract as topk_scores.");
+    m.def("check_exclude_csr", &check_exclude, py::arg("exclude_indptr"),
+          py::arg("exclude_ids"), py::arg("num_rows"), py::arg("num_items"),
+          "Raise ValueError/IndexError unless (exclude_indptr, exclude_ids) is a valid int64 "
+          "CSR exclusion list for num_rows queries over num_items items.");
+
+    m.attr("SIMD_LEVEL") = recserve::topk_simd_level();
+    m.attr("__version__") = RECSERVE_VERSION;
+#ifdef RECSERVE_WITH_CUDA
+    m.attr("HAS_CUDA") = true;
+    m.def("cuda_device_count", &recserve::cuda::device_count,
+          "Number of CUDA devices visible (0 when there is no driver or device).");
+    m.def("cuda_topk_scores", &cuda_topk_scores, py::arg("scores"), py::arg("B"),
+          py::arg("N"), py::arg("k"), py::arg("exclude_indptr"), py::arg("exclude_ids"),
+          py::arg("nnz"), py::arg("values"), py::arg("indices"), py::arg("stream"),
+          "Private: topk_scores on raw device pointers, enqueued on `stream`.");
+    m.def("cuda_topk_inner_product", &cuda_topk_inner_product, py::arg("queries"),
+          py::arg("items"), py::arg("B"), py::arg("N"), py::arg("D"), py::arg("k"),
+          py::arg("exclude_indptr"), py::arg("exclude_ids"), py::arg("nnz"),
+          py::arg("values"), py::arg("indices"), py::arg("stream"),
+          "Private: topk_inner_product on raw device pointers, enqueued on `stream`.");
+    m.attr("CUDA_MAX_K") = recserve::cuda::kMaxK;
+#else
+    m.attr("HAS_CUDA") = false;
+#endif
+}

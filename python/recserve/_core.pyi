@@ -1,0 +1,68 @@
+"""Typed stub of recserve._core, the pybind11 binding of the C++ core (csrc/).
+
+Use recserve.kernels instead: it converts inputs, while these functions only check them
+(exact ndim, float32/int64 dtype, C-contiguous) and raise ValueError/IndexError.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+__version__: str
+HAS_CUDA: bool
+SIMD_LEVEL: str
+
+def topk_scores(
+    scores: NDArray[np.float32],
+    k: int,
+    exclude_indptr: NDArray[np.int64] | None = None,
+    exclude_ids: NDArray[np.int64] | None = None,
+    num_threads: int = 1,
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]: ...
+def topk_inner_product(
+    queries: NDArray[np.float32],
+    items: NDArray[np.float32],
+    k: int,
+    exclude_indptr: NDArray[np.int64] | None = None,
+    exclude_ids: NDArray[np.int64] | None = None,
+    num_threads: int = 1,
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]: ...
+def check_exclude_csr(
+    exclude_indptr: NDArray[np.int64],
+    exclude_ids: NDArray[np.int64],
+    num_rows: int,
+    num_items: int,
+) -> None: ...
+
+# Only present when HAS_CUDA. Private: raw device pointers (ints) and a raw cudaStream_t;
+# recserve.kernels derives them from checked torch tensors.
+CUDA_MAX_K: int
+
+def cuda_device_count() -> int: ...
+def cuda_topk_scores(
+    scores: int,
+    B: int,
+    N: int,
+    k: int,
+    exclude_indptr: int,
+    exclude_ids: int,
+    nnz: int,
+    values: int,
+    indices: int,
+    stream: int,
+) -> None: ...
+def cuda_topk_inner_product(
+    queries: int,
+    items: int,
+    B: int,
+    N: int,
+    D: int,
+    k: int,
+    exclude_indptr: int,
+    exclude_ids: int,
+    nnz: int,
+    values: int,
+    indices: int,
+    stream: int,
+) -> None: ...

@@ -1,0 +1,197 @@
+"""The `recserve` command: serve, train, data, and client calls to a running server."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from .client import DEFAULT_TARGET, Answer, Client, RecserveError
+
+
+def _id_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integer ids like 1,50,100; got {text!r}"
+        ) from None
+
+
+def _context(pairs: list[str]) -> dict[str, str]:
+    context = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--feature takes NAME=VALUE, e.g. --feature age=25; got {pair!r}")
+        context[name] = value
+    return context
+
+
+def _print_answer(answer: Answer, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(asdict(answer), indent=2))
+        return
+    note = " (cold-start user)" if answer.cold_start_user else ""
+    print(f"model {answer.model_name} v{answer.model_version}{note}")
+    print(f"{'#':>3}  {'item':>7}  {'score':>6}  title")
+    for rank, item in enumerate(answer.items, 1):
+        print(f"{rank:>3}  {item.item_id:>7}  {item.score:>6.3f}  {item.title}")
+    if answer.unknown_item_ids:
+        print("unknown items: " + ", ".join(str(i) for i in answer.unknown_item_ids))
+
+
+def _client_call(args: argparse.Namespace) -> int:
+    with Client(args.target, timeout=args.timeout) as client:
+        try:
+            if args.command == "recommend":
+                answer = client.recommend(
+                    args.user, args.k, recent_item_ids=args.recent or (),
+                    include_seen=args.include_seen, user_features=_context(args.feature),
+                    model=args.model, version=args.version,
+                )
+                _print_answer(answer, args.json)
+            elif args.command == "rank":
+                answer = client.rank(
+                    args.user, args.items, args.k, user_features=_context(args.feature),
+                    model=args.model, version=args.version,
+                )
+                _print_answer(answer, args.json)
+            else:
+                models, default = client.list_models()
+                if args.json:
+                    print(json.dumps([asdict(m) for m in models], indent=2))
+                for m in [] if args.json else models:
+                    mark = "*" if m.name == default else " "
+                    metrics = "  ".join(f"{k}={v:.4f}" for k, v in sorted(m.metrics.items())
+                                        if k.startswith("test_"))
+                    print(f"{mark} {m.name} v{m.version} ({m.family}, {m.num_users} users, "
+                          f"{m.num_items} items)  {metrics}")
+        except RecserveError as exc:
+            hint = ""
+            if exc.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                hint = f"\nis `recserve serve` running at {args.target}?"
+            print(f"error: {exc}{hint}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from recserve.server import ServeOptions, serve
+
+    options = ServeOptions(
+        model_repo=args.model_repo, host=args.host, port=args.port,
+        default_model=args.default_model, workers=args.workers,
+        max_candidates=args.max_candidates, max_k=args.max_k,
+        max_message_bytes=args.max_message_bytes, grace_seconds=args.grace,
+    )
+    try:
+        serve(options)
+    except (OSError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from recserve.training.commands import train_command
+
+    return train_command(args)
+
+
+def _data(args: argparse.Namespace) -> int:
+    from recserve.training.commands import data_command
+
+    return data_command(args)
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default=DEFAULT_TARGET, help="server host:port")
+    parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_request_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--user", type=int, required=True, help="external user id")
+    parser.add_argument("--model", default="", help="model name (default: server's default)")
+    parser.add_argument("--version", type=int, default=0, help="model version (0 = newest)")
+    parser.add_argument("--feature", action="append", default=[], metavar="NAME=VALUE",
+                        help="user context feature, e.g. --feature age=25 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recserve", description="Recommender models from interaction logs to a gRPC service."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the models of a repository over gRPC")
+    serve.add_argument("--model-repo", type=Path, default=Path("model-repo"))
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument("--default-model", default="",
+                       help="model used when a request names none (default: first by name)")
+    serve.add_argument("--workers", type=int, default=8, help="request handler threads")
+    serve.add_argument("--max-candidates", type=int, default=10_000)
+    serve.add_argument("--max-k", type=int, default=1_000)
+    serve.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024)
+    serve.add_argument("--grace", type=float, default=5.0,
+                       help="seconds in-flight requests get on shutdown")
+    serve.set_defaults(handler=_serve)
+
+    train = sub.add_parser("train", help="train a model and export it into a repository")
+    train.add_argument("--model", choices=("deepfm",), default="deepfm")
+    train.add_argument("--data", default="ml-100k",
+                       help="'ml-100k' (fetched when missing), 'synthetic', or a directory")
+    train.add_argument("--data-dir", type=Path, default=Path("data"))
+    train.add_argument("--model-repo", type=Path, default=Path("model-repo"))
+    train.add_argument("--name", default="", help="model name in the repository (default: --model)")
+    train.add_argument("--config", type=Path, help="JSON file of training settings")
+    train.add_argument("--epochs", type=int, help="maximum epochs (overrides --config)")
+    train.add_argument("--seed", type=int, help="random seed (overrides --config)")
+    train.set_defaults(handler=_train)
+
+    data = sub.add_parser("data", help="obtain data sets")
+    data_sub = data.add_subparsers(dest="action", required=True)
+    fetch = data_sub.add_parser("fetch", help="download a data set into --data-dir")
+    fetch.add_argument("dataset", choices=("ml-100k",))
+    fetch.add_argument("--data-dir", type=Path, default=Path("data"))
+    fetch.set_defaults(handler=_data)
+
+    recommend = sub.add_parser("recommend", help="top-k of the catalog for a user")
+    _add_request_options(recommend)
+    recommend.add_argument("-k", type=int, default=10, help="number of items")
+    recommend.add_argument("--recent", type=_id_list, help="recent item ids, e.g. 1,50")
+    recommend.add_argument("--include-seen", action="store_true",
+                           help="allow items the user already rated")
+    _add_client_options(recommend)
+    recommend.set_defaults(handler=_client_call)
+
+    rank = sub.add_parser("rank", help="order candidate items for a user")
+    _add_request_options(rank)
+    rank.add_argument("--items", type=_id_list, required=True, help="e.g. 1,50,100")
+    rank.add_argument("-k", type=int, default=0, help="number of items (0 = all)")
+    _add_client_options(rank)
+    rank.set_defaults(handler=_client_call)
+
+    models = sub.add_parser("models", help="list the models a server has loaded")
+    _add_client_options(models)
+    models.set_defaults(handler=_client_call)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

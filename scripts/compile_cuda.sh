@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Builds recserve._core with RECSERVE_WITH_CUDA=ON in build/cuda, so every .cu file is
+# compiled by nvcc and linked, even on a machine without a GPU. Needs scripts/setup.sh first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck disable=SC1091
+. .venv/bin/activate
+
+if ! command -v nvcc >/dev/null; then
+  echo "compile_cuda: nvcc not found; install the CUDA toolkit to compile the CUDA kernels" >&2
+  exit 1
+fi
+cmake -S . -B build/cuda -DRECSERVE_WITH_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
+  -DSKBUILD_PROJECT_NAME=recserve -DSKBUILD_PROJECT_VERSION=0.1.0 \
+  -Dpybind11_DIR="$(python -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v python)" \
+  -DCMAKE_CUDA_ARCHITECTURES="80;90" >/dev/null
+cmake --build build/cuda -j "$(nproc)"
+echo "compile_cuda: all CUDA sources compiled and linked into build/cuda"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up like scripts/start.sh, then lint and run the whole test suite (slow tests too).
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+# shellcheck disable=SC1091
+. .venv/bin/activate
+
+ruff check .
+python -m pytest "$@"

@@ -1,0 +1,128 @@
+"""Server lifecycle: options, wiring, start, graceful stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from recserve.pipeline import Limits
+from recserve.v1 import recserve_pb2 as pb
+from recserve.v1 import recserve_pb2_grpc as pb_grpc
+
+from .interceptors import ExceptionToStatusInterceptor
+from .repository import ModelRepository
+from .servicer import RecommenderServicer
+
+log = logging.getLogger("recserve.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
+
+
+@dataclass
+class ServeOptions:
+    """Everything `recserve serve` takes."""
+
+    model_repo: Path
+    host: str = "127.0.0.1"
+    port: int = 50051
+    default_model: str = ""
+    workers: int = 8  # gRPC handler threads; each request runs on one
+    torch_threads: int = 1  # per-request intra-op threads (one request, one thread)
+    max_candidates: int = 10_000
+    max_k: int = 1_000
+    max_message_bytes: int = 4 * 1024 * 1024
+    grace_seconds: float = 5.0
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    repository: ModelRepository
+
+    def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, status)
+
+    def stop(self, grace: float) -> None:
+        """Health goes NOT_SERVING, in-flight requests get ``grace`` seconds to finish."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait(grace + 1)
+
+
+def build_server(options: ServeOptions) -> RunningServer:
+    """Bind and start the server (health NOT_SERVING); models are loaded by the caller."""
+    torch.set_num_threads(options.torch_threads)
+    limits = Limits(max_candidates=options.max_candidates, max_k=options.max_k)
+    repository = ModelRepository(options.model_repo, limits, options.default_model)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="rpc"),
+        interceptors=[ExceptionToStatusInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", options.max_message_bytes),
+            ("grpc.max_send_message_length", options.max_message_bytes),
+        ],
+    )
+    pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(repository), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"{options.host}:{options.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(
+            f"cannot listen on {address} ({exc}); is another server using the port? "
+            "Pick another with --port"
+        ) from None
+    running = RunningServer(server, port, health_servicer, repository)
+    running.set_serving(False)
+    server.start()
+    return running
+
+
+def serve(options: ServeOptions) -> None:
+    """Run in the foreground until SIGINT or SIGTERM, then stop gracefully."""
+    running = build_server(options)
+    loaded = running.repository.load_all()
+    if not loaded:
+        running.stop(0)
+        raise FileNotFoundError(
+            f"no servable model in {options.model_repo}; train one with "
+            f"`recserve train --model-repo {options.model_repo}`"
+        )
+    running.set_serving(True)
+    models = ", ".join(f"{m.name} v{m.version}" for m in loaded)
+    log.info("serving %s on %s:%d", models, options.host, running.port)
+
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        log.info("%s received: draining for up to %gs", signal.Signals(signum).name,
+                 options.grace_seconds)
+        threading.Thread(target=running.stop, args=(options.grace_seconds,), daemon=True).start()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    running.server.wait_for_termination()
+    log.info("stopped")

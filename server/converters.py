@@ -1,0 +1,63 @@
+"""Protobuf <-> domain conversion: the only module that touches the generated messages."""
+
+from __future__ import annotations
+
+from recserve.results import Ranking
+from recserve.schema import FeatureSpec
+from recserve.v1 import recserve_pb2 as pb
+
+from .repository import LoadedModel
+
+_SIDES = {"user": pb.Feature.USER, "item": pb.Feature.ITEM}
+
+
+def model_ref(model: LoadedModel) -> pb.ModelRef:
+    return pb.ModelRef(name=model.name, version=model.version)
+
+
+def scored_items(ranking: Ranking) -> list[pb.ScoredItem]:
+    return [pb.ScoredItem(item_id=i.item_id, score=i.score, title=i.title) for i in ranking.items]
+
+
+def rank_response(ranking: Ranking, model: LoadedModel) -> pb.RankResponse:
+    return pb.RankResponse(
+        items=scored_items(ranking),
+        unknown_item_ids=ranking.unknown_item_ids,
+        cold_start_user=ranking.cold_start_user,
+        model=model_ref(model),
+    )
+
+
+def recommend_response(ranking: Ranking, model: LoadedModel) -> pb.RecommendResponse:
+    return pb.RecommendResponse(
+        items=scored_items(ranking),
+        unknown_item_ids=ranking.unknown_item_ids,
+        cold_start_user=ranking.cold_start_user,
+        model=model_ref(model),
+    )
+
+
+def feature(spec: FeatureSpec) -> pb.Feature:
+    return pb.Feature(
+        name=spec.name,
+        side=_SIDES[spec.side],
+        cardinality=spec.cardinality,
+        multi_valued=spec.multi_valued,
+        vocabulary=list(spec.vocabulary),
+        boundaries=list(spec.boundaries),
+    )
+
+
+def model_info(model: LoadedModel, loaded_versions: list[int]) -> pb.ModelInfo:
+    artifact = model.pipeline.artifact
+    return pb.ModelInfo(
+        model=model_ref(model),
+        family=artifact.family,
+        program_format=artifact.program_format,
+        features=[feature(f) for f in artifact.schema.features],
+        metrics=artifact.metrics,
+        num_users=model.pipeline.num_users,
+        num_items=model.pipeline.num_items,
+        loaded_versions=loaded_versions,
+        created_at=artifact.created_at,
+    )

@@ -1,0 +1,57 @@
+"""Maps exceptions from the servicer to gRPC status codes, in one place."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from recserve.errors import InvalidRequest, ModelNotFound, ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+_STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+    (IndexError, grpc.StatusCode.INVALID_ARGUMENT),
+)
+
+
+def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status and message a client sees for ``error``."""
+    for error_type, code in _STATUS_BY_ERROR:
+        if isinstance(error, error_type):
+            return code, str(error)
+    return grpc.StatusCode.INTERNAL, "internal error; the server log has the details"
+
+
+class ExceptionToStatusInterceptor(grpc.ServerInterceptor):
+    """Turns exceptions raised by unary handlers into statuses; logs unexpected ones."""
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = details.method
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return inner(request, context)
+            except Exception as exc:  # every error becomes a status, never a crash
+                code, message = status_for(exc)
+                if code is grpc.StatusCode.INTERNAL:
+                    log.error("%s failed", method, exc_info=exc)
+            context.abort(code, message)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,99 @@
+"""The model repository: ``<root>/<name>/<version>/``, the newest good version served."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from recserve.artifact import ArtifactError, list_versions, load_artifact
+from recserve.errors import ModelNotFound, ModelUnavailable
+from recserve.pipeline import Limits, RankerPipeline, make_pipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    version: int
+    pipeline: RankerPipeline
+
+
+class ModelRepository:
+    """Loads every model under ``root`` and finds the one a request asks for.
+
+    For each model the newest version that loads and verifies is served; a broken
+    version is logged with its reason and skipped, so an older good one keeps serving.
+    """
+
+    def __init__(self, root: str | Path, limits: Limits, default_model: str = "") -> None:
+        self.root = Path(root)
+        self.limits = limits
+        self._default = default_model
+        self._models: dict[str, dict[int, LoadedModel]] = {}
+        self._lock = threading.Lock()
+
+    def load_all(self) -> list[LoadedModel]:
+        """Load the newest good version of each model; returns what was loaded."""
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"model repository {self.root} does not exist; train a model first with "
+                "`recserve train --model-repo " + str(self.root) + "`"
+            )
+        loaded = []
+        for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            if model_dir.name.startswith("."):
+                continue
+            for version in reversed(list_versions(model_dir)):
+                try:
+                    artifact = load_artifact(model_dir / str(version))
+                    pipeline = make_pipeline(artifact, self.limits)
+                except (ArtifactError, ValueError, KeyError) as exc:
+                    log.warning("not serving %s/%d: %s", model_dir.name, version, exc)
+                    continue
+                model = LoadedModel(artifact.name, artifact.version, pipeline)
+                with self._lock:
+                    self._models.setdefault(model.name, {})[model.version] = model
+                loaded.append(model)
+                break
+        if self._default and self._default not in self._models:
+            log.warning("default model %r is not in the repository", self._default)
+        return loaded
+
+    @property
+    def default_model(self) -> str:
+        with self._lock:
+            if self._default:
+                return self._default
+            return min(self._models, default="")
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._models)
+
+    def versions(self, name: str) -> list[int]:
+        with self._lock:
+            return sorted(self._models.get(name, {}), reverse=True)
+
+    def get(self, name: str = "", version: int = 0) -> LoadedModel:
+        """The model a request names; '' is the default model, 0 its newest version."""
+        with self._lock:
+            if not self._models:
+                raise ModelUnavailable("no model is loaded yet; retry shortly")
+            name = name or self._default or min(self._models)
+            versions = self._models.get(name)
+            if versions is None:
+                known = ", ".join(sorted(self._models))
+                raise ModelNotFound(f"model {name!r} is not loaded; loaded models: {known}")
+            if version < 0:
+                raise ModelNotFound(f"version must be positive (0 = newest); got {version}")
+            if version == 0:
+                return versions[max(versions)]
+            if version not in versions:
+                loaded = ", ".join(str(v) for v in sorted(versions, reverse=True))
+                raise ModelNotFound(
+                    f"version {version} of {name!r} is not loaded; loaded versions: {loaded}"
+                )
+            return versions[version]
