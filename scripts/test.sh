@@ -9,4 +9,5 @@ bash scripts/setup.sh
 . .venv/bin/activate
 
 ruff check .
+ruff format --check .
 python -m pytest "$@"

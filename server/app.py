@@ -118,8 +118,11 @@ def serve(options: ServeOptions) -> None:
         if stopping.is_set():
             return
         stopping.set()
-        log.info("%s received: draining for up to %gs", signal.Signals(signum).name,
-                 options.grace_seconds)
+        log.info(
+            "%s received: draining for up to %gs",
+            signal.Signals(signum).name,
+            options.grace_seconds,
+        )
         threading.Thread(target=running.stop, args=(options.grace_seconds,), daemon=True).start()
 
     signal.signal(signal.SIGINT, on_signal)

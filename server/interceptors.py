@@ -33,7 +33,9 @@ class ExceptionToStatusInterceptor(grpc.ServerInterceptor):
     """Turns exceptions raised by unary handlers into statuses; logs unexpected ones."""
 
     def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = continuation(details)
         if handler is None or handler.unary_unary is None:
@@ -48,7 +50,7 @@ class ExceptionToStatusInterceptor(grpc.ServerInterceptor):
                 code, message = status_for(exc)
                 if code is grpc.StatusCode.INTERNAL:
                     log.error("%s failed", method, exc_info=exc)
-            context.abort(code, message)
+                return context.abort(code, message)  # abort() raises; nothing is returned
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,

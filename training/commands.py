@@ -66,8 +66,10 @@ def train_command(args: argparse.Namespace) -> int:
 
     trained = train_deepfm(data, config, on_epoch, show_progress=sys.stderr.isatty())
     m = trained.metrics
-    print(f"test AUC {m['test_auc']:.4f}  test LogLoss {m['test_logloss']:.4f}  "
-          f"({m['epochs']:.0f} epochs, {m['train_seconds']:.0f}s)")
+    print(
+        f"test AUC {m['test_auc']:.4f}  test LogLoss {m['test_logloss']:.4f}  "
+        f"({m['epochs']:.0f} epochs, {m['train_seconds']:.0f}s)"
+    )
     path = trained.export(args.model_repo, args.name or args.model, data.name)
     print(f"exported {path}")
     return 0

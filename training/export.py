@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from recserve.artifact import save_artifact
+from recserve.artifact import save_artifact, torchscript_deprecation_silenced
 
 from .features import EncodedData
 
@@ -17,7 +17,8 @@ from .features import EncodedData
 def script_model(model: nn.Module) -> torch.jit.ScriptModule:
     """TorchScript program of the inference model, in eval mode."""
     model.eval()
-    return torch.jit.script(model)
+    with torchscript_deprecation_silenced():
+        return torch.jit.script(model)
 
 
 def export_ranker(

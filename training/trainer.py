@@ -30,7 +30,7 @@ class TrainConfig:
     embedding_dim: int = 16
     hidden: list[int] = field(default_factory=lambda: [256, 128, 64])
     dropout: float = 0.3
-    embedding_l2: float = 1e-5  # L2 on the embeddings a batch touches, per row
+    embedding_l2: float = 1e-5  # L2 on the embedding rows a batch uses, per example
     positive_rating: float = 4.0  # label = rating >= this
     num_threads: int = 2
 
@@ -83,7 +83,9 @@ def build_deepfm(encoded: EncodedData, config: TrainConfig) -> DeepFM:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, inputs: RankerInputs, rows: np.ndarray, batch: int = 8192) -> np.ndarray:
+def predict(
+    model: nn.Module, inputs: RankerInputs, rows: np.ndarray, batch: int = 8192
+) -> np.ndarray:
     """Probabilities for interaction rows, in row order."""
     model.eval()
     out = []
@@ -125,8 +127,11 @@ def fit(
         order = train_index[torch.randperm(train_index.numel(), generator=generator)]
         batches = order.split(config.batch_size)
         bar = tqdm(
-            batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch",
-            disable=not show_progress, leave=False,
+            batches,
+            desc=f"epoch {epoch}/{config.epochs}",
+            unit="batch",
+            disable=not show_progress,
+            leave=False,
         )
         total_loss, seen = 0.0, 0
         for index in bar:
@@ -134,19 +139,22 @@ def fit(
             logits = model(user, item, multi)
             loss = loss_fn(logits, labels)
             if config.embedding_l2 > 0:
-                single = torch.cat([user, item], dim=1) + model.embedding.single_offsets
-                touched = model.embedding.table(single)
-                loss = loss + config.embedding_l2 * touched.pow(2).sum() / index.numel()
+                loss = loss + config.embedding_l2 * model.embedding_penalty(user, item, multi)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss) * index.numel()
+            total_loss += loss.item() * index.numel()
             seen += index.numel()
             elapsed = time.perf_counter() - start
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", rows_per_s=f"{seen / elapsed:,.0f}")
         val = evaluate(model, inputs, val_rows)
-        log = EpochLog(epoch, total_loss / max(seen, 1), val["auc"], val["logloss"],
-                       time.perf_counter() - start)
+        log = EpochLog(
+            epoch,
+            total_loss / max(seen, 1),
+            val["auc"],
+            val["logloss"],
+            time.perf_counter() - start,
+        )
         history.append(log)
         if on_epoch:
             on_epoch(log)

@@ -3,12 +3,12 @@
 //
 //  - inner_product_kernel: a 16x16 shared-memory tiled product, scores = Q @ X^T,
 //    into a device workspace.
-//  - select_topk_kernel: one block per query row, k rounds of block-wide arg-max. Round
-//    r finds the best pair that ranks strictly below the pair found in round r-1 (the
-//    (score desc, index asc) order is total on non-NaN scores), so no mask or workspace
-//    is needed. A winner that is excluded is skipped (it still moves the threshold), so
-//    a row takes at most k + (its number of exclusions) rounds. O((k + nnz_b) * N) reads
-//    per row: fine for serving-size k, slow for huge N; correct for any input.
+//  - mask_excluded_kernel: writes NaN over each row's excluded ids in a workspace copy
+//    of the scores (NaN is never selected), checking every id against [0, N).
+//  - select_topk_kernel: one block per row, k rounds of block-wide arg-max. Round r
+//    finds the best pair that ranks strictly below the pair found in round r-1 (the
+//    (score desc, index asc) order is total on non-NaN scores), so no mask of chosen
+//    items is needed. O(k * N) reads per row: fine for serving-size k, slow for huge N.
 #include "cuda/topk_cuda.cuh"
 
 #include <algorithm>
@@ -42,8 +42,6 @@ __device__ __forceinline__ bool ranks_above(float av, int64_t ai, float bv, int6
 }
 
 __global__ void select_topk_kernel(const float* __restrict__ scores, int64_t N, int64_t k,
-                                   const int64_t* __restrict__ exclude_indptr,
-                                   const int64_t* __restrict__ exclude_ids, int64_t nnz,
                                    float* __restrict__ values, int64_t* __restrict__ indices) {
     __shared__ float s_val[kSelectThreads];
     __shared__ int64_t s_idx[kSelectThreads];
@@ -54,19 +52,10 @@ __global__ void select_topk_kernel(const float* __restrict__ scores, int64_t N, 
     float* values_row = values + row * k;
     int64_t* indices_row = indices + row * k;
 
-    // This row's exclusion slice, clamped so that no device value can send a read
-    // outside exclude_ids.
-    int64_t ex_begin = 0;
-    int64_t ex_end = 0;
-    if (exclude_indptr != nullptr) {
-        ex_begin = min(max(exclude_indptr[row], int64_t(0)), nnz);
-        ex_end = min(max(exclude_indptr[row + 1], ex_begin), nnz);
-    }
-
     float prev_val = 0.f;
     int64_t prev_idx = -1;  // no pair selected yet: every pair is eligible
     int64_t count = 0;
-    while (count < k) {
+    for (; count < k; ++count) {
         // 1. Each thread: the best eligible pair of its strided slice.
         float best_val = 0.f;
         int64_t best_idx = -1;
@@ -76,7 +65,7 @@ __global__ void select_topk_kernel(const float* __restrict__ scores, int64_t N, 
                 continue;
             }
             if (prev_idx >= 0 && !ranks_above(prev_val, prev_idx, v, j)) {
-                continue;  // already passed: ranks at or above the previous winner
+                continue;  // already selected: ranks at or above the previous winner
             }
             if (ranks_above(v, j, best_val, best_idx)) {
                 best_val = v;
@@ -95,31 +84,37 @@ __global__ void select_topk_kernel(const float* __restrict__ scores, int64_t N, 
             }
             __syncthreads();
         }
-        const float win_val = s_val[0];
-        const int64_t win_idx = s_idx[0];
+        prev_val = s_val[0];
+        prev_idx = s_idx[0];
         __syncthreads();  // all threads have read the winner before s_* is reused
-        if (win_idx < 0) {
+        if (prev_idx < 0) {
             break;  // nothing selectable is left (uniform across the block)
         }
-        // 3. Is the winner excluded for this row?
-        int hit = 0;
-        for (int64_t e = ex_begin + tid; e < ex_end; e += kSelectThreads) {
-            hit |= (exclude_ids[e] == win_idx);
-        }
-        const int excluded = __syncthreads_or(hit);
-        prev_val = win_val;
-        prev_idx = win_idx;
-        if (!excluded) {
-            if (tid == 0) {
-                values_row[count] = win_val;
-                indices_row[count] = win_idx;
-            }
-            ++count;
+        if (tid == 0) {
+            values_row[count] = prev_val;
+            indices_row[count] = prev_idx;
         }
     }
     for (int64_t p = count + tid; p < k; p += kSelectThreads) {
         values_row[p] = -INFINITY;
         indices_row[p] = -1;
+    }
+}
+
+// One block per row of scores [rows, N]: scores[row, id] = NaN for each excluded id of
+// the row. Offsets are clamped to [0, nnz] and ids checked against [0, N), so no value
+// in device memory can send a read or write out of bounds.
+__global__ void mask_excluded_kernel(float* __restrict__ scores, int64_t N,
+                                     const int64_t* __restrict__ exclude_indptr,
+                                     const int64_t* __restrict__ exclude_ids, int64_t nnz) {
+    const int64_t row = blockIdx.x;
+    const int64_t begin = min(max(exclude_indptr[row], int64_t(0)), nnz);
+    const int64_t end = min(max(exclude_indptr[row + 1], begin), nnz);
+    for (int64_t e = begin + threadIdx.x; e < end; e += blockDim.x) {
+        const int64_t id = exclude_ids[e];
+        if (id >= 0 && id < N) {
+            scores[row * N + id] = NAN;
+        }
     }
 }
 
@@ -169,12 +164,32 @@ void check_args(int64_t B, int64_t N, int64_t k, const int64_t* exclude_indptr,
                           "values and indices must not be null");
 }
 
-void launch_select(const float* scores, int64_t rows, int64_t N, int64_t k,
-                   const int64_t* exclude_indptr, const int64_t* exclude_ids, int64_t nnz,
-                   float* values, int64_t* indices, cudaStream_t stream) {
+void launch_select(const float* scores, int64_t rows, int64_t N, int64_t k, float* values,
+                   int64_t* indices, cudaStream_t stream) {
     select_topk_kernel<<<static_cast<unsigned>(rows), kSelectThreads, 0, stream>>>(
-            scores, N, k, exclude_indptr, exclude_ids, nnz, values, indices);
+            scores, N, k, values, indices);
     CHECK_CUDA(cudaGetLastError());
+}
+
+// Masks the exclusions of `rows` rows starting at row b0 in a workspace holding those rows.
+// exclude_indptr holds absolute offsets into exclude_ids, so a chunk of rows only shifts
+// where its offsets start.
+void launch_mask(float* scores, int64_t rows, int64_t N, int64_t b0,
+                 const int64_t* exclude_indptr, const int64_t* exclude_ids, int64_t nnz,
+                 cudaStream_t stream) {
+    if (exclude_indptr == nullptr || nnz == 0) {
+        return;
+    }
+    mask_excluded_kernel<<<static_cast<unsigned>(rows), kSelectThreads, 0, stream>>>(
+            scores, N, exclude_indptr + b0, exclude_ids, nnz);
+    CHECK_CUDA(cudaGetLastError());
+}
+
+// Rows per chunk so that a chunk's [rows, N] scores fit the workspace (and the grid).
+int64_t rows_per_chunk(int64_t B, int64_t N) {
+    return std::max<int64_t>(
+            1, std::min<int64_t>({B, kWorkspaceFloats / std::max<int64_t>(N, 1),
+                                  kMaxGridY * kTile}));
 }
 
 // Stream-ordered device buffer, freed on scope exit (also when an exception unwinds).
@@ -216,7 +231,21 @@ void topk_scores(const float* scores, int64_t B, int64_t N, int64_t k,
     if (B == 0 || k == 0) {
         return;
     }
-    launch_select(scores, B, N, k, exclude_indptr, exclude_ids, nnz, values, indices, stream);
+    if (exclude_indptr == nullptr || nnz == 0 || N == 0) {
+        launch_select(scores, B, N, k, values, indices, stream);
+        return;
+    }
+    // Exclusion: select from a masked copy, a chunk of rows at a time.
+    const int64_t chunk = rows_per_chunk(B, N);
+    StreamBuffer workspace(static_cast<size_t>(chunk * N) * sizeof(float), stream);
+    for (int64_t b0 = 0; b0 < B; b0 += chunk) {
+        const int64_t rows = std::min(chunk, B - b0);
+        CHECK_CUDA(cudaMemcpyAsync(workspace.data(), scores + b0 * N,
+                                   static_cast<size_t>(rows * N) * sizeof(float),
+                                   cudaMemcpyDeviceToDevice, stream));
+        launch_mask(workspace.data(), rows, N, b0, exclude_indptr, exclude_ids, nnz, stream);
+        launch_select(workspace.data(), rows, N, k, values + b0 * k, indices + b0 * k, stream);
+    }
 }
 
 void topk_inner_product(const float* queries, const float* items, int64_t B, int64_t N,
@@ -231,12 +260,10 @@ void topk_inner_product(const float* queries, const float* items, int64_t B, int
         return;
     }
     if (N == 0) {  // nothing to score: all padding
-        launch_select(nullptr, B, 0, k, exclude_indptr, exclude_ids, nnz, values, indices,
-                      stream);
+        launch_select(nullptr, B, 0, k, values, indices, stream);
         return;
     }
-    const int64_t chunk = std::max<int64_t>(
-            1, std::min<int64_t>({B, kWorkspaceFloats / N, kMaxGridY * kTile}));
+    const int64_t chunk = rows_per_chunk(B, N);
     StreamBuffer workspace(static_cast<size_t>(chunk * N) * sizeof(float), stream);
     for (int64_t b0 = 0; b0 < B; b0 += chunk) {
         const int64_t rows = std::min(chunk, B - b0);
@@ -246,11 +273,8 @@ void topk_inner_product(const float* queries, const float* items, int64_t B, int
         inner_product_kernel<<<grid, block, 0, stream>>>(queries + b0 * D, items, rows, N, D,
                                                           workspace.data());
         CHECK_CUDA(cudaGetLastError());
-        // exclude_indptr holds absolute offsets into exclude_ids, so a chunk only
-        // shifts where its rows' offsets start.
-        launch_select(workspace.data(), rows, N, k,
-                      exclude_indptr == nullptr ? nullptr : exclude_indptr + b0, exclude_ids,
-                      nnz, values + b0 * k, indices + b0 * k, stream);
+        launch_mask(workspace.data(), rows, N, b0, exclude_indptr, exclude_ids, nnz, stream);
+        launch_select(workspace.data(), rows, N, k, values + b0 * k, indices + b0 * k, stream);
     }
 }
 

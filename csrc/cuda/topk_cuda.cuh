@@ -11,10 +11,10 @@
 //
 // What is checked: shapes, 0 <= k <= kMaxK, non-null pointers, all on the host, throwing
 // std::invalid_argument. Device-side contents cannot be checked without a copy, so the
-// kernels never index with a value read from device memory: exclusion offsets are
-// clamped to [0, nnz] and exclude ids are only compared, never used as addresses (an
-// out-of-range id simply matches nothing). Callers wanting the IndexError contract check
-// the CSR on the host first (recserve::check_exclude_csr), as recserve.kernels does.
+// kernels guard every value read from device memory before using it as an address:
+// exclusion offsets are clamped to [0, nnz] and an exclude id outside [0, N) is ignored.
+// Callers wanting the IndexError contract check the CSR on the host first
+// (recserve::check_exclude_csr), as recserve.kernels does.
 // CUDA failures throw std::runtime_error. All work is asynchronous on `stream`.
 #pragma once
 
@@ -35,6 +35,8 @@ int device_count();
 
 // scores [B, N] on the device -> values [B, k], indices [B, k] on the device.
 // exclude_indptr (B + 1 entries) may be nullptr for no exclusion; then nnz must be 0.
+// With exclusions, selects from a masked copy of the scores in a stream-ordered device
+// workspace (a chunk of rows at a time, at most 256 MiB unless one row is larger).
 void topk_scores(const float* scores, int64_t B, int64_t N, int64_t k,
                  const int64_t* exclude_indptr, const int64_t* exclude_ids, int64_t nnz,
                  float* values, int64_t* indices, Stream stream);

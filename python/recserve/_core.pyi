@@ -4,8 +4,6 @@ Use recserve.kernels instead: it converts inputs, while these functions only che
 (exact ndim, float32/int64 dtype, C-contiguous) and raise ValueError/IndexError.
 """
 
-from __future__ import annotations
-
 import numpy as np
 from numpy.typing import NDArray
 

@@ -16,6 +16,9 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,18 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PROGRAM_FORMATS = ("torchscript",)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@contextmanager
+def torchscript_deprecation_silenced() -> Iterator[None]:
+    """PyTorch deprecates TorchScript in favour of torch.export; users asked for TorchScript,
+    and the manifest's program format leaves room for torch.export (see DESIGN.md). Silence
+    only that warning, only around our own TorchScript calls."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning
+        )
+        yield
 
 
 class ArtifactError(ValueError):
@@ -113,7 +128,8 @@ def save_artifact(
         files: dict[str, dict[str, str]] = {}
         for key, module in modules.items():
             path = staging / f"{key}.pt"
-            torch.jit.save(module, str(path))
+            with torchscript_deprecation_silenced():
+                torch.jit.save(module, str(path))
             files[path.name] = {"kind": "module", "key": key, "program_format": "torchscript"}
         for key, table in tables.items():
             if table.dtype == object:
@@ -210,7 +226,8 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
 def _load_module(data: bytes, program_format: str | None) -> torch.jit.ScriptModule:
     """The one place where program formats are dispatched (torch.export goes here too)."""
     if program_format == "torchscript":
-        module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+        with torchscript_deprecation_silenced():
+            module = torch.jit.load(io.BytesIO(data), map_location="cpu")
         module.eval()
         return module
     raise ArtifactError(f"program format {program_format!r} is not supported")

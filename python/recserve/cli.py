@@ -49,15 +49,23 @@ def _client_call(args: argparse.Namespace) -> int:
         try:
             if args.command == "recommend":
                 answer = client.recommend(
-                    args.user, args.k, recent_item_ids=args.recent or (),
-                    include_seen=args.include_seen, user_features=_context(args.feature),
-                    model=args.model, version=args.version,
+                    args.user,
+                    args.k,
+                    recent_item_ids=args.recent or (),
+                    include_seen=args.include_seen,
+                    user_features=_context(args.feature),
+                    model=args.model,
+                    version=args.version,
                 )
                 _print_answer(answer, args.json)
             elif args.command == "rank":
                 answer = client.rank(
-                    args.user, args.items, args.k, user_features=_context(args.feature),
-                    model=args.model, version=args.version,
+                    args.user,
+                    args.items,
+                    args.k,
+                    user_features=_context(args.feature),
+                    model=args.model,
+                    version=args.version,
                 )
                 _print_answer(answer, args.json)
             else:
@@ -66,10 +74,15 @@ def _client_call(args: argparse.Namespace) -> int:
                     print(json.dumps([asdict(m) for m in models], indent=2))
                 for m in [] if args.json else models:
                     mark = "*" if m.name == default else " "
-                    metrics = "  ".join(f"{k}={v:.4f}" for k, v in sorted(m.metrics.items())
-                                        if k.startswith("test_"))
-                    print(f"{mark} {m.name} v{m.version} ({m.family}, {m.num_users} users, "
-                          f"{m.num_items} items)  {metrics}")
+                    metrics = "  ".join(
+                        f"{k}={v:.4f}"
+                        for k, v in sorted(m.metrics.items())
+                        if k.startswith("test_")
+                    )
+                    print(
+                        f"{mark} {m.name} v{m.version} ({m.family}, {m.num_users} users, "
+                        f"{m.num_items} items)  {metrics}"
+                    )
         except RecserveError as exc:
             hint = ""
             if exc.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
@@ -83,10 +96,15 @@ def _serve(args: argparse.Namespace) -> int:
     from recserve.server import ServeOptions, serve
 
     options = ServeOptions(
-        model_repo=args.model_repo, host=args.host, port=args.port,
-        default_model=args.default_model, workers=args.workers,
-        max_candidates=args.max_candidates, max_k=args.max_k,
-        max_message_bytes=args.max_message_bytes, grace_seconds=args.grace,
+        model_repo=args.model_repo,
+        host=args.host,
+        port=args.port,
+        default_model=args.default_model,
+        workers=args.workers,
+        max_candidates=args.max_candidates,
+        max_k=args.max_k,
+        max_message_bytes=args.max_message_bytes,
+        grace_seconds=args.grace,
     )
     try:
         serve(options)
@@ -118,8 +136,13 @@ def _add_request_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user", type=int, required=True, help="external user id")
     parser.add_argument("--model", default="", help="model name (default: server's default)")
     parser.add_argument("--version", type=int, default=0, help="model version (0 = newest)")
-    parser.add_argument("--feature", action="append", default=[], metavar="NAME=VALUE",
-                        help="user context feature, e.g. --feature age=25 (repeatable)")
+    parser.add_argument(
+        "--feature",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="user context feature, e.g. --feature age=25 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,20 +156,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-repo", type=Path, default=Path("model-repo"))
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=50051)
-    serve.add_argument("--default-model", default="",
-                       help="model used when a request names none (default: first by name)")
+    serve.add_argument(
+        "--default-model",
+        default="",
+        help="model used when a request names none (default: first by name)",
+    )
     serve.add_argument("--workers", type=int, default=8, help="request handler threads")
     serve.add_argument("--max-candidates", type=int, default=10_000)
     serve.add_argument("--max-k", type=int, default=1_000)
     serve.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024)
-    serve.add_argument("--grace", type=float, default=5.0,
-                       help="seconds in-flight requests get on shutdown")
+    serve.add_argument(
+        "--grace", type=float, default=5.0, help="seconds in-flight requests get on shutdown"
+    )
     serve.set_defaults(handler=_serve)
 
     train = sub.add_parser("train", help="train a model and export it into a repository")
     train.add_argument("--model", choices=("deepfm",), default="deepfm")
-    train.add_argument("--data", default="ml-100k",
-                       help="'ml-100k' (fetched when missing), 'synthetic', or a directory")
+    train.add_argument(
+        "--data",
+        default="ml-100k",
+        help="'ml-100k' (fetched when missing), 'synthetic', or a directory",
+    )
     train.add_argument("--data-dir", type=Path, default=Path("data"))
     train.add_argument("--model-repo", type=Path, default=Path("model-repo"))
     train.add_argument("--name", default="", help="model name in the repository (default: --model)")
@@ -166,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_request_options(recommend)
     recommend.add_argument("-k", type=int, default=10, help="number of items")
     recommend.add_argument("--recent", type=_id_list, help="recent item ids, e.g. 1,50")
-    recommend.add_argument("--include-seen", action="store_true",
-                           help="allow items the user already rated")
+    recommend.add_argument(
+        "--include-seen", action="store_true", help="allow items the user already rated"
+    )
     _add_client_options(recommend)
     recommend.set_defaults(handler=_client_call)
 

@@ -87,8 +87,14 @@ def _model_info(info: pb.ModelInfo) -> ModelInfo:
         family=info.family,
         program_format=info.program_format,
         features=[
-            FeatureInfo(f.name, sides.get(f.side, "unspecified"), f.cardinality,
-                        f.multi_valued, list(f.vocabulary), list(f.boundaries))
+            FeatureInfo(
+                f.name,
+                sides.get(f.side, "unspecified"),
+                f.cardinality,
+                f.multi_valued,
+                list(f.vocabulary),
+                list(f.boundaries),
+            )
             for f in info.features
         ],
         metrics=dict(info.metrics),
@@ -120,7 +126,7 @@ class Client:
         self._stub = pb_grpc.RecommenderStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Client:  # noqa: PYI034 - Self needs Python 3.11
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -129,7 +135,7 @@ class Client:
     def close(self) -> None:
         self._channel.close()
 
-    def _call(self, method, request):  # noqa: ANN001, ANN202 - any unary stub method
+    def _call(self, method, request):
         try:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as exc:

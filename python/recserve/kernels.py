@@ -54,16 +54,20 @@ Backend = Literal["auto", "cpu", "cuda"]
 TopkResult = tuple[NDArray[np.float32], NDArray[np.int64]]
 
 
-@functools.cache
 def available_backends() -> list[str]:
-    """Backends usable in this process: ``["cpu"]``, plus ``"cuda"`` when usable."""
-    backends = ["cpu"]
+    """Backends usable in this process: ``["cpu"]``, plus ``"cuda"`` when recserve has
+    CUDA kernels, a GPU is visible and PyTorch (which owns the device memory) can use it."""
+    return list(_available_backends())
+
+
+@functools.cache
+def _available_backends() -> tuple[str, ...]:
     if HAS_CUDA and _core.cuda_device_count() > 0:
         import torch
 
         if torch.cuda.is_available():
-            backends.append("cuda")
-    return backends
+            return ("cpu", "cuda")
+    return ("cpu",)
 
 
 def topk_scores(
@@ -186,14 +190,14 @@ def _use_cuda(backend: str, k: int) -> bool:
                 "recserve was built without CUDA; rebuild with RECSERVE_WITH_CUDA=ON "
                 "or use backend='cpu'"
             )
-        if "cuda" not in available_backends():
+        if "cuda" not in _available_backends():
             raise RuntimeError(
                 "recserve was built with CUDA but no GPU is usable here (needs a device and "
                 "a CUDA build of PyTorch); use backend='cpu'"
             )
         return True
     if backend == "auto":
-        return k <= _core_cuda_max_k() and "cuda" in available_backends()
+        return k <= _core_cuda_max_k() and "cuda" in _available_backends()
     raise ValueError(f"backend must be 'auto', 'cpu' or 'cuda', got {backend!r}")
 
 

@@ -107,9 +107,7 @@ class RankerPipeline:
             column = self._user_columns.get(name)
             if column is None:
                 known = ", ".join(n for n, i in self._user_columns.items() if i > 0)
-                raise InvalidRequest(
-                    f"unknown user feature {name!r}; this model takes: {known}"
-                )
+                raise InvalidRequest(f"unknown user feature {name!r}; this model takes: {known}")
             spec = self.schema.by_name(name)
             if spec.kind == "id":
                 raise InvalidRequest(f"{name!r} is the user id; send it as user_id")

@@ -55,8 +55,9 @@ class FeatureSpec:
     def token(name: str, side: Side, values: Iterable[str], max_values: int = 1) -> FeatureSpec:
         """A token feature whose vocabulary is the sorted distinct non-empty values."""
         vocabulary = tuple(sorted({v for v in values if v}))
-        return FeatureSpec(name, side, "token", len(vocabulary) + 1, vocabulary=vocabulary,
-                           max_values=max_values)
+        return FeatureSpec(
+            name, side, "token", len(vocabulary) + 1, vocabulary=vocabulary, max_values=max_values
+        )
 
     @staticmethod
     def bucket(name: str, side: Side, boundaries: Sequence[float]) -> FeatureSpec:
@@ -147,8 +148,7 @@ def encode_multi_tokens(spec: FeatureSpec, rows: Sequence[Sequence[str]]) -> np.
     for i, row in enumerate(rows):
         if len(row) > spec.max_values:
             raise ValueError(
-                f"{spec.name}: row {i} has {len(row)} values, the schema allows "
-                f"{spec.max_values}"
+                f"{spec.name}: row {i} has {len(row)} values, the schema allows {spec.max_values}"
             )
         codes = encode_tokens(spec, list(row))
         codes = codes[codes > 0]
@@ -164,8 +164,6 @@ def encode_value(spec: FeatureSpec, value: str) -> int:
         try:
             number = float(value)
         except ValueError:
-            raise ValueError(
-                f"feature {spec.name!r} takes a number, got {value!r}"
-            ) from None
+            raise ValueError(f"feature {spec.name!r} takes a number, got {value!r}") from None
         return int(encode_buckets(spec, [number])[0])
     raise ValueError(f"feature {spec.name!r} is an id feature; send it as the request's id")

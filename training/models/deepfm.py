@@ -49,7 +49,8 @@ class FieldEmbedding(nn.Module):
         pool[torch.arange(len(column_field)), torch.tensor(column_field, dtype=torch.int64)] = 1.0
         self.register_buffer("single_offsets", offsets[:n_single].clone(), persistent=False)
         self.register_buffer(
-            "multi_offsets", offsets[n_single:][torch.tensor(column_field, dtype=torch.int64)],
+            "multi_offsets",
+            offsets[n_single:][torch.tensor(column_field, dtype=torch.int64)],
             persistent=False,
         )
         self.register_buffer("pool", pool, persistent=False)
@@ -127,3 +128,17 @@ class DeepFM(nn.Module):
         fm = 0.5 * (square_of_sum - sum_of_square).sum(dim=1)  # [B]
         deep = self.mlp(v.flatten(start_dim=1)).squeeze(-1)  # [B]
         return self.bias + first + fm + deep
+
+    @torch.jit.unused
+    def embedding_penalty(
+        self, user: torch.Tensor, item: torch.Tensor, item_multi: torch.Tensor
+    ) -> torch.Tensor:
+        """Σ of squared embedding rows and first-order weights a batch uses, per example.
+
+        Regularising only the rows a batch touches (rather than weight decay on whole
+        tables) shrinks rare ids in proportion to how little evidence they have.
+        """
+        single = torch.cat([user, item], dim=1)
+        v = self.embedding(single, item_multi)  # [B, F, d]
+        w = self.first_order(single, item_multi)  # [B, F, 1]
+        return (v.pow(2).sum() + w.pow(2).sum()) / user.shape[0]

@@ -1,0 +1,457 @@
+"""Top-k kernels of the C++ core against float64 numpy references.
+
+Inputs are fresh random data on every run; the seed is printed (shown by pytest on
+failure) and is part of every assertion message, so a failure can be replayed with
+RECSERVE_TEST_SEED=<seed>.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import recserve.kernels
+from recserve import _core
+from recserve.kernels import topk_inner_product, topk_scores
+
+F32_EPS = 2.0**-24  # unit roundoff of float32
+
+
+# --- float64 references -------------------------------------------------------------
+
+
+def reference_topk_scores(
+    scores: np.ndarray, k: int, exclude: list | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(values float64 [B, k], indices int64 [B, k]) by the result contract."""
+    scores = np.asarray(scores, dtype=np.float64)
+    B = scores.shape[0]
+    values = np.full((B, k), -np.inf)
+    indices = np.full((B, k), -1, dtype=np.int64)
+    for b in range(B):
+        selectable = ~np.isnan(scores[b])
+        if exclude is not None:
+            selectable[np.asarray(exclude[b], dtype=np.int64)] = False
+        ids = np.flatnonzero(selectable)
+        best = ids[np.lexsort((ids, -scores[b, ids]))][:k]  # score desc, then index asc
+        values[b, : len(best)] = scores[b, best]
+        indices[b, : len(best)] = best
+    return values, indices
+
+
+def reference_scores_inner_product(queries: np.ndarray, items: np.ndarray) -> np.ndarray:
+    return np.asarray(queries, np.float64) @ np.asarray(items, np.float64).T
+
+
+def reference_topk_inner_product(
+    queries: np.ndarray, items: np.ndarray, k: int, exclude: list | None
+) -> tuple[np.ndarray, np.ndarray]:
+    return reference_topk_scores(reference_scores_inner_product(queries, items), k, exclude)
+
+
+def inner_product_tolerance(queries: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Per query row, a bound on |float32 dot - exact dot|: (D + 2) u max_j |q|.|x_j|."""
+    D = queries.shape[1]
+    if items.shape[0] == 0:
+        return np.zeros(queries.shape[0])
+    magnitude = np.abs(queries.astype(np.float64)) @ np.abs(items.astype(np.float64)).T
+    return (D + 2) * F32_EPS * magnitude.max(axis=1)
+
+
+# --- the tie-tolerant check ------------------------------------------------------------
+
+
+def assert_topk(
+    values: np.ndarray,
+    indices: np.ndarray,
+    scores: np.ndarray,
+    k: int,
+    exclude: list | None,
+    tol: np.ndarray | float,
+    context: str,
+    *,
+    exact: bool = False,
+) -> None:
+    """Check (values, indices) against the float64 reference on `scores` [B, N].
+
+    Values equal the reference's within tol; ids are in range, unique and not excluded;
+    padding is exactly (-inf, -1); any id differing from the reference has an equal
+    score. With exact=True (float32 scores given directly) ids must equal the
+    reference's, which checks the tie rule.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    B, N = scores.shape
+    tol = np.broadcast_to(np.asarray(tol, dtype=np.float64), (B,))
+    ref_values, ref_indices = reference_topk_scores(scores, k, exclude)
+    assert values.dtype == np.float32, context
+    assert indices.dtype == np.int64, context
+    assert values.shape == (B, k), context
+    assert indices.shape == (B, k), context
+    for b in range(B):
+        where = f"{context}, row {b}"
+        n = int((ref_indices[b] >= 0).sum())
+        ids = indices[b, :n]
+        assert (indices[b, n:] == -1).all(), f"padding ids must be -1 ({where})"
+        assert np.isneginf(values[b, n:]).all(), f"padding values must be -inf ({where})"
+        assert ((ids >= 0) & (ids < N)).all(), f"id out of range ({where}): {ids}"
+        assert len(np.unique(ids)) == n, f"duplicate ids ({where}): {ids}"
+        if exclude is not None:
+            banned = np.asarray(exclude[b], dtype=np.int64)
+            assert not np.isin(ids, banned).any(), f"excluded id returned ({where})"
+        assert not np.isnan(scores[b, ids]).any(), f"NaN score selected ({where})"
+        assert (values[b, :-1] >= values[b, 1:]).all(), f"not descending ({where})"
+        np.testing.assert_allclose(
+            values[b, :n], ref_values[b, :n], rtol=0, atol=tol[b], err_msg=where
+        )
+        np.testing.assert_allclose(
+            values[b, :n], scores[b, ids], rtol=0, atol=tol[b],
+            err_msg=f"a value is not its id's score ({where})",
+        )  # fmt: skip
+        differ = ids != ref_indices[b, :n]
+        np.testing.assert_allclose(
+            scores[b, ids[differ]], ref_values[b, :n][differ], rtol=0, atol=2 * tol[b],
+            err_msg=f"an id differing from the reference has a different score ({where})",
+        )  # fmt: skip
+        if exact:
+            np.testing.assert_array_equal(ids, ref_indices[b, :n], err_msg=where)
+
+
+# --- inputs ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def seed() -> int:
+    value = int(os.environ.get("RECSERVE_TEST_SEED", np.random.SeedSequence().entropy))
+    print(f"random seed: RECSERVE_TEST_SEED={value}")
+    return value
+
+
+@pytest.fixture
+def rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def make_exclude(kind: str, B: int, N: int, rng: np.random.Generator) -> list | None:
+    """None, or per row a list/array of item ids (random with duplicates, or all of them)."""
+    if kind == "none":
+        return None
+    rows: list = []
+    for b in range(B):
+        if N == 0:
+            ids = np.empty(0, dtype=np.int64)
+        elif kind == "all":
+            ids = np.concatenate([rng.permutation(N), rng.integers(0, N, size=2)])
+        else:
+            ids = rng.integers(0, N, size=int(rng.integers(0, N // 2 + 3)))
+            if ids.size:
+                ids = np.append(ids, ids[0])  # at least one duplicate
+        rows.append(ids.tolist() if b % 2 else ids)  # lists and arrays both accepted
+    return rows
+
+
+def make_scores(kind: str, B: int, N: int, rng: np.random.Generator) -> np.ndarray:
+    """float32 scores, with many ties for kind="ties", and some NaN and +-inf."""
+    if kind == "ties":
+        scores = rng.integers(-3, 4, size=(B, N)).astype(np.float32)
+    else:
+        scores = rng.standard_normal((B, N)).astype(np.float32)
+    special = rng.random((B, N))
+    scores[special < 0.05] = np.nan
+    scores[(special >= 0.05) & (special < 0.07)] = -np.inf
+    scores[(special >= 0.07) & (special < 0.08)] = np.inf
+    return scores
+
+
+def k_value(k: int | str, N: int) -> int:
+    return N + 3 if k == "N+3" else int(k)
+
+
+SIZES_N = [0, 1, 7, 17, 1000]
+SIZES_D = [1, 3, 16, 97]
+SIZES_B = [1, 3, 64]
+KS = [0, 1, 5, "N+3"]
+EXCLUDES = ["none", "random", "all"]
+
+
+# --- against the references ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exclude_kind", EXCLUDES)
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("B", SIZES_B)
+@pytest.mark.parametrize("N", SIZES_N)
+@pytest.mark.parametrize("kind", ["normal", "ties"])
+def test_topk_scores_matches_reference(kind, N, B, k, exclude_kind, rng, seed):
+    k = k_value(k, N)
+    scores = make_scores(kind, B, N, rng)
+    exclude = make_exclude(exclude_kind, B, N, rng)
+    values, indices = topk_scores(scores, k, exclude, backend="cpu")
+    context = f"seed={seed} kind={kind} N={N} B={B} k={k} exclude={exclude_kind}"
+    assert_topk(values, indices, scores, k, exclude, 0.0, context, exact=True)
+
+
+@pytest.mark.parametrize("exclude_kind", EXCLUDES)
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("B", SIZES_B)
+@pytest.mark.parametrize("D", SIZES_D)
+@pytest.mark.parametrize("N", SIZES_N)
+def test_topk_inner_product_matches_reference(N, D, B, k, exclude_kind, rng, seed):
+    k = k_value(k, N)
+    queries = rng.standard_normal((B, D)).astype(np.float32)
+    items = rng.standard_normal((N, D)).astype(np.float32)
+    exclude = make_exclude(exclude_kind, B, N, rng)
+    values, indices = topk_inner_product(queries, items, k, exclude, backend="cpu")
+    context = f"seed={seed} N={N} D={D} B={B} k={k} exclude={exclude_kind}"
+    scores = reference_scores_inner_product(queries, items)
+    tol = inner_product_tolerance(queries, items)
+    assert_topk(values, indices, scores, k, exclude, tol, context)
+
+
+def test_ties_go_to_the_smaller_index():
+    scores = np.array([[1, 2, 2, 0, 2, 1]], dtype=np.float32)
+    values, indices = topk_scores(scores, 4)
+    np.testing.assert_array_equal(indices, [[1, 2, 4, 0]])
+    np.testing.assert_array_equal(values, [[2, 2, 2, 1]])
+    items = np.array([[1.0], [3.0], [3.0], [2.0]], dtype=np.float32)
+    values, indices = topk_inner_product(np.ones(1, np.float32), items, 3)
+    np.testing.assert_array_equal(indices, [1, 2, 3])
+
+
+def test_nan_is_never_selected_and_pads():
+    scores = np.array([[np.nan, 1.0, np.nan, -np.inf, np.nan]], dtype=np.float32)
+    values, indices = topk_scores(scores, 4)
+    np.testing.assert_array_equal(indices, [[1, 3, -1, -1]])
+    np.testing.assert_array_equal(values, [[1.0, -np.inf, -np.inf, -np.inf]])
+    items = np.array([[np.nan, 0.0], [1.0, 1.0], [0.0, np.inf], [2.0, 0.0]], np.float32)
+    query = np.array([1.0, 0.0], np.float32)  # item 2: 0 * inf = NaN
+    values, indices = topk_inner_product(query, items, 4)
+    np.testing.assert_array_equal(indices, [3, 1, -1, -1])
+    np.testing.assert_array_equal(values, [2.0, 1.0, -np.inf, -np.inf])
+
+
+def test_one_dimensional_input_gives_one_dimensional_result(rng):
+    queries = rng.standard_normal((1, 8)).astype(np.float32)
+    items = rng.standard_normal((50, 8)).astype(np.float32)
+    values_2d, indices_2d = topk_inner_product(queries, items, 5, [[3, 4]])
+    values_1d, indices_1d = topk_inner_product(queries[0], items, 5, [[3, 4]])
+    assert values_1d.shape == (5,)
+    assert indices_1d.shape == (5,)
+    np.testing.assert_array_equal(values_1d, values_2d[0])
+    np.testing.assert_array_equal(indices_1d, indices_2d[0])
+    values, indices = topk_scores(queries[0], 3)
+    assert values.shape == indices.shape == (3,)
+
+
+def test_facade_converts_lists_float64_and_strided_input(rng):
+    queries = rng.standard_normal((4, 16))  # float64
+    items = rng.standard_normal((16, 100))[:, ::1].T  # not C-contiguous
+    assert not items.flags.c_contiguous
+    values, indices = topk_inner_product(queries, items, 7)
+    expected = topk_inner_product(
+        queries.astype(np.float32), np.ascontiguousarray(items, np.float32), 7
+    )
+    np.testing.assert_array_equal(values, expected[0])
+    np.testing.assert_array_equal(indices, expected[1])
+    values, indices = topk_scores([[0.5, 2.0, 1.0]], 2)
+    np.testing.assert_array_equal(indices, [[1, 2]])
+
+
+@pytest.mark.parametrize("num_threads", [2, 3, 8])
+def test_threads_give_the_same_result(num_threads, rng):
+    B, N, D = 37, 3000, 24
+    queries = rng.standard_normal((B, D)).astype(np.float32)
+    items = rng.standard_normal((N, D)).astype(np.float32)
+    exclude = make_exclude("random", B, N, rng)
+    one = topk_inner_product(queries, items, 20, exclude, num_threads=1, backend="cpu")
+    many = topk_inner_product(queries, items, 20, exclude, num_threads=num_threads,
+                              backend="cpu")  # fmt: skip
+    np.testing.assert_array_equal(one[0], many[0])
+    np.testing.assert_array_equal(one[1], many[1])
+    scores = make_scores("ties", B, N, rng)
+    one = topk_scores(scores, 20, exclude, num_threads=1, backend="cpu")
+    many = topk_scores(scores, 20, exclude, num_threads=num_threads, backend="cpu")
+    np.testing.assert_array_equal(one[0], many[0])
+    np.testing.assert_array_equal(one[1], many[1])
+
+
+def test_gil_is_released_during_compute(rng):
+    """A Python thread ticks while a long call runs: it needs the GIL to tick."""
+    queries = rng.standard_normal((64, 32)).astype(np.float32)
+    items = rng.standard_normal((200_000, 32)).astype(np.float32)
+    ticks: list[float] = []
+    started = threading.Event()
+    stop = threading.Event()
+
+    def tick() -> None:
+        started.set()
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        assert started.wait(10)
+        for _ in range(5):  # a loaded machine may starve the thread once; not 5 times
+            start = time.perf_counter()
+            topk_inner_product(queries, items, 10, backend="cpu")
+            end = time.perf_counter()
+            # Without the GIL released the thread could only tick at the edges of the
+            # call (one switch interval, 5 ms); ask for a tick in its middle half.
+            low, high = start + 0.25 * (end - start), end - 0.25 * (end - start)
+            if any(low < t < high for t in ticks):
+                break
+        else:
+            pytest.fail("no Python thread ran during topk_inner_product: GIL held?")
+    finally:
+        stop.set()
+        thread.join()
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+def test_wrong_ndim_raises_value_error():
+    with pytest.raises(ValueError, match="scores must be 1-D or 2-D"):
+        topk_scores(np.zeros((2, 3, 4)), 1)
+    with pytest.raises(ValueError, match="queries must be 1-D or 2-D"):
+        topk_inner_product(np.zeros((2, 3, 4)), np.zeros((5, 4)), 1)
+    with pytest.raises(ValueError, match="items must be 2-D"):
+        topk_inner_product(np.zeros((2, 4)), np.zeros(4), 1)
+    with pytest.raises(ValueError, match=r"scores must be a 2-D array \[B, N\]"):
+        _core.topk_scores(np.zeros(4, np.float32), 1)
+    with pytest.raises(ValueError, match="items must be a 2-D array"):
+        _core.topk_inner_product(np.zeros((1, 4), np.float32), np.zeros(4, np.float32), 1)
+
+
+def test_dimension_mismatch_raises_value_error():
+    with pytest.raises(ValueError, match="same dimension D"):
+        topk_inner_product(np.zeros((2, 4)), np.zeros((5, 3)), 1)
+
+
+def test_negative_k_raises_value_error():
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        topk_scores(np.zeros((2, 4)), -1)
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        topk_inner_product(np.zeros((2, 4)), np.zeros((5, 4)), -1)
+
+
+def test_num_threads_below_one_raises_value_error():
+    with pytest.raises(ValueError, match="num_threads must be >= 1"):
+        topk_scores(np.zeros((2, 4)), 1, num_threads=0)
+
+
+def test_exclude_id_out_of_range_raises_index_error():
+    with pytest.raises(IndexError, match=r"exclude id 5 \(query row 1\).*N=5"):
+        topk_scores(np.zeros((2, 5)), 1, [[0], [1, 5]])
+    with pytest.raises(IndexError, match=r"exclude id -1 .*N=3"):
+        topk_inner_product(np.zeros((1, 2)), np.zeros((3, 2)), 1, [[-1]])
+    with pytest.raises(IndexError, match="N=0"):
+        topk_scores(np.zeros((1, 0)), 1, [[0]])
+
+
+def test_bad_exclude_lists_raise_value_error():
+    with pytest.raises(ValueError, match="one id list per query row"):
+        topk_scores(np.zeros((2, 5)), 1, [[0]])
+    with pytest.raises(ValueError, match="integer item indices"):
+        topk_scores(np.zeros((1, 5)), 1, [[1.5]])
+    with pytest.raises(ValueError, match="integer item indices"):
+        topk_scores(np.zeros((1, 5)), 1, [[[1]]])
+
+
+@pytest.mark.parametrize(
+    ("indptr", "ids", "message"),
+    [
+        ([0, 1], [0], r"B \+ 1 = 3 entries"),
+        ([1, 1, 1], [0], r"exclude_indptr\[0\] must be 0"),
+        ([0, 2, 1], [0, 1], "non-decreasing"),
+        ([0, 1, 1], [0, 1], r"must equal len\(exclude_ids\)=2"),
+        ([0, 1, 3], [0, 1], r"must equal len\(exclude_ids\)=2"),
+    ],
+)
+def test_bad_indptr_raises_value_error(indptr, ids, message):
+    scores = np.zeros((2, 4), np.float32)
+    indptr = np.asarray(indptr, np.int64)
+    ids = np.asarray(ids, np.int64)
+    with pytest.raises(ValueError, match=message):
+        _core.topk_scores(scores, 1, indptr, ids)
+    with pytest.raises(ValueError, match=message):
+        _core.topk_inner_product(scores, scores, 1, indptr, ids)
+
+
+def test_raw_core_rejects_what_the_facade_would_convert():
+    scores = np.zeros((4, 6), np.float32)
+    with pytest.raises(ValueError, match=r"C-contiguous.*np\.ascontiguousarray"):
+        _core.topk_scores(scores[:, ::2], 1)
+    with pytest.raises(ValueError, match=r"C-contiguous.*np\.ascontiguousarray"):
+        _core.topk_inner_product(scores, np.asfortranarray(np.zeros((5, 6), np.float32)), 1)
+    with pytest.raises(ValueError, match="dtype float32"):
+        _core.topk_scores(scores.astype(np.float64), 1)
+    with pytest.raises(ValueError, match="dtype int64"):
+        _core.topk_scores(scores, 1, np.zeros(5, np.int32), np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="both exclude_indptr and exclude_ids"):
+        _core.topk_scores(scores, 1, np.zeros(5, np.int64))
+    unaligned = np.zeros(4 * 6 * 4 + 1, np.uint8)[1:].view(np.float32).reshape(4, 6)
+    with pytest.raises(ValueError, match="aligned"):
+        _core.topk_scores(unaligned, 1)
+
+
+def test_backend_choice():
+    assert recserve.kernels.available_backends()[0] == "cpu"
+    assert isinstance(recserve.kernels.SIMD_LEVEL, str)
+    assert _core.__version__
+    with pytest.raises(ValueError, match="backend must be"):
+        topk_scores(np.zeros((1, 3)), 1, backend="tpu")  # type: ignore[arg-type]
+    if not recserve.kernels.HAS_CUDA:
+        assert "cuda" not in recserve.kernels.available_backends()
+        with pytest.raises(RuntimeError, match="built without CUDA"):
+            topk_scores(np.zeros((1, 3)), 1, backend="cuda")
+
+
+# --- CUDA against the CPU path ---------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not recserve.kernels.HAS_CUDA,
+    reason="built without CUDA; GPU tests compare CUDA against the CPU path",
+)
+class TestCuda:
+    @pytest.fixture(autouse=True)
+    def _needs_gpu(self) -> None:
+        if "cuda" not in recserve.kernels.available_backends():
+            pytest.skip("recserve has CUDA kernels but no GPU (or CUDA PyTorch) is usable")
+
+    @pytest.mark.parametrize("exclude_kind", EXCLUDES)
+    @pytest.mark.parametrize(
+        ("B", "N", "k"), [(1, 0, 3), (3, 17, 20), (64, 1000, 5), (5, 5000, 1024), (2, 100_000, 100)]
+    )
+    def test_topk_scores_equals_cpu(self, B, N, k, exclude_kind, rng):
+        scores = make_scores("ties", B, N, rng)
+        exclude = make_exclude(exclude_kind, B, N, rng)
+        cpu = topk_scores(scores, k, exclude, backend="cpu")
+        gpu = topk_scores(scores, k, exclude, backend="cuda")
+        np.testing.assert_array_equal(gpu[0], cpu[0])
+        np.testing.assert_array_equal(gpu[1], cpu[1])
+
+    @pytest.mark.parametrize("exclude_kind", EXCLUDES)
+    @pytest.mark.parametrize(
+        ("B", "N", "D", "k"),
+        [(1, 0, 4, 3), (3, 17, 3, 20), (64, 1000, 97, 5), (2, 50_000, 64, 100)],
+    )
+    def test_topk_inner_product_matches_cpu(self, B, N, D, k, exclude_kind, rng, seed):
+        queries = rng.standard_normal((B, D)).astype(np.float32)
+        items = rng.standard_normal((N, D)).astype(np.float32)
+        exclude = make_exclude(exclude_kind, B, N, rng)
+        values, indices = topk_inner_product(queries, items, k, exclude, backend="cuda")
+        context = f"seed={seed} CUDA N={N} D={D} B={B} k={k} exclude={exclude_kind}"
+        scores = reference_scores_inner_product(queries, items)
+        tol = inner_product_tolerance(queries, items)
+        assert_topk(values, indices, scores, k, exclude, tol, context)
+
+    def test_k_above_limit_raises(self):
+        with pytest.raises(ValueError, match="k <= 1024"):
+            topk_scores(np.zeros((1, 10)), 1025, backend="cuda")

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recserve.artifact import ArtifactError, list_versions, load_artifact, save_artifact
+from recserve.pipeline import RankerPipeline
+from recserve.training.ranker import TrainedRanker
+
+
+def copy_version(model_repo: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "deepfm" / "1"
+    shutil.copytree(model_repo / "deepfm" / "1", target)
+    return target
+
+
+def test_round_trip_gives_identical_scores(trained_ranker: TrainedRanker, artifact) -> None:
+    """export -> load -> the served scores equal the in-memory model's, bit for bit."""
+    tables = trained_ranker.encoded.tables
+    pipeline = RankerPipeline(artifact)
+    for user_row in (0, 5, tables["user_ids"].size - 1):
+        served = pipeline.score_rows(tables["user_features"][user_row], None)
+        n = tables["item_ids"].size
+        with torch.no_grad():
+            logits = trained_ranker.model(
+                torch.from_numpy(tables["user_features"][user_row : user_row + 1]).expand(n, -1),
+                torch.from_numpy(tables["item_features"]),
+                torch.from_numpy(tables["item_multi"]),
+            )
+        np.testing.assert_array_equal(served, torch.sigmoid(logits).numpy())
+    for key, table in tables.items():
+        np.testing.assert_array_equal(artifact.tables[key], table)
+    assert artifact.schema == trained_ranker.encoded.schema
+    assert artifact.metrics["test_auc"] == trained_ranker.metrics["test_auc"]
+
+
+def test_manifest_lists_every_file_with_its_checksum(artifact) -> None:
+    files = artifact.manifest["files"]
+    on_disk = {p.name for p in artifact.path.iterdir()} - {"manifest.json"}
+    assert set(files) == on_disk
+    assert all(len(entry["sha256"]) == 64 for entry in files.values())
+    assert artifact.manifest["program_format"] == "torchscript"
+
+
+def test_altered_file_is_refused(model_repo: Path, tmp_path: Path) -> None:
+    version = copy_version(model_repo, tmp_path)
+    with (version / "item_features.npy").open("r+b") as f:
+        f.seek(-1, 2)
+        f.write(b"\x07")
+    with pytest.raises(ArtifactError, match=r"checksum mismatch for item_features\.npy"):
+        load_artifact(version)
+
+
+def test_truncated_module_is_refused(model_repo: Path, tmp_path: Path) -> None:
+    version = copy_version(model_repo, tmp_path)
+    data = (version / "model.pt").read_bytes()
+    (version / "model.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match=r"checksum mismatch for model\.pt"):
+        load_artifact(version)
+
+
+def test_missing_file_and_missing_manifest_are_refused(model_repo: Path, tmp_path: Path) -> None:
+    version = copy_version(model_repo, tmp_path)
+    (version / "item_ids.npy").unlink()
+    with pytest.raises(ArtifactError, match=r"item_ids\.npy listed in the manifest is missing"):
+        load_artifact(version)
+    (version / "manifest.json").unlink()
+    with pytest.raises(ArtifactError, match=r"no manifest\.json"):
+        load_artifact(version)
+
+
+def test_unknown_format_version_names_the_version(model_repo: Path, tmp_path: Path) -> None:
+    version = copy_version(model_repo, tmp_path)
+    manifest = json.loads((version / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (version / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="format version 99 is not supported"):
+        load_artifact(version)
+
+
+def test_manifest_cannot_point_outside_the_version(model_repo: Path, tmp_path: Path) -> None:
+    version = copy_version(model_repo, tmp_path)
+    manifest = json.loads((version / "manifest.json").read_text())
+    manifest["files"]["../escape.npy"] = {"kind": "table", "key": "x", "sha256": "0" * 64}
+    (version / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="outside the version"):
+        load_artifact(version)
+
+
+def test_versions_increase_and_a_failed_save_leaves_nothing(artifact, tmp_path: Path) -> None:
+    kwargs = dict(family="deepfm", schema=artifact.schema, modules=artifact.modules)
+    assert save_artifact(tmp_path, "m", tables={"a": np.arange(3)}, **kwargs).name == "1"
+    assert save_artifact(tmp_path, "m", tables={"a": np.arange(3)}, **kwargs).name == "2"
+    with pytest.raises(ArtifactError, match="pickle"):
+        save_artifact(tmp_path, "m", tables={"bad": np.array([object()])}, **kwargs)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "2"]
+    assert list_versions(tmp_path / "m") == [1, 2]
+    with pytest.raises(ArtifactError, match="not allowed"):
+        save_artifact(tmp_path, "../evil", tables={}, **kwargs)
