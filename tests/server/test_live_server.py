@@ -157,3 +157,14 @@ def test_a_broken_newest_version_is_skipped(model_repo: Path, tmp_path: Path, ca
         assert "not serving deepfm/2: " in caplog.text and "checksum mismatch" in caplog.text
     finally:
         running.stop(0)
+
+
+def test_concurrent_requests_get_the_same_answers_as_sequential_ones(client: Client) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    users = list(range(1, 25))
+    expected = {u: client.recommend(u, k=5).items for u in users}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda u: (u, client.recommend(u, k=5).items), users * 4))
+    for user, items in answers:
+        assert items == expected[user]
