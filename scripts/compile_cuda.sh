@@ -10,8 +10,9 @@ if ! command -v nvcc >/dev/null; then
   echo "compile_cuda: nvcc not found; install the CUDA toolkit to compile the CUDA kernels" >&2
   exit 1
 fi
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)
 cmake -S . -B build/cuda -DRECSERVE_WITH_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
-  -DSKBUILD_PROJECT_NAME=recserve -DSKBUILD_PROJECT_VERSION=0.1.0 \
+  -DSKBUILD_PROJECT_NAME=recserve -DSKBUILD_PROJECT_VERSION="$version" \
   -Dpybind11_DIR="$(python -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v python)" \
   -DCMAKE_CUDA_ARCHITECTURES="80;90" >/dev/null
 cmake --build build/cuda -j "$(nproc)"

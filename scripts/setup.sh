@@ -24,9 +24,12 @@ if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp" ] \
 fi
 
 # Torch first, so the project's torch>=... range is already met by the CPU build.
+# Where the default index would give a CUDA build of several GB, point
+# RECSERVE_TORCH_INDEX_URL at PyTorch's CPU wheel index.
 if ! python -c "import torch" 2>/dev/null; then
   echo "setup: installing $TORCH_SPEC"
-  python -m pip install --quiet "$TORCH_SPEC"
+  python -m pip install --quiet "$TORCH_SPEC" \
+    ${RECSERVE_TORCH_INDEX_URL:+--index-url "$RECSERVE_TORCH_INDEX_URL"}
 fi
 echo "setup: installing build tools"
 python -m pip install --quiet "scikit-build-core>=0.10" "pybind11>=3" "grpcio-tools>=1.70"

@@ -14,6 +14,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from recserve.errors import ModelNotFound
 from recserve.pipeline import Limits
 from recserve.v1 import recserve_pb2 as pb
 from recserve.v1 import recserve_pb2_grpc as pb_grpc
@@ -101,17 +102,6 @@ def build_server(options: ServeOptions) -> RunningServer:
 def serve(options: ServeOptions) -> None:
     """Run in the foreground until SIGINT or SIGTERM, then stop gracefully."""
     running = build_server(options)
-    loaded = running.repository.load_all()
-    if not loaded:
-        running.stop(0)
-        raise FileNotFoundError(
-            f"no servable model in {options.model_repo}; train one with "
-            f"`recserve train --model-repo {options.model_repo}`"
-        )
-    running.set_serving(True)
-    models = ", ".join(f"{m.name} v{m.version}" for m in loaded)
-    log.info("serving %s on %s:%d", models, options.host, running.port)
-
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -125,7 +115,22 @@ def serve(options: ServeOptions) -> None:
         )
         threading.Thread(target=running.stop, args=(options.grace_seconds,), daemon=True).start()
 
+    # Installed before loading, so Ctrl-C while models load also stops cleanly.
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    try:
+        loaded = running.repository.load_all()
+        if not loaded:
+            raise FileNotFoundError(
+                f"no servable model in {options.model_repo}; train one with "
+                f"`recserve train --model-repo {options.model_repo}`"
+            )
+    except (OSError, ModelNotFound):
+        running.stop(0)
+        raise
+    if not stopping.is_set():
+        running.set_serving(True)
+        models = ", ".join(f"{m.name} v{m.version}" for m in loaded)
+        log.info("serving %s on %s:%d", models, options.host, running.port)
     running.server.wait_for_termination()
     log.info("stopped")

@@ -12,12 +12,12 @@ from recserve.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
+# Only errors raised on purpose reach the client with their message. Anything else (a
+# ValueError from numpy or torch included) is a server fault: INTERNAL, details in the log.
 _STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelNotFound, grpc.StatusCode.NOT_FOUND),
     (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
-    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
-    (IndexError, grpc.StatusCode.INVALID_ARGUMENT),
 )
 
 

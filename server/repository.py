@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recserve.artifact import ArtifactError, list_versions, load_artifact
-from recserve.errors import ModelNotFound, ModelUnavailable
+from recserve.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 from recserve.pipeline import Limits, RankerPipeline, make_pipeline
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,10 @@ class ModelRepository:
                 loaded.append(model)
                 break
         if self._default and self._default not in self._models:
-            log.warning("default model %r is not in the repository", self._default)
+            raise ModelNotFound(
+                f"--default-model {self._default!r} is not among the loaded models "
+                f"({', '.join(sorted(self._models)) or 'none'})"
+            )
         return loaded
 
     @property
@@ -88,7 +91,7 @@ class ModelRepository:
                 known = ", ".join(sorted(self._models))
                 raise ModelNotFound(f"model {name!r} is not loaded; loaded models: {known}")
             if version < 0:
-                raise ModelNotFound(f"version must be positive (0 = newest); got {version}")
+                raise InvalidRequest(f"model version must be positive (0 = newest); got {version}")
             if version == 0:
                 return versions[max(versions)]
             if version not in versions:

@@ -9,7 +9,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .client import DEFAULT_TARGET, Answer, Client, RecserveError
+from .client import DEFAULT_TARGET, MAX_MESSAGE_BYTES, Answer, Client, RecserveError
 
 
 def _id_list(text: str) -> list[int]:
@@ -45,7 +45,7 @@ def _print_answer(answer: Answer, as_json: bool) -> None:
 
 
 def _client_call(args: argparse.Namespace) -> int:
-    with Client(args.target, timeout=args.timeout) as client:
+    with Client(args.target, args.timeout, args.max_message_bytes) as client:
         try:
             if args.command == "recommend":
                 answer = client.recommend(
@@ -93,6 +93,7 @@ def _client_call(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from recserve.errors import ModelNotFound
     from recserve.server import ServeOptions, serve
 
     options = ServeOptions(
@@ -105,10 +106,11 @@ def _serve(args: argparse.Namespace) -> int:
         max_k=args.max_k,
         max_message_bytes=args.max_message_bytes,
         grace_seconds=args.grace,
+        torch_threads=args.torch_threads,
     )
     try:
         serve(options)
-    except (OSError, FileNotFoundError) as exc:
+    except (OSError, ModelNotFound) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -129,6 +131,9 @@ def _data(args: argparse.Namespace) -> int:
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=DEFAULT_TARGET, help="server host:port")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    parser.add_argument(
+        "--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES, help="largest reply accepted"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -162,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="model used when a request names none (default: first by name)",
     )
     serve.add_argument("--workers", type=int, default=8, help="request handler threads")
+    serve.add_argument(
+        "--torch-threads", type=int, default=1, help="intra-op threads per request (keep 1)"
+    )
     serve.add_argument("--max-candidates", type=int, default=10_000)
     serve.add_argument("--max-k", type=int, default=1_000)
     serve.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024)

@@ -111,16 +111,23 @@ class Client:
     Args:
         target: ``host:port`` of the server.
         timeout: deadline of each call in seconds.
+        max_message_bytes: largest message sent or received; match the server's
+            ``--max-message-bytes``.
     """
 
-    def __init__(self, target: str = DEFAULT_TARGET, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        timeout: float = 10.0,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
         self.target = target
         self.timeout = timeout
         self._channel = grpc.insecure_channel(
             target,
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
             ],
         )
         self._stub = pb_grpc.RecommenderStub(self._channel)

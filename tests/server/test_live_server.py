@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import grpc
@@ -10,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from recserve import Client, RecserveError
+from recserve.errors import ModelNotFound
 from recserve.server.app import SERVICE_NAME, RunningServer, ServeOptions, build_server
 from recserve.v1 import recserve_pb2 as pb
 from recserve.v1 import recserve_pb2_grpc as pb_grpc
@@ -81,6 +83,25 @@ def test_bad_requests_are_invalid_argument(client: Client, call, message: str) -
     assert err.value.code == INVALID
 
 
+def test_negative_version_is_invalid_argument(client: Client) -> None:
+    with pytest.raises(RecserveError, match="version must be positive") as err:
+        client.recommend(1, version=-1)
+    assert err.value.code == INVALID
+
+
+def test_seen_items_over_the_wire(client: Client, live_server: RunningServer) -> None:
+    pipeline = live_server.repository.get().pipeline
+    user = int(pipeline.user_ids[0])
+    seen = set(pipeline.item_ids[pipeline.seen_rows(0)].tolist())
+    everything = client.recommend(user, k=pipeline.num_items, include_seen=True)
+    assert len(everything.items) == pipeline.num_items
+    unseen = client.recommend(user, k=pipeline.num_items)
+    assert {i.item_id for i in unseen.items} == {i.item_id for i in everything.items} - seen
+    recent = [unseen.items[0].item_id]
+    after_click = client.recommend(user, k=5, recent_item_ids=recent)
+    assert recent[0] not in {i.item_id for i in after_click.items}
+
+
 def test_unknown_model_or_version_is_not_found(client: Client) -> None:
     for call in (
         lambda: client.recommend(1, model="nope"),
@@ -149,6 +170,8 @@ def test_a_broken_newest_version_is_skipped(model_repo: Path, tmp_path: Path, ca
 
     shutil.copytree(model_repo / "deepfm" / "1", tmp_path / "deepfm" / "1")
     shutil.copytree(model_repo / "deepfm" / "1", tmp_path / "deepfm" / "2")
+    manifest = json.loads((tmp_path / "deepfm" / "2" / "manifest.json").read_text())
+    (tmp_path / "deepfm" / "2" / "manifest.json").write_text(json.dumps({**manifest, "version": 2}))
     (tmp_path / "deepfm" / "2" / "model.pt").write_bytes(b"half a model")
     running = build_server(ServeOptions(model_repo=tmp_path, port=0))
     try:
@@ -168,3 +191,12 @@ def test_concurrent_requests_get_the_same_answers_as_sequential_ones(client: Cli
         answers = list(pool.map(lambda u: (u, client.recommend(u, k=5).items), users * 4))
     for user, items in answers:
         assert items == expected[user]
+
+
+def test_a_default_model_that_is_not_loaded_stops_the_start(model_repo: Path) -> None:
+    running = build_server(ServeOptions(model_repo=model_repo, port=0, default_model="nope"))
+    try:
+        with pytest.raises(ModelNotFound, match="--default-model 'nope' is not among"):
+            running.repository.load_all()
+    finally:
+        running.stop(0)
