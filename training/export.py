@@ -6,12 +6,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from recserve.artifact import save_artifact, torchscript_deprecation_silenced
+from recserve.artifact import CROSSING_TABLES, save_artifact, torchscript_deprecation_silenced
 
 from .features import EncodedData
+from .models import DeepFM
 
 
 def script_model(model: nn.Module) -> torch.jit.ScriptModule:
@@ -19,6 +21,61 @@ def script_model(model: nn.Module) -> torch.jit.ScriptModule:
     model.eval()
     with torchscript_deprecation_silenced():
         return torch.jit.script(model)
+
+
+def deepfm_crossing(
+    model: DeepFM, num_user_fields: int
+) -> tuple[dict[str, Any], dict[str, np.ndarray], nn.Sequential]:
+    """What the fused crossing path serves ``model`` with: (manifest block, tables, head).
+
+    The block says which parts the kernel computes (first-order sum, FM term and the
+    first MLP layer, split into user and item columns of W1); the tables are the
+    parameters they need, in the model's dtype; the head is the MLP after the first
+    ReLU, which stays a program. Fields are the user's single-valued fields, then the
+    item's single-valued fields, then the item's multi-valued fields (DeepFM's order),
+    and W1's columns are field-major: field f owns columns [f d, (f + 1) d).
+    """
+    model.eval()
+    first, head = model.split_mlp()
+    emb, first_order = model.embedding, model.first_order
+    d = emb.table.weight.shape[1]
+    n_single = emb.single_offsets.numel()
+    n_multi = emb.pool.shape[1]
+    n_fields = n_single + n_multi
+    if not 0 <= num_user_fields <= n_single:
+        raise ValueError(f"num_user_fields={num_user_fields} is outside [0, {n_single}]")
+    if first.in_features != n_fields * d:
+        raise ValueError(f"first layer takes {first.in_features} inputs, expected {n_fields * d}")
+
+    def array(t: torch.Tensor) -> np.ndarray:
+        return np.ascontiguousarray(t.detach().cpu().numpy())
+
+    multi_fields = emb.pool.argmax(dim=1) if emb.pool.numel() else emb.multi_offsets
+    tables = {
+        "embedding": array(emb.table.weight),  # [R, d]
+        "first_order": array(first_order.table.weight[:, 0]),  # [R]
+        "single_offsets": array(emb.single_offsets),  # [Fu + Fi]: table row of index 0
+        "multi_offsets": array(emb.multi_offsets),  # [M]: per column of item_multi
+        "multi_fields": array(multi_fields.to(torch.int64)),  # [M]: field of each column
+        "w1": array(first.weight),  # [H1, F d]
+        "b1": array(first.bias),  # [H1]
+        "bias": array(model.bias),  # [1]
+    }
+    block = {
+        "kind": "deepfm",
+        "embedding_dim": int(d),
+        "hidden": int(first.out_features),
+        "user_fields": int(num_user_fields),
+        "item_fields": int(n_single - num_user_fields),
+        "item_multi_fields": int(n_multi),
+        "w1_columns": {
+            "user": [0, num_user_fields * d],
+            "item": [num_user_fields * d, n_fields * d],
+        },
+        "module": "head",
+        "tables": {key: CROSSING_TABLES[key] for key in tables},
+    }
+    return block, {CROSSING_TABLES[key]: t for key, t in tables.items()}, head
 
 
 def export_ranker(
@@ -31,15 +88,30 @@ def export_ranker(
     metrics: dict[str, float],
     config: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    crossing: bool = True,
 ) -> Path:
-    """Write ``model`` and the tables it is served with as a new version of ``name``."""
+    """Write ``model`` and the tables it is served with as a new version of ``name``.
+
+    A DeepFM with hidden layers also gets the fused-crossing block (manifest key
+    ``crossing``, its parameter tables and the ``head`` program) unless ``crossing`` is
+    False; an artifact without it is served with the whole ``model`` program.
+    """
+    modules = {"model": script_model(model)}
+    tables = dict(encoded.tables)
+    extra = dict(extra or {})
+    if crossing and isinstance(model, DeepFM) and len(model.mlp) > 1:
+        n_user = len(encoded.schema.single_valued("user"))
+        block, crossing_tables, head = deepfm_crossing(model, n_user)
+        modules[block["module"]] = script_model(head)
+        tables.update(crossing_tables)
+        extra["crossing"] = block
     return save_artifact(
         repo,
         name,
         family=family,
         schema=encoded.schema,
-        modules={"model": script_model(model)},
-        tables=encoded.tables,
+        modules=modules,
+        tables=tables,
         metrics=metrics,
         config=config,
         extra=extra,

@@ -17,8 +17,11 @@
 #include <sstream>
 #include <string>
 #include <utility>
+#include <vector>
 
+#include "bindings.h"
 #include "recserve/assert.h"
+#include "recserve/simd.h"
 #include "recserve/topk.h"
 
 #ifdef RECSERVE_WITH_CUDA
@@ -45,6 +48,10 @@ const char* dtype_name<float>() {
 template <>
 const char* dtype_name<int64_t>() {
     return "int64";
+}
+template <>
+const char* dtype_name<uint16_t>() {
+    return "uint16";
 }
 
 std::string shape_of(const py::array& a) {
@@ -113,9 +120,11 @@ void check_k_and_threads(const char* fn, int64_t k, int num_threads) {
 }
 
 TopkResult topk_scores(const py::array& scores, int64_t k, const OptionalArray& exclude_indptr,
-                       const OptionalArray& exclude_ids, int num_threads) {
+                       const OptionalArray& exclude_ids, int num_threads,
+                       const std::string& simd_level) {
     const char* fn = "topk_scores";
     check_k_and_threads(fn, k, num_threads);
+    const recserve::SimdLevel level = recserve::resolve_simd_level(simd_level);
     const float* s = checked_data<float>(scores, fn, "scores", 2, "[B, N]");
     const int64_t B = scores.shape(0);
     const int64_t N = scores.shape(1);
@@ -126,25 +135,35 @@ TopkResult topk_scores(const py::array& scores, int64_t k, const OptionalArray& 
     int64_t* i = indices.mutable_data();
     {
         py::gil_scoped_release release;
-        recserve::topk_scores(s, B, N, k, ex.indptr, ex.ids, ex.nnz, v, i, num_threads);
+        recserve::topk_scores(s, B, N, k, ex.indptr, ex.ids, ex.nnz, v, i, num_threads, level);
     }
     return {std::move(values), std::move(indices)};
 }
 
+// Checked queries [B, D] and items [N, D] (float32 or, for the bfloat16 copy, uint16).
+template <typename Item>
+const Item* checked_items(const py::array& items, const py::array& queries, const char* fn,
+                          const char* name) {
+    const Item* x = checked_data<Item>(items, fn, name, 2, "[N, D]");
+    RECSERVE_THROW_IF_NOT(items.shape(1) == queries.shape(1),
+                          fn << ": queries and " << name << " must have the same dimension D, "
+                             << "got queries " << shape_of(queries) << " and " << name << " "
+                             << shape_of(items));
+    return x;
+}
+
 TopkResult topk_inner_product(const py::array& queries, const py::array& items, int64_t k,
                               const OptionalArray& exclude_indptr,
-                              const OptionalArray& exclude_ids, int num_threads) {
+                              const OptionalArray& exclude_ids, int num_threads,
+                              const std::string& simd_level) {
     const char* fn = "topk_inner_product";
     check_k_and_threads(fn, k, num_threads);
+    const recserve::SimdLevel level = recserve::resolve_simd_level(simd_level);
     const float* q = checked_data<float>(queries, fn, "queries", 2, "[B, D]");
-    const float* x = checked_data<float>(items, fn, "items", 2, "[N, D]");
+    const float* x = checked_items<float>(items, queries, fn, "items");
     const int64_t B = queries.shape(0);
     const int64_t D = queries.shape(1);
     const int64_t N = items.shape(0);
-    RECSERVE_THROW_IF_NOT(items.shape(1) == D,
-                          fn << ": queries and items must have the same dimension D, got "
-                             << "queries " << shape_of(queries) << " and items "
-                             << shape_of(items));
     const ExcludeCsr ex = checked_exclude(exclude_indptr, exclude_ids, fn, B, N);
     py::array_t<float> values({B, k});
     py::array_t<int64_t> indices({B, k});
@@ -153,9 +172,69 @@ TopkResult topk_inner_product(const py::array& queries, const py::array& items, 
     {
         py::gil_scoped_release release;
         recserve::topk_inner_product(q, x, B, N, D, k, ex.indptr, ex.ids, ex.nnz, v, i,
-                                     num_threads);
+                                     num_threads, level);
     }
     return {std::move(values), std::move(indices)};
+}
+
+TopkResult topk_inner_product_bf16(const py::array& queries, const py::array& items,
+                                   const py::array& items_bf16, const py::array& norms,
+                                   int64_t k, const OptionalArray& exclude_indptr,
+                                   const OptionalArray& exclude_ids, int num_threads,
+                                   const std::string& simd_level) {
+    const char* fn = "topk_inner_product_bf16";
+    check_k_and_threads(fn, k, num_threads);
+    const recserve::SimdLevel level = recserve::resolve_simd_level(simd_level);
+    const float* q = checked_data<float>(queries, fn, "queries", 2, "[B, D]");
+    const float* x = checked_items<float>(items, queries, fn, "items");
+    const uint16_t* xb = checked_items<uint16_t>(items_bf16, queries, fn, "items_bf16");
+    const float* n = checked_data<float>(norms, fn, "norms", 1, "[N]");
+    const int64_t B = queries.shape(0);
+    const int64_t D = queries.shape(1);
+    const int64_t N = items.shape(0);
+    RECSERVE_THROW_IF_NOT(items_bf16.shape(0) == N && norms.shape(0) == N,
+                          fn << ": items, items_bf16 and norms must have the same number of "
+                                "rows N, got "
+                             << shape_of(items) << ", " << shape_of(items_bf16) << " and "
+                             << shape_of(norms) << "; build them with recserve.kernels.ItemMatrix");
+    const ExcludeCsr ex = checked_exclude(exclude_indptr, exclude_ids, fn, B, N);
+    py::array_t<float> values({B, k});
+    py::array_t<int64_t> indices({B, k});
+    float* v = values.mutable_data();
+    int64_t* i = indices.mutable_data();
+    {
+        py::gil_scoped_release release;
+        recserve::topk_inner_product_bf16(q, x, xb, n, B, N, D, k, ex.indptr, ex.ids, ex.nnz, v,
+                                          i, num_threads, level);
+    }
+    return {std::move(values), std::move(indices)};
+}
+
+py::array_t<uint16_t> to_bfloat16(const py::array& x) {
+    const char* fn = "to_bfloat16";
+    const float* data = checked_data<float>(x, fn, "x", x.ndim(), "(any shape)");
+    std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+    py::array_t<uint16_t> out(shape);
+    uint16_t* o = out.mutable_data();
+    const int64_t n = static_cast<int64_t>(x.size());
+    {
+        py::gil_scoped_release release;
+        recserve::to_bfloat16(data, n, o);
+    }
+    return out;
+}
+
+py::array_t<float> row_norms(const py::array& items) {
+    const float* x = checked_data<float>(items, "row_norms", "items", 2, "[N, D]");
+    const int64_t N = items.shape(0);
+    const int64_t D = items.shape(1);
+    py::array_t<float> out(N);
+    float* o = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        recserve::row_norms(x, N, D, o);
+    }
+    return out;
 }
 
 void check_exclude(const py::array& exclude_indptr, const py::array& exclude_ids,
@@ -209,7 +288,7 @@ PYBIND11_MODULE(_core, m) {
 
     m.def("topk_scores", &topk_scores, py::arg("scores"), py::arg("k"),
           py::arg("exclude_indptr") = py::none(), py::arg("exclude_ids") = py::none(),
-          py::arg("num_threads") = 1,
+          py::arg("num_threads") = 1, py::arg("simd_level") = "",
           "Top-k of each row of a C-contiguous float32 [B, N] score matrix.\n\n"
           "Returns (values float32 [B, k], indices int64 [B, k]): descending scores, ties "
           "to the smaller index, NaN never selected, row b never selects "
@@ -217,14 +296,37 @@ PYBIND11_MODULE(_core, m) {
     m.def("topk_inner_product", &topk_inner_product, py::arg("queries"), py::arg("items"),
           py::arg("k"), py::arg("exclude_indptr") = py::none(),
           py::arg("exclude_ids") = py::none(), py::arg("num_threads") = 1,
+          py::arg("simd_level") = "",
           "Top-k of queries [B, D] @ items [N, D].T (float32, C-contiguous), fused: the "
-          "[B, N] score matrix is never materialised. Same result contract as topk_scores.");
+          "[B, N] score matrix is never materialised. Same result contract as topk_scores. "
+          "simd_level (private, for tests): '' for the default level, else a supported one.");
+    m.def("topk_inner_product_bf16", &topk_inner_product_bf16, py::arg("queries"),
+          py::arg("items"), py::arg("items_bf16"), py::arg("norms"), py::arg("k"),
+          py::arg("exclude_indptr") = py::none(), py::arg("exclude_ids") = py::none(),
+          py::arg("num_threads") = 1, py::arg("simd_level") = "",
+          "topk_inner_product that scans a bfloat16 copy of the items (uint16 [N, D], "
+          "to_bfloat16(items)) and re-scores a provably sufficient short list exactly in "
+          "float32 from items: the same ids and values as topk_inner_product. norms must be "
+          "row_norms(items).");
+    m.def("to_bfloat16", &to_bfloat16, py::arg("x"),
+          "float32 array -> uint16 array of the same shape: bfloat16 bits, round to nearest "
+          "even.");
+    m.def("row_norms", &row_norms, py::arg("items"),
+          "L2 norm of each row of float32 [N, D], rounded up to float32; +inf for rows with "
+          "NaN or inf.");
     m.def("check_exclude_csr", &check_exclude, py::arg("exclude_indptr"),
           py::arg("exclude_ids"), py::arg("num_rows"), py::arg("num_items"),
           "Raise ValueError/IndexError unless (exclude_indptr, exclude_ids) is a valid int64 "
           "CSR exclusion list for num_rows queries over num_items items.");
 
-    m.attr("SIMD_LEVEL") = recserve::topk_simd_level();
+    recserve::bindings::bind_crossing(m);
+
+    m.attr("SIMD_LEVEL") = recserve::simd_level_name(recserve::default_simd_level());
+    py::list supported;
+    for (recserve::SimdLevel level : recserve::supported_simd_levels()) {
+        supported.append(recserve::simd_level_name(level));
+    }
+    m.attr("SUPPORTED_SIMD_LEVELS") = py::tuple(supported);
     m.attr("__version__") = RECSERVE_VERSION;
 #ifdef RECSERVE_WITH_CUDA
     m.attr("HAS_CUDA") = true;

@@ -10,6 +10,7 @@ from numpy.typing import NDArray
 __version__: str
 HAS_CUDA: bool
 SIMD_LEVEL: str
+SUPPORTED_SIMD_LEVELS: tuple[str, ...]
 
 def topk_scores(
     scores: NDArray[np.float32],
@@ -17,6 +18,7 @@ def topk_scores(
     exclude_indptr: NDArray[np.int64] | None = None,
     exclude_ids: NDArray[np.int64] | None = None,
     num_threads: int = 1,
+    simd_level: str = "",
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]: ...
 def topk_inner_product(
     queries: NDArray[np.float32],
@@ -25,7 +27,21 @@ def topk_inner_product(
     exclude_indptr: NDArray[np.int64] | None = None,
     exclude_ids: NDArray[np.int64] | None = None,
     num_threads: int = 1,
+    simd_level: str = "",
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]: ...
+def topk_inner_product_bf16(
+    queries: NDArray[np.float32],
+    items: NDArray[np.float32],
+    items_bf16: NDArray[np.uint16],
+    norms: NDArray[np.float32],
+    k: int,
+    exclude_indptr: NDArray[np.int64] | None = None,
+    exclude_ids: NDArray[np.int64] | None = None,
+    num_threads: int = 1,
+    simd_level: str = "",
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]: ...
+def to_bfloat16(x: NDArray[np.float32]) -> NDArray[np.uint16]: ...
+def row_norms(items: NDArray[np.float32]) -> NDArray[np.float32]: ...
 def check_exclude_csr(
     exclude_indptr: NDArray[np.int64],
     exclude_ids: NDArray[np.int64],
@@ -64,3 +80,14 @@ def cuda_topk_inner_product(
     indices: int,
     stream: int,
 ) -> None: ...
+
+# Fused feature crossing (csrc/include/recserve/crossing.h); use recserve.crossing.
+def crossing_deepfm(
+    user_scalar: float,
+    user_sum: NDArray[np.float32],
+    user_hidden: NDArray[np.float32],
+    item_scalar: NDArray[np.float32],
+    item_sum: NDArray[np.float32],
+    item_hidden: NDArray[np.float32],
+    rows: NDArray[np.int64] | None = None,
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]: ...

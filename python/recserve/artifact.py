@@ -32,6 +32,21 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PROGRAM_FORMATS = ("torchscript",)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+CROSSING_KINDS = ("deepfm",)
+# Role of each parameter table of a DeepFM crossing block -> its table key in the artifact.
+CROSSING_TABLES = {
+    role: f"crossing_{role}"
+    for role in (
+        "embedding",
+        "first_order",
+        "single_offsets",
+        "multi_offsets",
+        "multi_fields",
+        "w1",
+        "b1",
+        "bias",
+    )
+}
 
 
 @contextmanager
@@ -51,6 +66,24 @@ class ArtifactError(ValueError):
 
 
 @dataclass(frozen=True)
+class CrossingBlock:
+    """The optional ``crossing`` block: the parts of the model the fused C++ kernel computes.
+
+    ``tables`` maps each role of ``CROSSING_TABLES`` to its array; ``head`` is the program
+    run on the kernel's first hidden activations. See docs/artifact.md.
+    """
+
+    kind: str
+    embedding_dim: int
+    hidden: int
+    user_fields: int
+    item_fields: int
+    item_multi_fields: int
+    tables: dict[str, np.ndarray]
+    head: torch.jit.ScriptModule
+
+
+@dataclass(frozen=True)
 class Artifact:
     """A verified, loaded model version."""
 
@@ -63,6 +96,7 @@ class Artifact:
     manifest: dict[str, Any]
     modules: dict[str, torch.jit.ScriptModule]
     tables: dict[str, np.ndarray]
+    crossing: CrossingBlock | None = None  # absent: serve with the whole "model" program
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -153,6 +187,7 @@ def save_artifact(
             **(extra or {}),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        staging.chmod(0o755)  # mkdtemp makes it private; a serving account must read it
         os.replace(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -176,6 +211,13 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
         raise ArtifactError(
             f"{path}: artifact format version {fmt!r} is not supported by this recserve "
             f"(it reads version {FORMAT_VERSION}); re-export the model with a matching recserve"
+        )
+    # The directory is the identity a repository serves under; the manifest must agree.
+    if (manifest.get("name"), str(manifest.get("version"))) != (path.parent.name, path.name):
+        raise ArtifactError(
+            f"{path}: manifest says {manifest.get('name')!r} version {manifest.get('version')!r}"
+            f", but the directory is {path.parent.name!r} version {path.name!r}; versions are "
+            "published by `recserve train`/`save_artifact`, not by copying directories"
         )
     program_format = manifest.get("program_format")
     if program_format not in PROGRAM_FORMATS:
@@ -210,6 +252,7 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
                 raise
             raise ArtifactError(f"{path}: cannot load {filename}: {exc}") from None
 
+    crossing = _crossing_block(path, manifest.get("crossing"), modules, tables)
     return Artifact(
         path=path,
         name=manifest["name"],
@@ -220,7 +263,44 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
         manifest=manifest,
         modules=modules,
         tables=tables,
+        crossing=crossing,
     )
+
+
+def _crossing_block(
+    path: Path,
+    block: Any,
+    modules: dict[str, torch.jit.ScriptModule],
+    tables: dict[str, np.ndarray],
+) -> CrossingBlock | None:
+    """The manifest's ``crossing`` block, checked against the files it names (or None)."""
+    if block is None:
+        return None
+    if not isinstance(block, dict) or block.get("kind") not in CROSSING_KINDS:
+        kind = block.get("kind") if isinstance(block, dict) else block
+        raise ArtifactError(
+            f"{path}: crossing kind {kind!r} is not supported (supported: "
+            f"{', '.join(CROSSING_KINDS)}); re-export the model with a matching recserve"
+        )
+    try:
+        sizes = {
+            key: int(block[key])
+            for key in (
+                "embedding_dim",
+                "hidden",
+                "user_fields",
+                "item_fields",
+                "item_multi_fields",
+            )
+        }
+        module = modules[block["module"]]
+        named = {role: tables[block["tables"][role]] for role in CROSSING_TABLES}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(
+            f"{path}: the crossing block is incomplete ({exc!r} is missing or malformed); "
+            "re-export the model"
+        ) from None
+    return CrossingBlock(kind=block["kind"], tables=named, head=module, **sizes)
 
 
 def _load_module(data: bytes, program_format: str | None) -> torch.jit.ScriptModule:

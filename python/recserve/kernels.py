@@ -14,6 +14,17 @@ Inputs are converted like FAISS's wrappers do (``np.ascontiguousarray(x, dtype=n
 so lists, float64 and strided arrays are fine; the C++ core then checks every shape and id
 and raises ``ValueError`` or ``IndexError`` (an exclude id outside ``[0, N)``).
 
+SIMD: the CPU kernels run at the best level the CPU supports (``"avx512"``, ``"avx2"``
+or ``"scalar"``), chosen once at import; set the environment variable
+``RECSERVE_SIMD_LEVEL`` before import to force one. A name that is not a level, or a level
+this CPU lacks, makes the import fail with a message listing the supported levels (no
+silent fallback). Each level computes a float32 inner product in one fixed order for every
+batch size and thread count, so results do not depend on either.
+
+bfloat16: wrap the items in an :class:`ItemMatrix` (float32 plus a bfloat16 copy and row
+norms) and pass it as ``items``; the CPU scan then reads half the bytes and the result is
+still exactly the float32 one (see :class:`ItemMatrix`).
+
 Backends: ``"cpu"`` always; ``"cuda"`` when recserve was built with ``RECSERVE_WITH_CUDA=ON``
 and a GPU (and a CUDA build of PyTorch, which owns the device memory) is present. The CUDA
 path copies numpy inputs to the current torch device and the results back.
@@ -37,7 +48,9 @@ if TYPE_CHECKING:
 __all__ = [
     "HAS_CUDA",
     "SIMD_LEVEL",
+    "SUPPORTED_SIMD_LEVELS",
     "Backend",
+    "ItemMatrix",
     "available_backends",
     "topk_inner_product",
     "topk_scores",
@@ -47,7 +60,10 @@ HAS_CUDA: bool = bool(_core.HAS_CUDA)
 """True when the C++ core was compiled with the CUDA kernels (a GPU may still be absent)."""
 
 SIMD_LEVEL: str = str(_core.SIMD_LEVEL)
-"""Instruction set the CPU kernels use (``"generic"``: portable, compiler-vectorised C++)."""
+"""SIMD level the CPU kernels use: ``"scalar"``, ``"avx2"`` or ``"avx512"``."""
+
+SUPPORTED_SIMD_LEVELS: tuple[str, ...] = tuple(_core.SUPPORTED_SIMD_LEVELS)
+"""Levels this CPU can run, from ``"scalar"`` up."""
 
 Backend = Literal["auto", "cpu", "cuda"]
 
@@ -68,6 +84,40 @@ def _available_backends() -> tuple[str, ...]:
         if torch.cuda.is_available():
             return ("cpu", "cuda")
     return ("cpu",)
+
+
+class ItemMatrix:
+    """Item vectors ``[N, D]`` stored as float32 and, optionally, as bfloat16.
+
+    Build it once (when a model loads) and pass it as ``items`` to
+    :func:`topk_inner_product`. With ``bfloat16=True`` it also holds ``bfloat16`` (the
+    items rounded to nearest-even bfloat16, as uint16 bit patterns) and ``norms`` (each
+    row's L2 norm, rounded up). The CPU scan then reads the bfloat16 copy, half the bytes
+    of float32, and returns exactly what the float32 kernel returns (same ids, same
+    values): the error of each approximate score is bounded by
+    ``eps * ||q|| * ||x_i|| + delta`` (``eps`` about ``2**-8 + 2 D 2**-24``, see
+    ``csrc/include/recserve/topk.h``), every item whose upper bound can still reach the
+    k-th largest lower bound is re-scored with the float32 kernel's own dot product, and
+    the top-k is selected from those exact scores. Memory: 6 bytes per value instead of 4.
+    """
+
+    def __init__(self, items: ArrayLike, *, bfloat16: bool = True) -> None:
+        self.float32: NDArray[np.float32] = np.ascontiguousarray(items, dtype=np.float32)
+        if self.float32.ndim != 2:
+            raise ValueError(f"items must be 2-D [N, D], got shape {self.float32.shape}")
+        self.bfloat16: NDArray[np.uint16] | None = None
+        self.norms: NDArray[np.float32] | None = None
+        if bfloat16:
+            self.bfloat16 = _core.to_bfloat16(self.float32)
+            self.norms = _core.row_norms(self.float32)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.float32.shape  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        storage = "float32+bfloat16" if self.bfloat16 is not None else "float32"
+        return f"ItemMatrix(shape={self.shape}, storage={storage})"
 
 
 def topk_scores(
@@ -103,7 +153,7 @@ def topk_scores(
 
 def topk_inner_product(
     queries: ArrayLike,
-    items: ArrayLike,
+    items: ArrayLike | ItemMatrix,
     k: int,
     exclude: Sequence[ArrayLike] | None = None,
     *,
@@ -117,11 +167,13 @@ def topk_inner_product(
 
     Args:
         queries: ``[B, D]`` query vectors (or ``[D]`` for one query), converted to float32.
-        items: ``[N, D]`` item vectors, converted to float32.
+        items: ``[N, D]`` item vectors, converted to float32, or an :class:`ItemMatrix`
+            (with a bfloat16 copy, the CPU scan reads it; the result is the same).
         k: how many to return per query, ``>= 0``; ``k > N`` pads.
         exclude: ``None`` or, per query, item indices in ``[0, N)`` never to return
             (e.g. the items a user has already seen).
-        num_threads: CPU threads; queries are split across them.
+        num_threads: CPU threads; they split the queries when there are at least
+            4 per thread, else the items (one heap per thread, merged).
         backend: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``.
 
     Returns:
@@ -129,13 +181,18 @@ def topk_inner_product(
         1-D queries), following the module's result contract.
     """
     query_rows, one_row = _as_rows(queries, "queries")
-    item_rows = np.ascontiguousarray(items, dtype=np.float32)
+    matrix = items if isinstance(items, ItemMatrix) else None
+    item_rows = matrix.float32 if matrix is not None else np.ascontiguousarray(items, np.float32)
     if item_rows.ndim != 2:
         raise ValueError(f"items must be 2-D [N, D], got shape {item_rows.shape}")
     k = operator.index(k)
     indptr, ids = _exclude_csr(exclude, query_rows.shape[0])
     if _use_cuda(backend, k):
         values, indices = _cuda_topk_inner_product(query_rows, item_rows, k, indptr, ids)
+    elif matrix is not None and matrix.bfloat16 is not None and matrix.norms is not None:
+        values, indices = _core.topk_inner_product_bf16(
+            query_rows, item_rows, matrix.bfloat16, matrix.norms, k, indptr, ids, num_threads
+        )
     else:
         values, indices = _core.topk_inner_product(
             query_rows, item_rows, k, indptr, ids, num_threads

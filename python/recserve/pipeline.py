@@ -15,12 +15,15 @@ import torch
 
 from . import kernels
 from .artifact import Artifact
+from .crossing import DeepFMCrossing
 from .errors import InvalidRequest
 from .results import Ranking, ScoredItem
 from .schema import FeatureSchema, encode_ids, encode_value
 
 RANKER_FAMILIES = ("deepfm",)
 DEFAULT_RECOMMEND_K = 10
+# The scores are on the host already; a round trip to a GPU would only add latency.
+SCORES_BACKEND = "cpu"
 
 
 @dataclass(frozen=True)
@@ -48,9 +51,16 @@ class RankerPipeline:
     The TorchScript module's signature is
     ``forward(user: int64[B, Fu], item: int64[B, Fi], item_multi: int64[B, M]) -> float[B]``
     (logits), with columns in the schema's order.
+
+    When the artifact has a crossing block (and ``use_crossing``), scores come from the
+    fused C++ crossing kernel plus the ``head`` program (recserve.crossing), with the
+    item side precomputed here; otherwise from the whole ``model`` program. Both give
+    the same scores within float32 rounding.
     """
 
-    def __init__(self, artifact: Artifact, limits: Limits | None = None) -> None:
+    def __init__(
+        self, artifact: Artifact, limits: Limits | None = None, use_crossing: bool = True
+    ) -> None:
         if artifact.family not in RANKER_FAMILIES:
             raise ValueError(f"family {artifact.family!r} is not a ranker")
         self.artifact = artifact
@@ -68,6 +78,7 @@ class RankerPipeline:
         self._item_multi = torch.from_numpy(np.ascontiguousarray(t["item_multi"]))
         self._user_columns = {f.name: i for i, f in enumerate(self.schema.single_valued("user"))}
         self._check_tables()
+        self.crossing = DeepFMCrossing.from_artifact(artifact) if use_crossing else None
 
     def _check_tables(self) -> None:
         n_items = self.item_ids.size
@@ -126,6 +137,11 @@ class RankerPipeline:
 
     def score_rows(self, user_features: np.ndarray, item_rows: np.ndarray | None) -> np.ndarray:
         """Scores (probabilities) of one user against item table rows (None = all items)."""
+        if self.crossing is not None:
+            if item_rows is not None and item_rows.size == 0:
+                return np.empty(0, dtype=np.float32)
+            logits = torch.from_numpy(self.crossing.logits(user_features, item_rows))
+            return torch.sigmoid(logits).numpy()
         if item_rows is None:
             items, multi = self._item_features, self._item_multi
         else:
@@ -177,7 +193,7 @@ class RankerPipeline:
         rows = codes[known] - 1
         scores = self.score_rows(user_features, rows)
         k = rows.size if k == 0 else min(k, rows.size)
-        values, order = kernels.topk_scores(scores, k)
+        values, order = kernels.topk_scores(scores, k, backend=SCORES_BACKEND)
         keep = order >= 0  # NaN scores are never selected
         best = rows[order[keep]]
         return Ranking(
@@ -196,6 +212,11 @@ class RankerPipeline:
     ) -> Ranking:
         _check_k(k, self.limits)
         recent = np.asarray(recent_item_ids, dtype=np.int64).reshape(-1)
+        if recent.size > self.limits.max_candidates:
+            raise InvalidRequest(
+                f"{recent.size} recent_item_ids exceed the limit of "
+                f"{self.limits.max_candidates}; send the most recent ones"
+            )
         _check_ids(recent, "recent_item_ids")
         user_features, user_row = self.encode_user(user_id, context or {})
         codes = encode_ids(self.item_ids, recent)
@@ -205,7 +226,9 @@ class RankerPipeline:
         exclude = None
         if not include_seen:
             exclude = [np.concatenate([self.seen_rows(user_row), codes[codes > 0] - 1])]
-        values, rows = kernels.topk_scores(scores, min(k, self.num_items), exclude)
+        values, rows = kernels.topk_scores(
+            scores, min(k, self.num_items), exclude, backend=SCORES_BACKEND
+        )
         keep = rows >= 0
         return Ranking(
             items=self._to_items(rows[keep], values[keep]),

@@ -8,6 +8,8 @@ RECSERVE_TEST_SEED=<seed>.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -310,6 +312,195 @@ def test_gil_is_released_during_compute(rng):
     finally:
         stop.set()
         thread.join()
+
+
+# --- every SIMD level, float32 and bfloat16, 1 and 2 threads --------------------------
+
+LEVELS = list(_core.SUPPORTED_SIMD_LEVELS)
+
+
+def core_topk(queries, items, k, exclude, *, level, num_threads, bf16):
+    """_core.topk_inner_product(_bf16) at a forced SIMD level (the private override)."""
+    indptr, ids = recserve.kernels._exclude_csr(exclude, queries.shape[0])
+    if bf16:
+        matrix = recserve.kernels.ItemMatrix(items)
+        return _core.topk_inner_product_bf16(
+            queries, matrix.float32, matrix.bfloat16, matrix.norms, k, indptr, ids,
+            num_threads, level,
+        )  # fmt: skip
+    return _core.topk_inner_product(queries, items, k, indptr, ids, num_threads, level)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize(
+    ("N", "D", "B", "k", "exclude_kind"),
+    [
+        (0, 3, 1, 5, "none"),
+        (1, 1, 1, 5, "none"),
+        (7, 15, 3, 5, "random"),
+        (1023, 17, 1, 10, "random"),
+        (1023, 33, 9, 7, "none"),
+        (50, 64, 2, 100, "random"),  # N < k
+        (40, 97, 3, 5, "all"),
+        (2000, 64, 64, 10, "random"),
+        (3000, 3, 1, 50, "none"),
+    ],
+)
+def test_every_level_matches_reference(level, N, D, B, k, exclude_kind, rng, seed):
+    queries = rng.standard_normal((B, D)).astype(np.float32)
+    items = rng.standard_normal((N, D)).astype(np.float32)
+    exclude = make_exclude(exclude_kind, B, N, rng)
+    scores = reference_scores_inner_product(queries, items)
+    tol = inner_product_tolerance(queries, items)
+    results = {}
+    for bf16 in (False, True):
+        for threads in (1, 2):
+            values, indices = core_topk(
+                queries, items, k, exclude, level=level, num_threads=threads, bf16=bf16
+            )
+            context = (
+                f"seed={seed} level={level} bf16={bf16} threads={threads} N={N} D={D} "
+                f"B={B} k={k} exclude={exclude_kind}"
+            )
+            assert_topk(values, indices, scores, k, exclude, tol, context)
+            results[bf16, threads] = values, indices
+    # One canonical float32 dot product per level: threads and bfloat16 change nothing.
+    for key, (values, indices) in results.items():
+        np.testing.assert_array_equal(values, results[False, 1][0], err_msg=str(key))
+        np.testing.assert_array_equal(indices, results[False, 1][1], err_msg=str(key))
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_batch_size_does_not_change_scores(level, rng):
+    queries = rng.standard_normal((13, 33)).astype(np.float32)
+    items = rng.standard_normal((500, 33)).astype(np.float32)
+    batched = _core.topk_inner_product(queries, items, 9, simd_level=level)
+    for b in range(queries.shape[0]):
+        single = _core.topk_inner_product(queries[b : b + 1], items, 9, simd_level=level)
+        np.testing.assert_array_equal(single[0][0], batched[0][b])
+        np.testing.assert_array_equal(single[1][0], batched[1][b])
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("kind", ["normal", "ties"])
+def test_topk_scores_every_level(level, kind, rng, seed):
+    scores = make_scores(kind, 3, 1023, rng)
+    exclude = make_exclude("random", 3, 1023, rng)
+    indptr, ids = recserve.kernels._exclude_csr(exclude, 3)
+    for k in (1, 10, 2000):
+        values, indices = _core.topk_scores(scores, k, indptr, ids, 2, level)
+        context = f"seed={seed} level={level} kind={kind} k={k}"
+        assert_topk(values, indices, scores, k, exclude, 0.0, context, exact=True)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bf16_equals_float32_on_adversarial_near_ties(level, threads, rng, seed):
+    """Items that bfloat16 cannot tell apart (differences below its resolution): the
+    exact re-scoring must still return the float32 kernel's ids and values."""
+    B, N, D, k = 3, 4000, 24, 20
+    queries = rng.standard_normal((B, D)).astype(np.float32)
+    base = rng.standard_normal((40, D)).astype(np.float32)
+    items = base[rng.integers(0, 40, size=N)]
+    items = items + rng.standard_normal((N, D)).astype(np.float32) * 1e-4  # below 2**-8
+    items[::7] = items[3]  # exact duplicates: ties go to the lower id
+    items = items.astype(np.float32)
+    exclude = make_exclude("random", B, N, rng)
+    f32 = core_topk(queries, items, k, exclude, level=level, num_threads=threads, bf16=False)
+    bf16 = core_topk(queries, items, k, exclude, level=level, num_threads=threads, bf16=True)
+    context = f"seed={seed} level={level} threads={threads}"
+    np.testing.assert_array_equal(bf16[1], f32[1], err_msg=context)
+    np.testing.assert_array_equal(bf16[0], f32[0], err_msg=context)
+
+
+def test_bf16_handles_non_finite_and_huge_items(rng):
+    items = rng.standard_normal((300, 16)).astype(np.float32)
+    items[5, 3] = np.nan
+    items[7, 0] = np.inf
+    items[11] *= np.float32(3e37)  # bfloat16 rounding alone could overflow here
+    queries = rng.standard_normal((2, 16)).astype(np.float32)
+    queries[1, 2] = np.inf  # a non-finite query falls back to the float32 scan
+    matrix = recserve.kernels.ItemMatrix(items)
+    for level in LEVELS:
+        f32 = _core.topk_inner_product(queries, items, 30, simd_level=level)
+        bf16 = _core.topk_inner_product_bf16(
+            queries, items, matrix.bfloat16, matrix.norms, 30, simd_level=level
+        )
+        np.testing.assert_array_equal(bf16[1], f32[1])
+        np.testing.assert_array_equal(bf16[0], f32[0])
+
+
+def test_item_matrix_facade(rng):
+    items = rng.standard_normal((100, 8)).astype(np.float32)
+    matrix = recserve.kernels.ItemMatrix(items)
+    assert matrix.shape == (100, 8)
+    assert matrix.bfloat16.dtype == np.uint16
+    assert "bfloat16" in repr(matrix)
+    # round to nearest even: 1 + 2**-8 is a tie between 1 and 1 + 2**-7 -> 1
+    bits = _core.to_bfloat16(np.array([1.0, 1 + 2**-8, 1 + 3 * 2**-8, np.nan], np.float32))
+    assert bits[0] == bits[1] == 0x3F80
+    assert bits[2] == 0x3F82
+    assert (bits[3] & 0x7F80) == 0x7F80 and (bits[3] & 0x7F) != 0
+    norms = _core.row_norms(items)
+    assert (norms.astype(np.float64) >= np.linalg.norm(items.astype(np.float64), axis=1)).all()
+    query = rng.standard_normal(8)
+    plain = topk_inner_product(query, items, 5, [[1, 2]])
+    fast = topk_inner_product(query, matrix, 5, [[1, 2]])
+    np.testing.assert_array_equal(plain[1], fast[1])
+    np.testing.assert_array_equal(plain[0], fast[0])
+    float_only = recserve.kernels.ItemMatrix(items, bfloat16=False)
+    np.testing.assert_array_equal(topk_inner_product(query, float_only, 5)[1], plain[1][:5])
+
+
+def test_bf16_bad_arguments_raise_value_error(rng):
+    items = rng.standard_normal((10, 4)).astype(np.float32)
+    matrix = recserve.kernels.ItemMatrix(items)
+    query = np.zeros((1, 4), np.float32)
+    with pytest.raises(ValueError, match="same number of rows"):
+        _core.topk_inner_product_bf16(query, items, matrix.bfloat16[:5], matrix.norms, 1)
+    with pytest.raises(ValueError, match="dtype uint16"):
+        _core.topk_inner_product_bf16(query, items, items, matrix.norms, 1)
+    with pytest.raises(ValueError, match="same dimension D"):
+        _core.topk_inner_product_bf16(np.zeros((1, 3), np.float32), items, matrix.bfloat16,
+                                      matrix.norms, 1)  # fmt: skip
+    with pytest.raises(IndexError, match="exclude id 10"):
+        topk_inner_product(query, matrix, 1, [[10]])
+
+
+def test_simd_level_override_and_errors():
+    assert recserve.kernels.SIMD_LEVEL in recserve.kernels.SUPPORTED_SIMD_LEVELS
+    assert recserve.kernels.SUPPORTED_SIMD_LEVELS[0] == "scalar"
+    best = recserve.kernels.SUPPORTED_SIMD_LEVELS[-1]
+    assert best == recserve.kernels.SIMD_LEVEL or "RECSERVE_SIMD_LEVEL" in os.environ
+    with pytest.raises(ValueError, match="unknown SIMD level 'sse9'"):
+        _core.topk_scores(np.zeros((1, 3), np.float32), 1, simd_level="sse9")
+
+
+def _import_with_level(level: str) -> subprocess.CompletedProcess:
+    code = "from recserve import kernels; print(kernels.SIMD_LEVEL)"
+    env = dict(os.environ, RECSERVE_SIMD_LEVEL=level)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_environment_variable_forces_the_level():
+    forced = _import_with_level("scalar")
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout.strip() == "scalar"
+    bad = _import_with_level("sse9")
+    assert bad.returncode != 0
+    assert "RECSERVE_SIMD_LEVEL" in bad.stderr and "unknown SIMD level" in bad.stderr
+    missing = [lv for lv in ("avx2", "avx512") if lv not in LEVELS]
+    if missing:  # a level this CPU lacks is refused, naming the supported ones
+        refused = _import_with_level(missing[0])
+        assert refused.returncode != 0
+        assert "does not support" in refused.stderr
 
 
 # --- errors ----------------------------------------------------------------------------

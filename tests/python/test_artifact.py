@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from recserve.artifact import ArtifactError, list_versions, load_artifact, save_artifact
+from recserve.artifact import (
+    CROSSING_TABLES,
+    ArtifactError,
+    list_versions,
+    load_artifact,
+    save_artifact,
+)
 from recserve.pipeline import RankerPipeline
+from recserve.training.export import export_ranker
 from recserve.training.ranker import TrainedRanker
 
 
@@ -22,7 +29,7 @@ def copy_version(model_repo: Path, tmp_path: Path) -> Path:
 def test_round_trip_gives_identical_scores(trained_ranker: TrainedRanker, artifact) -> None:
     """export -> load -> the served scores equal the in-memory model's, bit for bit."""
     tables = trained_ranker.encoded.tables
-    pipeline = RankerPipeline(artifact)
+    pipeline = RankerPipeline(artifact, use_crossing=False)  # the whole program
     for user_row in (0, 5, tables["user_ids"].size - 1):
         served = pipeline.score_rows(tables["user_features"][user_row], None)
         n = tables["item_ids"].size
@@ -102,3 +109,87 @@ def test_versions_increase_and_a_failed_save_leaves_nothing(artifact, tmp_path: 
     assert list_versions(tmp_path / "m") == [1, 2]
     with pytest.raises(ArtifactError, match="not allowed"):
         save_artifact(tmp_path, "../evil", tables={}, **kwargs)
+
+
+def test_crossing_block_round_trip(trained_ranker: TrainedRanker, artifact) -> None:
+    """The block names its tables and head; they hold the model's own parameters."""
+    model = trained_ranker.model
+    block = artifact.manifest["crossing"]
+    schema = artifact.schema
+    d, h1 = model.embedding.table.weight.shape[1], model.mlp[0].out_features
+    n_user = len(schema.single_valued("user"))
+    assert block["kind"] == "deepfm" and block["module"] == "head"
+    assert (block["embedding_dim"], block["hidden"], block["user_fields"]) == (d, h1, n_user)
+    assert block["item_fields"] == len(schema.single_valued("item"))
+    assert block["item_multi_fields"] == len(schema.multi_valued("item"))
+    assert block["w1_columns"] == {
+        "user": [0, n_user * d],
+        "item": [n_user * d, model.mlp[0].in_features],
+    }
+    assert block["tables"] == CROSSING_TABLES
+    crossing = artifact.crossing
+    assert crossing is not None and crossing.head is artifact.modules["head"]
+    np.testing.assert_array_equal(
+        crossing.tables["embedding"], model.embedding.table.weight.detach()
+    )
+    np.testing.assert_array_equal(
+        crossing.tables["first_order"], model.first_order.table.weight.detach()[:, 0]
+    )
+    np.testing.assert_array_equal(crossing.tables["w1"], model.mlp[0].weight.detach())
+    np.testing.assert_array_equal(crossing.tables["b1"], model.mlp[0].bias.detach())
+    np.testing.assert_array_equal(crossing.tables["bias"], model.bias.detach())
+    np.testing.assert_array_equal(crossing.tables["single_offsets"], model.embedding.single_offsets)
+    np.testing.assert_array_equal(crossing.tables["multi_offsets"], model.embedding.multi_offsets)
+    x = torch.randn(5, h1)
+    with torch.no_grad():
+        torch.testing.assert_close(crossing.head(x), model.mlp[3:](x), rtol=0, atol=0)
+
+
+def test_artifact_without_crossing_block_is_served_by_the_program(
+    trained_ranker: TrainedRanker, artifact, tmp_path: Path
+) -> None:
+    path = export_ranker(
+        trained_ranker.model,
+        trained_ranker.encoded,
+        tmp_path,
+        "plain",
+        family="deepfm",
+        metrics={},
+        config={},
+        crossing=False,
+    )
+    plain = load_artifact(path)
+    assert "crossing" not in plain.manifest and plain.crossing is None
+    assert "head" not in plain.modules and not set(CROSSING_TABLES.values()) & set(plain.tables)
+    pipeline = RankerPipeline(plain)
+    assert pipeline.crossing is None
+    user = plain.tables["user_features"][2]
+    expected = RankerPipeline(artifact, use_crossing=False).score_rows(user, None)
+    np.testing.assert_array_equal(pipeline.score_rows(user, None), expected)
+    assert pipeline.rank(int(plain.tables["user_ids"][2]), plain.tables["item_ids"][:5]).items
+
+
+def test_crossing_block_naming_a_missing_table_is_refused(model_repo: Path, tmp_path: Path) -> None:
+    version = copy_version(model_repo, tmp_path)
+    manifest = json.loads((version / "manifest.json").read_text())
+    manifest["crossing"]["tables"]["w1"] = "no_such_table"
+    (version / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="crossing block is incomplete"):
+        load_artifact(version)
+    manifest["crossing"]["kind"] = "dcn-v3"
+    (version / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="crossing kind 'dcn-v3' is not supported"):
+        load_artifact(version)
+
+
+def test_a_copied_version_directory_is_refused(model_repo: Path, tmp_path: Path) -> None:
+    shutil.copytree(model_repo / "deepfm" / "1", tmp_path / "deepfm" / "2")
+    with pytest.raises(ArtifactError, match="manifest says 'deepfm' version 1"):
+        load_artifact(tmp_path / "deepfm" / "2")
+    shutil.copytree(model_repo / "deepfm" / "1", tmp_path / "other" / "1")
+    with pytest.raises(ArtifactError, match="directory is 'other'"):
+        load_artifact(tmp_path / "other" / "1")
+
+
+def test_published_versions_are_readable_by_others(artifact) -> None:
+    assert artifact.path.stat().st_mode & 0o055 == 0o055

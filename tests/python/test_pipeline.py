@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from recserve.errors import InvalidRequest
 from recserve.pipeline import Limits, RankerPipeline
@@ -102,3 +103,74 @@ def test_recommend_rejects_bad_requests(pipeline: RankerPipeline) -> None:
         pipeline.recommend(user, recent_item_ids=[3, -2])
     with pytest.raises(InvalidRequest, match="between 0 and 20"):
         pipeline.recommend(user, k=1000)
+    with pytest.raises(InvalidRequest, match="51 recent_item_ids exceed the limit of 50"):
+        pipeline.recommend(user, recent_item_ids=list(range(51)))
+
+
+# --- the fused crossing path against the whole TorchScript program ---------------------
+
+
+@pytest.fixture(scope="module")
+def program_pipeline(artifact) -> RankerPipeline:
+    return RankerPipeline(artifact, Limits(max_candidates=50, max_k=20), use_crossing=False)
+
+
+def test_artifact_is_served_through_the_crossing_kernel(pipeline, program_pipeline) -> None:
+    assert pipeline.crossing is not None and program_pipeline.crossing is None
+    assert pipeline.crossing.bytes_per_item == 4 * (8 + 1 + 32)  # SMALL_CONFIG: d 8, H1 32
+
+
+def test_crossing_scores_equal_the_model_program(pipeline: RankerPipeline, artifact) -> None:
+    """Every item for many users (cold start and context too): within 1e-5 relative."""
+    module = artifact.modules["model"]
+    items = torch.from_numpy(artifact.tables["item_features"])
+    multi = torch.from_numpy(artifact.tables["item_multi"])
+    users = list(pipeline.user_features)  # every user
+    users += [pipeline.encode_user(10**9, {"gender": "F", "age": "30"})[0], np.zeros(4, np.int64)]
+    assert len(users) > 50
+    for user in users:
+        with torch.inference_mode():
+            logits = module(torch.from_numpy(user).expand(items.shape[0], -1), items, multi)
+            expected = torch.sigmoid(logits).numpy()
+            logits = logits.numpy()
+        np.testing.assert_allclose(pipeline.score_rows(user, None), expected, rtol=1e-5, atol=0)
+        np.testing.assert_allclose(
+            pipeline.crossing.logits(user, None),
+            logits,
+            rtol=1e-5,
+            atol=1e-5 * np.abs(logits).max(),
+        )
+        rows = np.array([3, 0, pipeline.num_items - 1, 3])
+        np.testing.assert_allclose(pipeline.score_rows(user, rows), expected[rows], rtol=1e-5)
+
+
+def same_ranking(fused, program, scores_by_id: dict[int, float]) -> None:
+    """Same ids in the same order, except where two items' scores tie within 1e-5."""
+    assert len(fused.items) == len(program.items)
+    for a, b in zip(fused.items, program.items, strict=True):
+        assert a.score == pytest.approx(b.score, rel=1e-5)
+        if a.item_id != b.item_id:
+            assert scores_by_id[a.item_id] == pytest.approx(scores_by_id[b.item_id], rel=1e-5)
+
+
+def test_rank_and_recommend_give_the_same_ids_through_both_paths(
+    pipeline: RankerPipeline, program_pipeline: RankerPipeline
+) -> None:
+    rng = np.random.default_rng(0)
+    for user in [*pipeline.user_ids[:: max(1, pipeline.num_users // 20)].tolist(), 10**9]:
+        features, _ = pipeline.encode_user(user, {})
+        scores = program_pipeline.score_rows(features, None)
+        by_id = dict(zip(pipeline.item_ids.tolist(), scores.tolist(), strict=True))
+        candidates = rng.choice(pipeline.item_ids, 50, replace=False).tolist()
+        for k in (0, 5):
+            same_ranking(
+                pipeline.rank(user, candidates, k=k),
+                program_pipeline.rank(user, candidates, k=k),
+                by_id,
+            )
+        same_ranking(pipeline.recommend(user, k=20), program_pipeline.recommend(user, k=20), by_id)
+        same_ranking(
+            pipeline.recommend(user, k=20, include_seen=True),
+            program_pipeline.recommend(user, k=20, include_seen=True),
+            by_id,
+        )

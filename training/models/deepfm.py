@@ -130,6 +130,21 @@ class DeepFM(nn.Module):
         return self.bias + first + fm + deep
 
     @torch.jit.unused
+    def split_mlp(self) -> tuple[nn.Linear, nn.Sequential]:
+        """The MLP as (first Linear, head): ``mlp(x) == head(relu(first(x)))`` in eval mode.
+
+        The first layer is linear in the field vectors, so its user and item columns can
+        be computed apart (the serving path precomputes the item side once per model);
+        the head is the rest of the MLP after the first ReLU (its dropout is identity in
+        eval). The head shares its parameters with this model. Needs a hidden layer.
+        """
+        if len(self.mlp) < 4:
+            raise ValueError("a DeepFM without hidden layers has no first layer to split off")
+        first = self.mlp[0]
+        assert isinstance(first, nn.Linear) and isinstance(self.mlp[1], nn.ReLU)
+        return first, nn.Sequential(*list(self.mlp)[3:])
+
+    @torch.jit.unused
     def embedding_penalty(
         self, user: torch.Tensor, item: torch.Tensor, item_multi: torch.Tensor
     ) -> torch.Tensor:

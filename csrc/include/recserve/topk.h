@@ -10,6 +10,11 @@
 //  - When fewer than k entries are selectable, the tail is padded with index -1 and
 //    value -inf.
 //
+// Scores: each SIMD level (recserve/simd.h) has one canonical float32 inner product,
+// s = 0; for d in [0, D): s = fma(q[d], x[d], s) (multiply, then add, at the scalar
+// level), used by every path of that level: any batch size, any thread count, and the
+// exact re-scoring of the bfloat16 kernel. So results do not depend on B or num_threads.
+//
 // All buffers are caller-owned, row-major and dense: scores [B, N], queries [B, D],
 // items [N, D], values/indices [B, k]. exclude_indptr may be nullptr (no exclusion);
 // otherwise it has B + 1 entries and exclude_ids has exclude_indptr[B] entries.
@@ -22,11 +27,9 @@
 
 #include <cstdint>
 
-namespace recserve {
+#include "recserve/simd.h"
 
-// The SIMD level the CPU kernels were compiled for ("generic": portable C++ written
-// so that the compiler can vectorise it with the baseline instruction set).
-const char* topk_simd_level();
+namespace recserve {
 
 // Checks a CSR exclusion list for B rows over N items: indptr[0] == 0, non-decreasing,
 // indptr[B] == nnz, every id in [0, N). indptr == nullptr means "no exclusion" and
@@ -35,17 +38,57 @@ void check_exclude_csr(const int64_t* indptr, int64_t B, const int64_t* ids, int
                        int64_t N);
 
 // Top-k of each row of scores [B, N]. Uses min(num_threads, B) threads, each taking a
-// contiguous range of rows.
+// contiguous range of rows. A vector of scores is compared with the current k-th score
+// before any of them touches the heap.
 void topk_scores(const float* scores, int64_t B, int64_t N, int64_t k,
                  const int64_t* exclude_indptr, const int64_t* exclude_ids, int64_t nnz,
-                 float* values, int64_t* indices, int num_threads = 1);
+                 float* values, int64_t* indices, int num_threads = 1,
+                 SimdLevel level = default_simd_level());
 
-// Top-k of each row of queries [B, D] @ items [N, D]^T, without materialising the
-// [B, N] score matrix: items are scored a cache-sized block at a time and pushed into
-// one bounded heap per query. Same threading as topk_scores.
+// Top-k of each row of queries [B, D] @ items [N, D]^T, fused: items are packed a
+// cache-sized block at a time (transposed) and scored by a register-blocked micro-kernel
+// against every query; each vector of scores is compared with its query's k-th score
+// before anything touches the heap, and the [B, N] score matrix never exists.
+// Threads: with B >= 4 * num_threads they split the queries; otherwise they split the
+// items (one heap per thread and query, merged at the end).
 void topk_inner_product(const float* queries, const float* items, int64_t B, int64_t N,
                         int64_t D, int64_t k, const int64_t* exclude_indptr,
                         const int64_t* exclude_ids, int64_t nnz, float* values,
-                        int64_t* indices, int num_threads = 1);
+                        int64_t* indices, int num_threads = 1,
+                        SimdLevel level = default_simd_level());
+
+// --- bfloat16 item storage ----------------------------------------------------------------
+
+// out[i] = x[i] rounded to bfloat16 (round to nearest, ties to even; NaN stays NaN),
+// as the upper 16 bits of a float32.
+void to_bfloat16(const float* x, int64_t n, uint16_t* out);
+
+// norms[i] = ||items[i]||_2, computed in double and rounded up to float; +inf when the
+// row holds a NaN or an infinity.
+void row_norms(const float* items, int64_t N, int64_t D, float* norms);
+
+// The same result as topk_inner_product(queries, items, ...) at the same level, ids and
+// values, but the scan reads items_bf16 (to_bfloat16(items)), half the bytes.
+//
+// Guarantee: for item i let a_i be its score against the bfloat16 item (float32
+// arithmetic, any order) and s_i its canonical float32 score. Then
+//     |a_i - s_i| <= eps * ||q|| * ||x_i|| + delta,
+//     eps = (2^-8 + g (2 + 2^-8)) (1 + 2^-10),  g = D u / (1 - D u),  u = 2^-24,
+// (2^-8: bfloat16 rounding of the item; g: float32 accumulation, once for a_i and once
+// for s_i; 2^-10: slack for the rounding of the bound itself) and delta = (D + 2)
+// 2^-120 (1 + ||q||) covers underflow. The scan keeps the k largest lower bounds
+// a_i - err_i; an item whose upper bound a_i + err_i is below the final k-th lower bound
+// has s_i below k other items' scores and cannot be in the top-k. The survivors are
+// re-scored with the canonical float32 product from `items` and selected exactly.
+// Items with a huge or non-finite norm (>= 2^100 / max(1, ||q||)) are always
+// re-scored; a query with a non-finite entry, or one whose candidates do not fit the
+// short list (massive near-ties), is answered by the float32 kernel.
+// `norms` must be row_norms(items).
+void topk_inner_product_bf16(const float* queries, const float* items,
+                             const uint16_t* items_bf16, const float* norms, int64_t B,
+                             int64_t N, int64_t D, int64_t k, const int64_t* exclude_indptr,
+                             const int64_t* exclude_ids, int64_t nnz, float* values,
+                             int64_t* indices, int num_threads = 1,
+                             SimdLevel level = default_simd_level());
 
 }  // namespace recserve
