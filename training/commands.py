@@ -7,6 +7,7 @@ import json
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from .data import (
     InteractionData,
@@ -14,10 +15,7 @@ from .data import (
     load_movielens_100k,
     make_synthetic_movielens,
 )
-from .ranker import train_deepfm
-from .trainer import EpochLog, TrainConfig
-
-MODELS = ("deepfm",)
+from .registry import MODELS
 
 
 def load_data(spec: str, data_dir: Path) -> InteractionData:
@@ -38,39 +36,34 @@ def print_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def read_config(path: Path | None, overrides: dict[str, object]) -> TrainConfig:
+def read_config(config_type: type, path: Path | None, overrides: dict[str, object]) -> Any:
+    """The model's settings: dataclass defaults, then ``path`` (JSON), then ``overrides``."""
     values: dict[str, object] = {}
+    known = {f.name for f in fields(config_type)}
     if path is not None:
         values = json.loads(path.read_text())
-        known = {f.name for f in fields(TrainConfig)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise SystemExit(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig(**values)
+    values.update({k: v for k, v in overrides.items() if v is not None and k in known})
+    return config_type(**values)
 
 
 def train_command(args: argparse.Namespace) -> int:
-    config = read_config(args.config, {"epochs": args.epochs, "seed": args.seed})
+    entry = MODELS.get(args.model)
+    if entry is None:
+        raise SystemExit(f"unknown model {args.model!r}; available: {', '.join(sorted(MODELS))}")
+    config = read_config(entry.config_type, args.config, {"epochs": args.epochs, "seed": args.seed})
     data = load_data(args.data, args.data_dir)
     print_stderr(
-        f"training {args.model} on {data.name}: {data.user_id.size:,} interactions, "
+        f"training {entry.name} on {data.name}: {data.user_id.size:,} interactions, "
         f"{data.users.user_id.size:,} users, {data.items.item_id.size:,} items"
     )
-
-    def on_epoch(log: EpochLog) -> None:
-        print_stderr(
-            f"epoch {log.epoch:>2}: train loss {log.train_loss:.4f}  val AUC {log.val_auc:.4f}"
-            f"  val LogLoss {log.val_logloss:.4f}  ({log.seconds:.1f}s)"
-        )
-
-    trained = train_deepfm(data, config, on_epoch, show_progress=sys.stderr.isatty())
+    trained = entry.train(data, config, print_stderr, sys.stderr.isatty())
     m = trained.metrics
-    print(
-        f"test AUC {m['test_auc']:.4f}  test LogLoss {m['test_logloss']:.4f}  "
-        f"({m['epochs']:.0f} epochs, {m['train_seconds']:.0f}s)"
-    )
-    path = trained.export(args.model_repo, args.name or args.model, data.name)
+    headline = "  ".join(f"{key.replace('_', ' ')} {m[key]:.4f}" for key in entry.headline)
+    print(f"{headline}  ({m.get('epochs', 0):.0f} epochs, {m.get('train_seconds', 0):.0f}s)")
+    path = trained.export(args.model_repo, args.name or entry.name, data.name)
     print(f"exported {path}")
     return 0
 

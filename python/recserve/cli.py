@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     train = sub.add_parser("train", help="train a model and export it into a repository")
-    train.add_argument("--model", choices=("deepfm",), default="deepfm")
+    train.add_argument("--model", default="deepfm", help="model to train (default: deepfm)")
     train.add_argument(
         "--data",
         default="ml-100k",
