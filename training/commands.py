@@ -61,7 +61,7 @@ def train_command(args: argparse.Namespace) -> int:
     )
     trained = entry.train(data, config, print_stderr, sys.stderr.isatty())
     m = trained.metrics
-    headline = "  ".join(f"{key.replace('_', ' ')} {m[key]:.4f}" for key in entry.headline)
+    headline = "  ".join(f"{label} {m[key]:.4f}" for key, label in entry.headline)
     print(f"{headline}  ({m.get('epochs', 0):.0f} epochs, {m.get('train_seconds', 0):.0f}s)")
     path = trained.export(args.model_repo, args.name or entry.name, data.name)
     print(f"exported {path}")

@@ -34,7 +34,7 @@ class ModelEntry:
     task: str  # "ctr" (random split, AUC/LogLoss) or "topn" (leave-one-out, HR/NDCG/MRR@10)
     config_type: type  # dataclass of the model's settings
     train: TrainFunction
-    headline: tuple[str, ...]  # metrics printed after training
+    headline: tuple[tuple[str, str], ...]  # (metric key, label) printed after training
 
 
 def _train_deepfm(
@@ -49,9 +49,11 @@ def _train_deepfm(
     return train_deepfm(data, config, on_epoch, show_progress=progress)
 
 
+CTR_HEADLINE = (("test_auc", "test AUC"), ("test_logloss", "test LogLoss"))
+
 MODELS: dict[str, ModelEntry] = {
     entry.name: entry
     for entry in (
-        ModelEntry("deepfm", "ctr", TrainConfig, _train_deepfm, ("test_auc", "test_logloss")),
+        ModelEntry("deepfm", "ctr", TrainConfig, _train_deepfm, CTR_HEADLINE),
     )
 }
