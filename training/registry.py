@@ -53,7 +53,5 @@ CTR_HEADLINE = (("test_auc", "test AUC"), ("test_logloss", "test LogLoss"))
 
 MODELS: dict[str, ModelEntry] = {
     entry.name: entry
-    for entry in (
-        ModelEntry("deepfm", "ctr", TrainConfig, _train_deepfm, CTR_HEADLINE),
-    )
+    for entry in (ModelEntry("deepfm", "ctr", TrainConfig, _train_deepfm, CTR_HEADLINE),)
 }
