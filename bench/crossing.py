@@ -158,7 +158,7 @@ def run_crossing(args: argparse.Namespace) -> list[dict[str, object]]:
     return rows_out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=20_000, help="catalog size")
     parser.add_argument("--users", type=int, default=1_000)
@@ -167,14 +167,15 @@ def main() -> None:
     parser.add_argument("--train-threads", type=int, default=2)
     parser.add_argument("--candidates", type=int, nargs="+", default=[1_000, 10_000])
     parser.add_argument("--repeats", type=int, default=50)
-    args = parser.parse_args()
+    return parser
 
-    rows = run_crossing(args)
+
+def print_crossing(rows: list[dict[str, object]], repeats: int) -> None:
     first = rows[0]
     print(
         f"DeepFM d=16, MLP 256-128-64, trained {first['epochs']} epochs (test AUC "
         f"{first['test_auc']:.3f}) on synthetic data, {first['items']} items; one thread, "
-        f"median of {args.repeats}"
+        f"median of {repeats}"
     )
     print(
         f"precomputed item tables: {first['bytes_per_item']} B/item "
@@ -199,6 +200,11 @@ def main() -> None:
         )
     worst = max(r["score_rel"] for r in rows)
     print(f"scores agree within 1e-5 relative: {'yes' if worst <= 1e-5 else 'NO'} ({worst:.1e})")
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    print_crossing(run_crossing(args), args.repeats)
 
 
 if __name__ == "__main__":
