@@ -10,6 +10,7 @@ from pathlib import Path
 from recserve.artifact import ArtifactError, list_versions, load_artifact
 from recserve.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 from recserve.pipeline import Limits, RankerPipeline, make_pipeline
+from recserve.retrieval import RetrievalPipeline
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 class LoadedModel:
     name: str
     version: int
-    pipeline: RankerPipeline
+    pipeline: RankerPipeline | RetrievalPipeline
 
 
 class ModelRepository:

@@ -5,30 +5,50 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import checkpoint_path, load_checkpoint
 from .data import (
+    SCHEMA_SUFFIXES,
     InteractionData,
     fetch_movielens_100k,
+    load_interaction_log,
+    load_movielens,
+    load_movielens_1m,
     load_movielens_100k,
     make_synthetic_movielens,
 )
-from .registry import MODELS
+from .registry import MODELS, ModelEntry, RunOptions
 
 
 def load_data(spec: str, data_dir: Path) -> InteractionData:
-    """``ml-100k`` (fetched into ``data_dir`` when missing), ``synthetic``, or a directory."""
-    if spec == "ml-100k":
-        return load_movielens_100k(fetch_movielens_100k(data_dir, progress=print_stderr))
-    if spec == "synthetic":
-        return make_synthetic_movielens()
+    """The data set ``--data`` names; exits with the reason when it cannot be loaded.
+
+    ``ml-100k`` (fetched into ``data_dir`` when missing), ``ml-1m`` (in ``data_dir/ml-1m``,
+    downloaded by the user), ``synthetic``, a schema file (``.toml``/``.json``) describing a
+    CSV/TSV interaction log, or a directory holding MovieLens-100k or MovieLens-1M.
+    """
     path = Path(spec)
-    if path.is_dir():
-        return load_movielens_100k(path)
+    try:
+        if spec == "ml-100k":
+            return load_movielens_100k(fetch_movielens_100k(data_dir, progress=print_stderr))
+        if spec == "ml-1m":
+            return load_movielens_1m(data_dir)
+        if spec == "synthetic":
+            return make_synthetic_movielens()
+        if path.suffix.lower() in SCHEMA_SUFFIXES:
+            return load_interaction_log(path)
+        if path.is_dir():
+            return load_movielens(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"--data {spec}: {error}") from None
     raise SystemExit(
-        f"--data {spec!r}: expected 'ml-100k', 'synthetic' or a directory holding MovieLens-100k"
+        f"--data {spec!r}: expected 'ml-100k', 'ml-1m', 'synthetic', a schema file "
+        "(.toml or .json) describing a CSV/TSV interaction log, or a directory holding "
+        "MovieLens-100k or MovieLens-1M"
     )
 
 
@@ -36,12 +56,18 @@ def print_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def read_config(config_type: type, path: Path | None, overrides: dict[str, object]) -> Any:
-    """The model's settings: dataclass defaults, then ``path`` (JSON), then ``overrides``."""
-    values: dict[str, object] = {}
+def read_config(
+    config_type: type,
+    path: Path | None,
+    overrides: dict[str, object],
+    base: dict[str, object] | None = None,
+) -> Any:
+    """The model's settings: dataclass defaults, then ``base`` (a resumed run's settings),
+    then ``path`` (JSON), then ``overrides`` (None = not given)."""
     known = {f.name for f in fields(config_type)}
+    values: dict[str, object] = {k: v for k, v in (base or {}).items() if k in known}
     if path is not None:
-        values = json.loads(path.read_text())
+        values.update(json.loads(path.read_text()))
         unknown = sorted(set(values) - known)
         if unknown:
             raise SystemExit(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
@@ -49,21 +75,79 @@ def read_config(config_type: type, path: Path | None, overrides: dict[str, objec
     return config_type(**values)
 
 
+def _run_dir(args: argparse.Namespace, model: str) -> Path:
+    """``--run-dir``, else ``runs/<model>-<timestamp>`` (with ``--resume``: the newest one)."""
+    if getattr(args, "run_dir", None) is not None:
+        return Path(args.run_dir)
+    if getattr(args, "resume", False):
+        runs = sorted(Path("runs").glob(f"{model}-*/checkpoint.pt"), key=lambda p: p.parent.name)
+        if not runs:
+            raise SystemExit(f"--resume: no runs/{model}-*/checkpoint.pt; pass --run-dir DIR")
+        return runs[-1].parent
+    return Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def train_command(args: argparse.Namespace) -> int:
     entry = MODELS.get(args.model)
     if entry is None:
         raise SystemExit(f"unknown model {args.model!r}; available: {', '.join(sorted(MODELS))}")
-    config = read_config(entry.config_type, args.config, {"epochs": args.epochs, "seed": args.seed})
+    overrides = {"epochs": args.epochs, "seed": args.seed}
+    resume = getattr(args, "resume", False)
+    run = None
+    if entry.checkpoints:
+        run = RunOptions(_run_dir(args, entry.name), resume, args.data, str(args.data_dir))
+    elif resume:
+        raise SystemExit(f"{entry.name} does not write checkpoints; --resume is for rankers")
+    if resume:
+        state = load_checkpoint(checkpoint_path(run.run_dir))
+        if state.get("model_name") != entry.name:
+            raise SystemExit(
+                f"{run.run_dir} is a run of {state.get('model_name')!r}, not {entry.name!r}; "
+                f"pass --model {state.get('model_name')}"
+            )
+        # the run's own settings; --config and --epochs/--seed still override
+        config = read_config(entry.config_type, args.config, overrides, state["config"])
+    else:
+        config = read_config(entry.config_type, args.config, overrides)
     data = load_data(args.data, args.data_dir)
     print_stderr(
         f"training {entry.name} on {data.name}: {data.user_id.size:,} interactions, "
         f"{data.users.user_id.size:,} users, {data.items.item_id.size:,} items"
+        + (f"; run dir {run.run_dir}" + (" (resuming)" if resume else "") if run else "")
     )
-    trained = entry.train(data, config, print_stderr, sys.stderr.isatty())
-    m = trained.metrics
+    extra = (run,) if run is not None else ()
+    try:
+        trained = entry.train(data, config, print_stderr, sys.stderr.isatty(), *extra)
+    except ValueError as error:  # the data cannot train this model; the message says why
+        raise SystemExit(f"error: {error}") from None
+    _print_headline(entry, trained.metrics)
+    path = trained.export(args.model_repo, args.name or entry.name, data.name)
+    print(f"exported {path}")
+    return 0
+
+
+def _print_headline(entry: ModelEntry, m: dict[str, float]) -> None:
     headline = "  ".join(f"{label} {m[key]:.4f}" for key, label in entry.headline)
     print(f"{headline}  ({m.get('epochs', 0):.0f} epochs, {m.get('train_seconds', 0):.0f}s)")
-    path = trained.export(args.model_repo, args.name or entry.name, data.name)
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """Export the best state of a run directory's checkpoint into a model repository."""
+    from .ranker import ranker_from_checkpoint
+
+    state = load_checkpoint(checkpoint_path(args.run_dir))
+    name = str(state.get("model_name", ""))
+    entry = MODELS.get(name)
+    if entry is None or not entry.checkpoints:
+        raise SystemExit(f"{args.run_dir}: checkpoint of unknown model {name!r}")
+    data_spec = str(state.get("data") or "")
+    if not data_spec:
+        raise SystemExit(f"{args.run_dir}: the checkpoint does not name its data set")
+    data_dir = args.data_dir or Path(str(state.get("data_dir") or "data"))
+    data = load_data(data_spec, data_dir)
+    trained = ranker_from_checkpoint(state, data, entry.config_type)
+    _print_headline(entry, trained.metrics)
+    path = trained.export(args.model_repo, args.name or name, data.name)
     print(f"exported {path}")
     return 0
 

@@ -11,9 +11,11 @@ import torch
 from torch import nn
 
 from recserve.artifact import CROSSING_TABLES, save_artifact, torchscript_deprecation_silenced
+from recserve.schema import FeatureSchema
 
 from .features import EncodedData
 from .models import DeepFM
+from .models.gru4rec import GRU4Rec
 
 
 def script_model(model: nn.Module) -> torch.jit.ScriptModule:
@@ -115,4 +117,71 @@ def export_ranker(
         metrics=metrics,
         config=config,
         extra=extra,
+    )
+
+
+# -- top-N families (docs/artifact.md: "embedding" and "sequence") -------------------
+
+TOPN_TABLES = ("user_ids", "item_ids", "item_titles", "seen_indptr", "seen_items", "popularity")
+
+
+def export_embedding(
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    schema: FeatureSchema,
+    tables: dict[str, np.ndarray],
+    repo: str | os.PathLike[str],
+    name: str,
+    *,
+    metrics: dict[str, float],
+    config: dict[str, Any],
+) -> Path:
+    """Family ``embedding``: score(u, i) = <user_vectors[u], item_vectors[i]> (no program)."""
+    users = np.ascontiguousarray(user_vectors, dtype=np.float32)
+    items = np.ascontiguousarray(item_vectors, dtype=np.float32)
+    if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:
+        raise ValueError(f"vector tables disagree: users {users.shape}, items {items.shape}")
+    return save_artifact(
+        repo,
+        name,
+        family="embedding",
+        schema=schema,
+        modules={},
+        tables={
+            **{key: tables[key] for key in TOPN_TABLES},
+            "user_vectors": users,
+            "item_vectors": items,
+        },
+        metrics=metrics,
+        config=config,
+    )
+
+
+def export_sequence(
+    model: GRU4Rec,
+    schema: FeatureSchema,
+    tables: dict[str, np.ndarray],
+    repo: str | os.PathLike[str],
+    name: str,
+    *,
+    max_length: int,
+    metrics: dict[str, float],
+    config: dict[str, Any],
+) -> Path:
+    """Family ``sequence``: ``encoder`` program (item rows + 1 -> user state) and item
+    vectors; the user's time-ordered history is stored so a request needs no ids."""
+    items = np.ascontiguousarray(model.item_vectors().detach().numpy(), dtype=np.float32)
+    return save_artifact(
+        repo,
+        name,
+        family="sequence",
+        schema=schema,
+        modules={"encoder": script_model(model)},
+        tables={
+            **{key: tables[key] for key in (*TOPN_TABLES, "history_indptr", "history_items")},
+            "item_vectors": items,
+        },
+        metrics=metrics,
+        config=config,
+        extra={"max_history": int(max_length)},
     )

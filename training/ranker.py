@@ -1,29 +1,32 @@
-"""Trains a DeepFM ranker on an interaction data set and exports it."""
+"""Trains a CTR ranker (MLP, Wide&Deep, DeepFM, DCN-v2) on an interaction data set and
+exports it."""
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 
 from .data import InteractionData
 from .export import export_ranker
 from .features import EncodedData, encode_movielens, random_split
-from .models import DeepFM
-from .trainer import EpochLog, RankerInputs, TrainConfig, build_deepfm, evaluate, fit
+from .trainer import EpochLog, RankerInputs, TrainConfig, build_ranker, evaluate, fit
 
 
 @dataclass
 class TrainedRanker:
-    model: DeepFM
+    model: nn.Module
     encoded: EncodedData
     config: TrainConfig
     history: list[EpochLog]
     metrics: dict[str, float]  # test_auc, test_logloss, val_auc, train_seconds, ...
+    family: str = "deepfm"  # the model name, e.g. "dcnv2"
 
     def export(self, repo: str | os.PathLike[str], name: str, data_name: str) -> Path:
         return export_ranker(
@@ -31,11 +34,63 @@ class TrainedRanker:
             self.encoded,
             repo,
             name,
-            family="deepfm",
+            family=self.family,
             metrics=self.metrics,
             config={**self.config.to_json(), "data": data_name, "split": "random 80/10/10"},
             extra={"label": f"rating >= {self.config.positive_rating:g}"},
         )
+
+
+def _metrics(
+    model: nn.Module, inputs: RankerInputs, rows: tuple[np.ndarray, ...], history: list[EpochLog]
+) -> dict[str, float]:
+    _, val_rows, test_rows = rows
+    val = evaluate(model, inputs, val_rows)
+    test = evaluate(model, inputs, test_rows)
+    best = max(history, key=lambda h: h.val_auc) if history else None
+    return {
+        "test_auc": test["auc"],
+        "test_logloss": test["logloss"],
+        "val_auc": val["auc"],
+        "val_logloss": val["logloss"],
+        "epochs": float(len(history)),
+        "best_epoch": float(best.epoch if best else 0),
+        "train_seconds": history[-1].elapsed if history else 0.0,
+    }
+
+
+def train_ranker(
+    name: str,
+    data: InteractionData,
+    config: TrainConfig,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+    show_progress: bool = True,
+    run_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    run_info: dict[str, Any] | None = None,
+) -> TrainedRanker:
+    """Random 80/10/10 split by ``config.seed``, train ranker ``name``, report test AUC
+    and LogLoss. ``run_dir``/``resume``: checkpoints and curves, see ``trainer.fit``."""
+    torch.set_num_threads(config.num_threads)
+    encoded = encode_movielens(data, config.positive_rating)
+    if encoded.labels.min() == encoded.labels.max():
+        raise ValueError(
+            f"{data.name}: every interaction gets the same label (rating >= "
+            f"{config.positive_rating:g} is {'true' if encoded.labels[0] else 'false'} for all); "
+            "a CTR ranker needs rated data. For implicit feedback use --model pop, bpr, "
+            "gru4rec or lstm, or add a rating column to the log's schema"
+        )
+    rows = random_split(encoded.labels.size, config.seed)
+    inputs = RankerInputs(encoded)
+    torch.manual_seed(config.seed)
+    model = build_ranker(name, encoded, config)
+    info = {"model_name": name, **(run_info or {})}
+    history = fit(
+        model, inputs, rows[0], rows[1], config, on_epoch, show_progress, run_dir, resume, info
+    )
+    return TrainedRanker(
+        model, encoded, config, history, _metrics(model, inputs, rows, history), name
+    )
 
 
 def train_deepfm(
@@ -44,23 +99,30 @@ def train_deepfm(
     on_epoch: Callable[[EpochLog], None] | None = None,
     show_progress: bool = True,
 ) -> TrainedRanker:
-    """Random 80/10/10 split by ``config.seed``, train, report test AUC and LogLoss."""
+    """``train_ranker("deepfm", ...)``."""
+    return train_ranker("deepfm", data, config, on_epoch, show_progress)
+
+
+def ranker_from_checkpoint(
+    state: dict[str, Any], data: InteractionData, config_type: type[TrainConfig]
+) -> TrainedRanker:
+    """The best state of a run's checkpoint as a trained ranker, metrics recomputed on
+    ``data`` (the run's data set, split again by the run's seed)."""
+    known = {f.name for f in fields(config_type)}
+    config = config_type(**{k: v for k, v in state["config"].items() if k in known})
     torch.set_num_threads(config.num_threads)
-    started = time.perf_counter()
     encoded = encode_movielens(data, config.positive_rating)
-    train_rows, val_rows, test_rows = random_split(encoded.labels.size, config.seed)
-    inputs = RankerInputs(encoded)
-    torch.manual_seed(config.seed)
-    model = build_deepfm(encoded, config)
-    history = fit(model, inputs, train_rows, val_rows, config, on_epoch, show_progress)
-    val = evaluate(model, inputs, val_rows)
-    test = evaluate(model, inputs, test_rows)
-    metrics = {
-        "test_auc": test["auc"],
-        "test_logloss": test["logloss"],
-        "val_auc": val["auc"],
-        "val_logloss": val["logloss"],
-        "epochs": float(len(history)),
-        "train_seconds": time.perf_counter() - started,
-    }
-    return TrainedRanker(model, encoded, config, history, metrics)
+    if encoded.labels.min() == encoded.labels.max():
+        raise ValueError(
+            f"{data.name}: every interaction gets the same label (rating >= "
+            f"{config.positive_rating:g} is {'true' if encoded.labels[0] else 'false'} for all); "
+            "a CTR ranker needs rated data. For implicit feedback use --model pop, bpr, "
+            "gru4rec or lstm, or add a rating column to the log's schema"
+        )
+    rows = random_split(encoded.labels.size, config.seed)
+    model = build_ranker(state["model_name"], encoded, config)
+    model.load_state_dict(state["best_state"])
+    model.eval()
+    history = [EpochLog(**h) for h in state["history"]]
+    metrics = _metrics(model, RankerInputs(encoded), rows, history)
+    return TrainedRanker(model, encoded, config, history, metrics, state["model_name"])

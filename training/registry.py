@@ -14,8 +14,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .data import InteractionData
-from .ranker import train_deepfm
-from .trainer import EpochLog, TrainConfig
+from .ranker import train_ranker
+from .topn import (
+    BPRConfig,
+    LSTMConfig,
+    PopConfig,
+    SequenceConfig,
+    train_bpr,
+    train_popularity,
+    train_sequence,
+)
+from .trainer import DCNv2Config, MLPConfig, TrainConfig, WideDeepConfig, format_epoch
 
 
 class Trained(Protocol):
@@ -35,23 +44,63 @@ class ModelEntry:
     config_type: type  # dataclass of the model's settings
     train: TrainFunction
     headline: tuple[tuple[str, str], ...]  # (metric key, label) printed after training
+    # True: ``train`` also takes a ``RunOptions`` (run directory, resume) as fifth argument
+    # and writes checkpoints and curves there; ``recserve export --run-dir`` then works.
+    checkpoints: bool = False
 
 
-def _train_deepfm(
-    data: InteractionData, config: TrainConfig, report: Callable[[str], None], progress: bool
-) -> Trained:
-    def on_epoch(log: EpochLog) -> None:
-        report(
-            f"epoch {log.epoch:>2}: train loss {log.train_loss:.4f}  val AUC {log.val_auc:.4f}"
-            f"  val LogLoss {log.val_logloss:.4f}  ({log.seconds:.1f}s)"
+@dataclass(frozen=True)
+class RunOptions:
+    run_dir: Path
+    resume: bool = False
+    data: str = ""  # the --data spec and --data-dir, so `recserve export` can load the
+    data_dir: str = ""  # data set again
+
+
+def _ranker_trainer(name: str) -> Callable[..., Trained]:
+    def train(
+        data: InteractionData,
+        config: TrainConfig,
+        report: Callable[[str], None],
+        progress: bool,
+        run: RunOptions | None = None,
+    ) -> Trained:
+        return train_ranker(
+            name,
+            data,
+            config,
+            lambda log: report(format_epoch(log)),
+            show_progress=progress,
+            run_dir=run.run_dir if run else None,
+            resume=run.resume if run else False,
+            run_info={"data": run.data, "data_dir": run.data_dir} if run else None,
         )
 
-    return train_deepfm(data, config, on_epoch, show_progress=progress)
+    return train
 
 
 CTR_HEADLINE = (("test_auc", "test AUC"), ("test_logloss", "test LogLoss"))
+TOPN_HEADLINE = (
+    ("test_ndcg@10", "test NDCG@10"),
+    ("test_hr@10", "test HR@10"),
+    ("test_mrr@10", "test MRR@10"),
+)
 
 MODELS: dict[str, ModelEntry] = {
     entry.name: entry
-    for entry in (ModelEntry("deepfm", "ctr", TrainConfig, _train_deepfm, CTR_HEADLINE),)
+    for entry in (
+        *(
+            ModelEntry(name, "ctr", config, _ranker_trainer(name), CTR_HEADLINE, checkpoints=True)
+            for name, config in (
+                ("mlp", MLPConfig),
+                ("wide_deep", WideDeepConfig),
+                ("deepfm", TrainConfig),
+                ("dcnv2", DCNv2Config),
+            )
+        ),
+        ModelEntry("pop", "topn", PopConfig, train_popularity, TOPN_HEADLINE),
+        ModelEntry("bpr", "topn", BPRConfig, train_bpr, TOPN_HEADLINE),
+        ModelEntry("gru4rec", "topn", SequenceConfig, train_sequence, TOPN_HEADLINE),
+        ModelEntry("lstm", "topn", LSTMConfig, train_sequence, TOPN_HEADLINE),
+    )
 }

@@ -122,6 +122,12 @@ def _train(args: argparse.Namespace) -> int:
     return train_command(args)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from recserve.training.commands import export_command
+
+    return export_command(args)
+
+
 def _data(args: argparse.Namespace) -> int:
     from recserve.training.commands import data_command
 
@@ -183,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--data",
         default="ml-100k",
-        help="'ml-100k' (fetched when missing), 'synthetic', or a directory",
+        help="'ml-100k' (fetched when missing), 'ml-1m' (in --data-dir), 'synthetic', a schema file (.toml/.json) of a CSV/TSV log, or a directory",
     )
     train.add_argument("--data-dir", type=Path, default=Path("data"))
     train.add_argument("--model-repo", type=Path, default=Path("model-repo"))
@@ -191,7 +197,29 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="JSON file of training settings")
     train.add_argument("--epochs", type=int, help="maximum epochs (overrides --config)")
     train.add_argument("--seed", type=int, help="random seed (overrides --config)")
+    train.add_argument(
+        "--run-dir",
+        type=Path,
+        help="where checkpoint.pt and curves.png go (default: runs/<model>-<timestamp>)",
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir (default: the newest runs/<model>-*) from its "
+        "checkpoint; --epochs may raise the maximum",
+    )
     train.set_defaults(handler=_train)
+
+    export = sub.add_parser("export", help="export the best state of a training run")
+    export.add_argument("--run-dir", type=Path, required=True, help="a run of `recserve train`")
+    export.add_argument("--model-repo", type=Path, default=Path("model-repo"))
+    export.add_argument(
+        "--name", default="", help="model name in the repository (default: the model)"
+    )
+    export.add_argument(
+        "--data-dir", type=Path, help="where the run's data set is (default: the run's --data-dir)"
+    )
+    export.set_defaults(handler=_export)
 
     data = sub.add_parser("data", help="obtain data sets")
     data_sub = data.add_subparsers(dest="action", required=True)

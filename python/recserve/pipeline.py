@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,8 +20,14 @@ from .crossing import DeepFMCrossing
 from .errors import InvalidRequest
 from .results import Ranking, ScoredItem
 from .schema import FeatureSchema, encode_ids, encode_value
+from .validation import check_candidates, check_k, check_recent, check_user_id
 
-RANKER_FAMILIES = ("deepfm",)
+if TYPE_CHECKING:
+    from .retrieval import RetrievalPipeline
+
+# Every CTR ranker serves through its TorchScript ``model`` program; a DeepFM artifact with
+# a crossing block also through the fused C++ crossing kernel.
+RANKER_FAMILIES = ("mlp", "wide_deep", "deepfm", "dcnv2")
 DEFAULT_RECOMMEND_K = 10
 # The scores are on the host already; a round trip to a GPU would only add latency.
 SCORES_BACKEND = "cpu"
@@ -32,17 +39,6 @@ class Limits:
 
     max_candidates: int = 10_000
     max_k: int = 1_000
-
-
-def _check_ids(ids: np.ndarray, what: str) -> None:
-    negative = ids[ids < 0]
-    if negative.size:
-        raise InvalidRequest(f"{what} must be non-negative; got {int(negative[0])}")
-
-
-def _check_k(k: int, limits: Limits) -> None:
-    if k < 0 or k > limits.max_k:
-        raise InvalidRequest(f"k must be between 0 and {limits.max_k} (0 = default); got {k}")
 
 
 class RankerPipeline:
@@ -106,8 +102,7 @@ class RankerPipeline:
 
     def encode_user(self, user_id: int, context: Mapping[str, str]) -> tuple[np.ndarray, int]:
         """The user's encoded feature row and table row (-1 for a cold-start user)."""
-        if user_id < 0:
-            raise InvalidRequest(f"user_id must be non-negative; got {user_id}")
+        check_user_id(user_id)
         code = int(encode_ids(self.user_ids, [user_id])[0])
         row = code - 1
         if row >= 0:
@@ -170,22 +165,8 @@ class RankerPipeline:
         k: int = 0,
         context: Mapping[str, str] | None = None,
     ) -> Ranking:
-        candidates = np.asarray(candidate_item_ids, dtype=np.int64).reshape(-1)
-        if candidates.size == 0:
-            raise InvalidRequest("candidate_item_ids is empty; send the items to rank")
-        if candidates.size > self.limits.max_candidates:
-            raise InvalidRequest(
-                f"{candidates.size} candidates exceed the limit of {self.limits.max_candidates}; "
-                "split the request"
-            )
-        _check_k(k, self.limits)
-        _check_ids(candidates, "candidate_item_ids")
-        unique, counts = np.unique(candidates, return_counts=True)
-        if unique.size != candidates.size:
-            raise InvalidRequest(
-                f"candidate_item_ids has duplicates, e.g. {int(unique[counts > 1][0])}; "
-                "send each item once"
-            )
+        candidates = check_candidates(candidate_item_ids, self.limits)
+        check_k(k, self.limits)
         user_features, user_row = self.encode_user(user_id, context or {})
 
         codes = encode_ids(self.item_ids, candidates)
@@ -210,14 +191,8 @@ class RankerPipeline:
         include_seen: bool = False,
         context: Mapping[str, str] | None = None,
     ) -> Ranking:
-        _check_k(k, self.limits)
-        recent = np.asarray(recent_item_ids, dtype=np.int64).reshape(-1)
-        if recent.size > self.limits.max_candidates:
-            raise InvalidRequest(
-                f"{recent.size} recent_item_ids exceed the limit of "
-                f"{self.limits.max_candidates}; send the most recent ones"
-            )
-        _check_ids(recent, "recent_item_ids")
+        check_k(k, self.limits)
+        recent = check_recent(recent_item_ids, self.limits)
         user_features, user_row = self.encode_user(user_id, context or {})
         codes = encode_ids(self.item_ids, recent)
         k = k or DEFAULT_RECOMMEND_K
@@ -237,11 +212,17 @@ class RankerPipeline:
         )
 
 
-def make_pipeline(artifact: Artifact, limits: Limits | None = None) -> RankerPipeline:
+def make_pipeline(
+    artifact: Artifact, limits: Limits | None = None
+) -> RankerPipeline | RetrievalPipeline:
     """The pipeline that serves an artifact's family."""
+    from .retrieval import RETRIEVAL_FAMILIES, make_retrieval_pipeline  # imports this module
+
     if artifact.family in RANKER_FAMILIES:
         return RankerPipeline(artifact, limits)
+    if artifact.family in RETRIEVAL_FAMILIES:
+        return make_retrieval_pipeline(artifact, limits)
     raise ValueError(
         f"{artifact.path}: model family {artifact.family!r} cannot be served by this recserve "
-        f"(it serves: {', '.join(RANKER_FAMILIES)})"
+        f"(it serves: {', '.join(RANKER_FAMILIES + RETRIEVAL_FAMILIES)})"
     )

@@ -14,11 +14,14 @@ the ML-100k period) and structure a model can learn:
 Every user has at least five interactions, each (user, item) pair occurs at most once, and
 the log is sorted by time. ``write_grouplens`` and ``write_atomic`` write any data set in
 the two on-disk layouts that ``load_movielens_100k`` reads, byte-for-byte in the real
-files' format.
+files' format; ``write_movielens_1m`` writes the layout ``load_movielens_1m`` reads, and
+``write_interaction_log`` a CSV log with a schema file for ``load_interaction_log``.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -26,6 +29,7 @@ from urllib.parse import quote
 import numpy as np
 
 from .movielens import ATOMIC_FILES, GENRES
+from .movielens_1m import AGE_GROUPS_1M, GROUPLENS_1M_FILES, OCCUPATIONS_1M, SEPARATOR_1M
 from .types import InteractionData, Items, Users
 
 OCCUPATIONS = (
@@ -381,3 +385,189 @@ def write_atomic(data: InteractionData, directory: str | Path) -> Path:
         "utf-8",
     )
     return target
+
+
+def age_group_1m(age: np.ndarray) -> np.ndarray:
+    """Ages in years -> MovieLens-1M age codes (1 = under 18, else the group's lower bound)."""
+    age = np.asarray(age, dtype=np.int64)
+    if np.any(age <= 0):
+        raise ValueError("MovieLens-1M has no unknown age; every age must be > 0 years")
+    bounds = np.array(AGE_GROUPS_1M, dtype=np.int64)
+    return bounds[np.searchsorted(bounds, age, side="right") - 1]
+
+
+def write_movielens_1m(data: InteractionData, directory: str | Path) -> Path:
+    """Write ``data`` as MovieLens-1M ``ratings.dat``, ``users.dat``, ``movies.dat``.
+
+    The files are latin-1 with ``::`` separators, as in ``ml-1m.zip``. Ages are written as
+    their age-group code (``age_group_1m``), so they load back as the group's lower bound;
+    occupations must be names from ``OCCUPATIONS_1M`` and genders ``M`` or ``F`` (ML-1M has
+    no unknowns). A title gets `` (YYYY)`` appended unless it already ends with its release
+    year (nothing when the year is unknown); the zip code is a placeholder. Returns
+    ``directory``.
+    """
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    users, items = data.users, data.items
+    _check_no_separator("title", items.title, "\n\r", "MovieLens-1M")
+    for title in items.title.tolist():
+        if SEPARATOR_1M in title or title.startswith(":") or title.rstrip().endswith(":"):
+            raise ValueError(
+                f"title {title!r} would run into the '::' separator of MovieLens-1M; "
+                "clean the title before writing"
+            )
+    for genres in items.genres:
+        _check_no_separator("genre", np.array(genres, dtype=np.str_), "|:\n\r", "MovieLens-1M")
+    unknown_occupations = sorted(set(users.occupation.tolist()) - set(OCCUPATIONS_1M))
+    if unknown_occupations:
+        raise ValueError(
+            f"MovieLens-1M has codes only for the occupations {OCCUPATIONS_1M}; got "
+            f"{unknown_occupations[:5]}; map them to those names before writing"
+        )
+    if not set(users.gender.tolist()) <= {"M", "F"}:
+        raise ValueError("MovieLens-1M has no unknown gender; every gender must be M or F")
+    occupation_code = {name: code for code, name in enumerate(OCCUPATIONS_1M)}
+
+    ratings_file, users_file, movies_file = (target / name for name in GROUPLENS_1M_FILES)
+    sep = SEPARATOR_1M
+    _write_lines(
+        ratings_file,
+        [
+            f"{user}{sep}{item}{sep}{_format_rating(rating)}{sep}{timestamp}"
+            for user, item, rating, timestamp in zip(
+                data.user_id.tolist(),
+                data.item_id.tolist(),
+                data.rating.tolist(),
+                data.timestamp.tolist(),
+                strict=True,
+            )
+        ],
+        "latin-1",
+    )
+    _write_lines(
+        users_file,
+        [
+            f"{user}{sep}{gender}{sep}{age}{sep}{occupation_code[occupation]}{sep}00000"
+            for user, gender, age, occupation in zip(
+                users.user_id.tolist(),
+                users.gender.tolist(),
+                age_group_1m(users.age).tolist(),
+                users.occupation.tolist(),
+                strict=True,
+            )
+        ],
+        "latin-1",
+    )
+    movie_lines = []
+    for item, title, year, genres in zip(
+        items.item_id.tolist(),
+        items.title.tolist(),
+        items.release_year.tolist(),
+        items.genres,
+        strict=True,
+    ):
+        if year and not title.rstrip().endswith(f"({year})"):
+            title = f"{title} ({year})"
+        movie_lines.append(f"{item}{sep}{title}{sep}{'|'.join(genres)}")
+    _write_lines(movies_file, movie_lines, "latin-1")
+    return target
+
+
+def write_interaction_log(
+    data: InteractionData, directory: str | Path, schema_suffix: str = ".toml"
+) -> Path:
+    """Write ``data`` as a CSV interaction log with user and item tables and a schema file.
+
+    Writes ``interactions.csv`` (``user_id,item_id,rating,timestamp``), ``users.csv``
+    (``user_id,age,gender,occupation``), ``items.csv`` (``item_id,title,release_year,
+    genres``; genres joined by ``|``, fields quoted where needed) and ``<name>.toml`` (or
+    ``.json``, by ``schema_suffix``). Unknown values are written empty. Returns the schema
+    file's path.
+    """
+    if schema_suffix not in (".toml", ".json"):
+        raise ValueError(f"schema_suffix must be '.toml' or '.json', got {schema_suffix!r}")
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    users, items = data.users, data.items
+    for genres in items.genres:
+        _check_no_separator("genre", np.array(genres, dtype=np.str_), "|", "CSV log")
+    tables = {
+        "interactions.csv": (
+            ("user_id", "item_id", "rating", "timestamp"),
+            zip(
+                data.user_id.tolist(),
+                data.item_id.tolist(),
+                [_format_rating(rating) for rating in data.rating.tolist()],
+                data.timestamp.tolist(),
+                strict=True,
+            ),
+        ),
+        "users.csv": (
+            ("user_id", "age", "gender", "occupation"),
+            zip(
+                users.user_id.tolist(),
+                [age or "" for age in users.age.tolist()],
+                users.gender.tolist(),
+                users.occupation.tolist(),
+                strict=True,
+            ),
+        ),
+        "items.csv": (
+            ("item_id", "title", "release_year", "genres"),
+            zip(
+                items.item_id.tolist(),
+                items.title.tolist(),
+                [year or "" for year in items.release_year.tolist()],
+                ["|".join(genres) for genres in items.genres],
+                strict=True,
+            ),
+        ),
+    }
+    for name, (header, rows) in tables.items():
+        with (target / name).open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+    schema = {
+        "name": data.name,
+        "interactions": {
+            "file": "interactions.csv",
+            "user": "user_id",
+            "item": "item_id",
+            "rating": "rating",
+            "timestamp": "timestamp",
+        },
+        "users": {
+            "file": "users.csv",
+            "id": "user_id",
+            "age": "age",
+            "gender": "gender",
+            "occupation": "occupation",
+        },
+        "items": {
+            "file": "items.csv",
+            "id": "item_id",
+            "title": "title",
+            "release_year": "release_year",
+            "genres": "genres",
+            "genre_separator": "|",
+        },
+    }
+    schema_file = target / f"{data.name}{schema_suffix}"
+    if schema_suffix == ".json":
+        schema_file.write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")
+    else:
+        schema_file.write_text(_as_toml(schema), encoding="utf-8")
+    return schema_file
+
+
+def _as_toml(schema: dict[str, object]) -> str:
+    """A flat TOML document: top-level strings, then one table per dict of strings."""
+    lines = [
+        f"{key} = {json.dumps(value)}" for key, value in schema.items() if isinstance(value, str)
+    ]
+    for section, table in schema.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{section}]"]
+            lines += [f"{key} = {json.dumps(value)}" for key, value in table.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,248 @@
+"""Retrieval pipelines: top-N models that score the whole catalog by an inner product.
+
+Two artifact families (docs/artifact.md):
+
+- ``embedding`` (most-popular, BPR-MF): a stored vector per user; ``recent_item_ids``
+  are excluded from the answer but do not change the user's vector.
+- ``sequence`` (GRU4Rec, LSTM): the ``encoder`` program turns the user's items, oldest
+  first, into a user vector. The request's known ``recent_item_ids`` (in order, newest
+  last) are appended to the user's stored history, and the last ``max_history`` items
+  are encoded, so a click sent in the request changes the answer at once.
+
+Recommend is the fused C++ ``topk_inner_product`` over the item vectors, with the user's
+seen items and the request's recent items excluded inside the kernel (unless
+``include_seen``). Rank scores the candidates' rows, then selects with ``topk_scores``.
+Cold start: a user with no vector (an unknown user id and, for ``sequence``, no known
+recent item) gets the catalog by training popularity (the ``popularity`` table, the
+share of training interactions per item); the answer says ``cold_start_user`` whenever
+the user id is unknown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import kernels
+from .artifact import Artifact
+from .errors import InvalidRequest
+from .pipeline import DEFAULT_RECOMMEND_K, SCORES_BACKEND, Limits
+from .results import Ranking, ScoredItem
+from .schema import encode_ids
+from .validation import check_candidates, check_k, check_recent, check_user_id
+
+EMBEDDING_FAMILY = "embedding"
+SEQUENCE_FAMILY = "sequence"
+RETRIEVAL_FAMILIES = (EMBEDDING_FAMILY, SEQUENCE_FAMILY)
+
+
+class RetrievalPipeline:
+    """Rank and Recommend for a model that gives one vector per user (see the module)."""
+
+    family = ""
+
+    def __init__(self, artifact: Artifact, limits: Limits | None = None) -> None:
+        if artifact.family != self.family:
+            raise ValueError(f"family {artifact.family!r} is not {self.family!r}")
+        self.artifact = artifact
+        self.limits = limits or Limits()
+        self.schema = artifact.schema
+        t = artifact.tables
+        self.user_ids = t["user_ids"]
+        self.item_ids = t["item_ids"]
+        self.item_titles = t.get("item_titles", np.full(self.item_ids.shape, "", dtype="<U1"))
+        self.seen_indptr = t["seen_indptr"]
+        self.seen_items = t["seen_items"]
+        self.item_vectors = np.ascontiguousarray(t["item_vectors"], dtype=np.float32)
+        self.popularity = np.ascontiguousarray(t["popularity"], dtype=np.float32)
+        self._check_tables()
+
+    def _check_tables(self) -> None:
+        n_items, n_users = self.item_ids.size, self.user_ids.size
+        if not (np.all(np.diff(self.item_ids) > 0) and np.all(np.diff(self.user_ids) > 0)):
+            raise ValueError("id tables must be sorted and unique")
+        if self.item_vectors.ndim != 2 or self.item_vectors.shape[0] != n_items:
+            raise ValueError(f"item_vectors {self.item_vectors.shape} do not match {n_items} items")
+        if self.popularity.shape != (n_items,):
+            raise ValueError("popularity table does not match the catalog")
+        _check_csr(self.seen_indptr, self.seen_items, n_users, n_items, "seen-items")
+
+    @property
+    def num_items(self) -> int:
+        return int(self.item_ids.size)
+
+    @property
+    def num_users(self) -> int:
+        return int(self.user_ids.size)
+
+    def seen_rows(self, user_row: int) -> np.ndarray:
+        if user_row < 0:
+            return np.empty(0, dtype=np.int64)
+        return self.seen_items[self.seen_indptr[user_row] : self.seen_indptr[user_row + 1]]
+
+    # -- user side -------------------------------------------------------------------
+
+    def user_vector(self, user_row: int, recent_rows: np.ndarray) -> np.ndarray | None:
+        """float32 [d], or None when the model knows nothing of the user."""
+        raise NotImplementedError
+
+    def encode_user(
+        self,
+        user_id: int,
+        context: Mapping[str, str],
+        recent_rows: np.ndarray | None = None,
+    ) -> tuple[np.ndarray | None, int]:
+        """The user's vector (None: cold start, served by popularity) and table row
+        (-1 for an unknown user id)."""
+        check_user_id(user_id)
+        for name in context:
+            if name == "user_id":
+                raise InvalidRequest(f"{name!r} is the user id; send it as user_id")
+            raise InvalidRequest(
+                f"unknown user feature {name!r}; this model takes no user features "
+                "(send user_id and, for sequence models, recent_item_ids)"
+            )
+        row = int(encode_ids(self.user_ids, [user_id])[0]) - 1
+        recent = np.empty(0, dtype=np.int64) if recent_rows is None else recent_rows
+        return self.user_vector(row, recent), row
+
+    # -- scoring ---------------------------------------------------------------------
+
+    def score_rows(
+        self, user_vector: np.ndarray | None, item_rows: np.ndarray | None
+    ) -> np.ndarray:
+        """Scores of one user against item rows (None = all items)."""
+        if user_vector is None:
+            table = self.popularity
+            return table if item_rows is None else table[item_rows]
+        vectors = self.item_vectors if item_rows is None else self.item_vectors[item_rows]
+        return vectors @ user_vector
+
+    def _to_items(self, rows: np.ndarray, scores: np.ndarray) -> list[ScoredItem]:
+        return [
+            ScoredItem(int(self.item_ids[r]), float(s), str(self.item_titles[r]))
+            for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
+        ]
+
+    # -- requests --------------------------------------------------------------------
+
+    def rank(
+        self,
+        user_id: int,
+        candidate_item_ids: Sequence[int],
+        k: int = 0,
+        context: Mapping[str, str] | None = None,
+    ) -> Ranking:
+        candidates = check_candidates(candidate_item_ids, self.limits)
+        check_k(k, self.limits)
+        vector, user_row = self.encode_user(user_id, context or {})
+        codes = encode_ids(self.item_ids, candidates)
+        known = codes > 0
+        rows = codes[known] - 1
+        scores = self.score_rows(vector, rows)
+        k = rows.size if k == 0 else min(k, rows.size)
+        values, order = kernels.topk_scores(scores, k, backend=SCORES_BACKEND)
+        keep = order >= 0
+        return Ranking(
+            items=self._to_items(rows[order[keep]], values[keep]),
+            cold_start_user=user_row < 0,
+            unknown_item_ids=candidates[~known].tolist(),
+        )
+
+    def recommend(
+        self,
+        user_id: int,
+        k: int = 0,
+        recent_item_ids: Sequence[int] = (),
+        include_seen: bool = False,
+        context: Mapping[str, str] | None = None,
+    ) -> Ranking:
+        check_k(k, self.limits)
+        recent = check_recent(recent_item_ids, self.limits)
+        codes = encode_ids(self.item_ids, recent)
+        recent_rows = codes[codes > 0] - 1
+        vector, user_row = self.encode_user(user_id, context or {}, recent_rows)
+        k = min(k or DEFAULT_RECOMMEND_K, self.num_items)
+        exclude = None
+        if not include_seen:
+            exclude = [np.concatenate([self.seen_rows(user_row), recent_rows])]
+        if vector is None:
+            values, rows = kernels.topk_scores(self.popularity, k, exclude, backend=SCORES_BACKEND)
+        else:
+            values, rows = kernels.topk_inner_product(
+                vector, self.item_vectors, k, exclude, backend=SCORES_BACKEND
+            )
+        keep = rows >= 0
+        return Ranking(
+            items=self._to_items(rows[keep], values[keep]),
+            cold_start_user=user_row < 0,
+            unknown_item_ids=recent[codes == 0].tolist(),
+        )
+
+
+class EmbeddingPipeline(RetrievalPipeline):
+    """Family ``embedding``: score(u, i) = <user_vectors[u], item_vectors[i]>."""
+
+    family = EMBEDDING_FAMILY
+
+    def __init__(self, artifact: Artifact, limits: Limits | None = None) -> None:
+        super().__init__(artifact, limits)
+        self.user_vectors = np.ascontiguousarray(artifact.tables["user_vectors"], np.float32)
+        if self.user_vectors.shape != (self.num_users, self.item_vectors.shape[1]):
+            raise ValueError(
+                f"user_vectors {self.user_vectors.shape} do not match {self.num_users} users "
+                f"and item vectors of size {self.item_vectors.shape[1]}"
+            )
+
+    def user_vector(self, user_row: int, recent_rows: np.ndarray) -> np.ndarray | None:
+        return self.user_vectors[user_row] if user_row >= 0 else None
+
+
+class SequencePipeline(RetrievalPipeline):
+    """Family ``sequence``: the ``encoder`` program over history + recent items."""
+
+    family = SEQUENCE_FAMILY
+
+    def __init__(self, artifact: Artifact, limits: Limits | None = None) -> None:
+        super().__init__(artifact, limits)
+        self.encoder = artifact.modules["encoder"]
+        self.history_indptr = artifact.tables["history_indptr"]
+        self.history_items = artifact.tables["history_items"]
+        self.max_history = int(artifact.manifest.get("max_history", 50))
+        if self.max_history < 1:
+            raise ValueError(f"max_history must be >= 1, got {self.max_history}")
+        _check_csr(
+            self.history_indptr, self.history_items, self.num_users, self.num_items, "history"
+        )
+
+    def history_rows(self, user_row: int) -> np.ndarray:
+        """The user's stored items, oldest first (empty for an unknown user)."""
+        if user_row < 0:
+            return np.empty(0, dtype=np.int64)
+        return self.history_items[self.history_indptr[user_row] : self.history_indptr[user_row + 1]]
+
+    def user_vector(self, user_row: int, recent_rows: np.ndarray) -> np.ndarray | None:
+        items = np.concatenate([self.history_rows(user_row), recent_rows])[-self.max_history :]
+        if items.size == 0:
+            return None
+        sequence = torch.from_numpy(items + 1).unsqueeze(0)  # [1, L], newest last
+        with torch.inference_mode():
+            state = self.encoder(sequence)  # [1, d]
+        return np.ascontiguousarray(state[0].to(torch.float32).numpy())
+
+
+def _check_csr(indptr: np.ndarray, items: np.ndarray, n_rows: int, n_items: int, what: str) -> None:
+    if indptr.shape != (n_rows + 1,) or indptr[-1] != items.size:
+        raise ValueError(f"{what} table is inconsistent")
+    if items.size and (items.min() < 0 or items.max() >= n_items):
+        raise ValueError(f"{what} table refers to items outside the catalog")
+
+
+def make_retrieval_pipeline(artifact: Artifact, limits: Limits | None = None) -> RetrievalPipeline:
+    if artifact.family == EMBEDDING_FAMILY:
+        return EmbeddingPipeline(artifact, limits)
+    if artifact.family == SEQUENCE_FAMILY:
+        return SequencePipeline(artifact, limits)
+    raise ValueError(f"family {artifact.family!r} is not a retrieval family")
