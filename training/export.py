@@ -15,6 +15,7 @@ from recserve.schema import FeatureSchema
 
 from .features import EncodedData
 from .models import DeepFM
+from .models.cfgan import CFGANGenerator
 from .models.gru4rec import GRU4Rec
 
 
@@ -120,7 +121,7 @@ def export_ranker(
     )
 
 
-# -- top-N families (docs/artifact.md: "embedding" and "sequence") -------------------
+# -- top-N families (docs/artifact.md: "embedding", "sequence", "generator") ----------
 
 TOPN_TABLES = ("user_ids", "item_ids", "item_titles", "seen_indptr", "seen_items", "popularity")
 
@@ -184,4 +185,28 @@ def export_sequence(
         metrics=metrics,
         config=config,
         extra={"max_history": int(max_length)},
+    )
+
+
+def export_generator(
+    generator: CFGANGenerator,
+    schema: FeatureSchema,
+    tables: dict[str, np.ndarray],
+    repo: str | os.PathLike[str],
+    name: str,
+    *,
+    metrics: dict[str, float],
+    config: dict[str, Any],
+) -> Path:
+    """Family ``generator``: ``generator`` program (float32 [1, I] purchase vector ->
+    float32 [1, I] scores); the user's purchases are the ``seen`` table."""
+    return save_artifact(
+        repo,
+        name,
+        family="generator",
+        schema=schema,
+        modules={"generator": script_model(generator)},
+        tables={key: tables[key] for key in TOPN_TABLES},
+        metrics=metrics,
+        config=config,
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .data import InteractionData
+from .gan import CFGANConfig, train_cfgan
 from .ranker import train_ranker
 from .topn import (
     BPRConfig,
@@ -102,5 +103,6 @@ MODELS: dict[str, ModelEntry] = {
         ModelEntry("bpr", "topn", BPRConfig, train_bpr, TOPN_HEADLINE),
         ModelEntry("gru4rec", "topn", SequenceConfig, train_sequence, TOPN_HEADLINE),
         ModelEntry("lstm", "topn", LSTMConfig, train_sequence, TOPN_HEADLINE),
+        ModelEntry("cfgan", "topn", CFGANConfig, train_cfgan, TOPN_HEADLINE),
     )
 }

@@ -25,9 +25,10 @@ from recserve.schema import FeatureSchema, FeatureSpec
 
 from .data import InteractionData
 from .evaluation import LeaveOneOut, evaluate_topn, leave_one_out
-from .export import export_embedding, export_sequence
+from .export import export_embedding, export_generator, export_sequence
 from .features import encode_movielens
 from .models.bpr import BPRMF, bpr_loss
+from .models.cfgan import CFGAN
 from .models.gru4rec import GRU4Rec
 from .models.popularity import Popularity
 
@@ -142,7 +143,7 @@ def prepare_topn(data: InteractionData) -> TopNData:
 class TrainedTopN:
     """A trained top-N model with its metrics; ``export`` writes its artifact."""
 
-    name: str  # pop, bpr, gru4rec, lstm
+    name: str  # pop, bpr, gru4rec, lstm, cfgan
     model: nn.Module
     prepared: TopNData
     config: Any
@@ -159,6 +160,16 @@ class TrainedTopN:
                 repo,
                 name,
                 max_length=self.config.max_length,
+                metrics=self.metrics,
+                config=config,
+            )
+        if isinstance(self.model, CFGAN):
+            return export_generator(
+                self.model.generator,
+                self.prepared.schema,
+                self.prepared.tables,
+                repo,
+                name,
                 metrics=self.metrics,
                 config=config,
             )
@@ -251,7 +262,7 @@ def train_popularity(
 
 def _fit(
     model: nn.Module,
-    run_epoch: Callable[[int], float],
+    run_epoch: Callable[[int], float | dict[str, float]],
     score: Callable[[np.ndarray, list[np.ndarray]], np.ndarray],
     split: LeaveOneOut,
     epochs: int,
@@ -259,19 +270,25 @@ def _fit(
     report: Report | None,
 ) -> list[TopNEpochLog]:
     """Run epochs; keep the weights of the best validation NDCG@10; stop after
-    ``patience`` epochs without improvement."""
+    ``patience`` epochs without improvement.
+
+    ``run_epoch`` returns the epoch's training loss, or named losses (a GAN's G and D
+    losses; the first one is logged as ``train_loss``)."""
     history: list[TopNEpochLog] = []
     best, best_state, stale = -1.0, copy.deepcopy(model.state_dict()), 0
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         model.train()
-        loss = run_epoch(epoch)
+        losses = run_epoch(epoch)
+        named = losses if isinstance(losses, dict) else {"train loss": losses}
+        loss = next(iter(named.values()))
         val = evaluate_topn(score, split, "val")
         log = TopNEpochLog(epoch, loss, val["ndcg@10"], val["hr@10"], time.perf_counter() - start)
         history.append(log)
         if report:
+            text = "  ".join(f"{name} {value:.4f}" for name, value in named.items())
             report(
-                f"epoch {epoch:>2}: train loss {loss:.4f}  val NDCG@10 {log.val_ndcg:.4f}"
+                f"epoch {epoch:>2}: {text}  val NDCG@10 {log.val_ndcg:.4f}"
                 f"  val HR@10 {log.val_hr:.4f}  ({log.seconds:.1f}s)"
             )
         if log.val_ndcg > best:

@@ -1,6 +1,6 @@
-"""Retrieval pipelines: top-N models that score the whole catalog by an inner product.
+"""Retrieval pipelines: top-N models that score the whole catalog for one user.
 
-Two artifact families (docs/artifact.md):
+Three artifact families (docs/artifact.md):
 
 - ``embedding`` (most-popular, BPR-MF): a stored vector per user; ``recent_item_ids``
   are excluded from the answer but do not change the user's vector.
@@ -8,14 +8,18 @@ Two artifact families (docs/artifact.md):
   first, into a user vector. The request's known ``recent_item_ids`` (in order, newest
   last) are appended to the user's stored history, and the last ``max_history`` items
   are encoded, so a click sent in the request changes the answer at once.
+- ``generator`` (CFGAN): the ``generator`` program maps the user's purchase vector (the
+  multi-hot of their stored items plus the request's known ``recent_item_ids``) to a
+  score per catalog item; a click sent in the request changes the answer at once.
 
-Recommend is the fused C++ ``topk_inner_product`` over the item vectors, with the user's
-seen items and the request's recent items excluded inside the kernel (unless
+Recommend is, for ``embedding`` and ``sequence``, the fused C++ ``topk_inner_product``
+over the item vectors, for ``generator`` ``topk_scores`` over the generated scores, with
+the user's seen items and the request's recent items excluded inside the kernel (unless
 ``include_seen``). Rank scores the candidates' rows, then selects with ``topk_scores``.
-Cold start: a user with no vector (an unknown user id and, for ``sequence``, no known
-recent item) gets the catalog by training popularity (the ``popularity`` table, the
-share of training interactions per item); the answer says ``cold_start_user`` whenever
-the user id is unknown.
+Cold start: a user with no vector (an unknown user id and, for ``sequence`` and
+``generator``, no known recent item) gets the catalog by training popularity (the
+``popularity`` table, the share of training interactions per item); the answer says
+``cold_start_user`` whenever the user id is unknown.
 """
 
 from __future__ import annotations
@@ -35,11 +39,17 @@ from .validation import check_candidates, check_k, check_recent, check_user_id
 
 EMBEDDING_FAMILY = "embedding"
 SEQUENCE_FAMILY = "sequence"
-RETRIEVAL_FAMILIES = (EMBEDDING_FAMILY, SEQUENCE_FAMILY)
+GENERATOR_FAMILY = "generator"
+RETRIEVAL_FAMILIES = (EMBEDDING_FAMILY, SEQUENCE_FAMILY, GENERATOR_FAMILY)
 
 
 class RetrievalPipeline:
-    """Rank and Recommend for a model that gives one vector per user (see the module)."""
+    """Rank and Recommend for a model that gives one vector per user (see the module).
+
+    The vector is scored against ``item_vectors`` by inner product; a family without
+    item vectors (``generator``) overrides :meth:`score_rows` and :meth:`top_k`."""
+
+    uses_item_vectors = True
 
     family = ""
 
@@ -55,7 +65,11 @@ class RetrievalPipeline:
         self.item_titles = t.get("item_titles", np.full(self.item_ids.shape, "", dtype="<U1"))
         self.seen_indptr = t["seen_indptr"]
         self.seen_items = t["seen_items"]
-        self.item_vectors = np.ascontiguousarray(t["item_vectors"], dtype=np.float32)
+        self.item_vectors = (
+            np.ascontiguousarray(t["item_vectors"], dtype=np.float32)
+            if self.uses_item_vectors
+            else None
+        )
         self.popularity = np.ascontiguousarray(t["popularity"], dtype=np.float32)
         self._check_tables()
 
@@ -63,8 +77,9 @@ class RetrievalPipeline:
         n_items, n_users = self.item_ids.size, self.user_ids.size
         if not (np.all(np.diff(self.item_ids) > 0) and np.all(np.diff(self.user_ids) > 0)):
             raise ValueError("id tables must be sorted and unique")
-        if self.item_vectors.ndim != 2 or self.item_vectors.shape[0] != n_items:
-            raise ValueError(f"item_vectors {self.item_vectors.shape} do not match {n_items} items")
+        vectors = self.item_vectors
+        if vectors is not None and (vectors.ndim != 2 or vectors.shape[0] != n_items):
+            raise ValueError(f"item_vectors {vectors.shape} do not match {n_items} items")
         if self.popularity.shape != (n_items,):
             raise ValueError("popularity table does not match the catalog")
         _check_csr(self.seen_indptr, self.seen_items, n_users, n_items, "seen-items")
@@ -120,6 +135,14 @@ class RetrievalPipeline:
         vectors = self.item_vectors if item_rows is None else self.item_vectors[item_rows]
         return vectors @ user_vector
 
+    def top_k(
+        self, user_vector: np.ndarray, k: int, exclude: list[np.ndarray] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) of the user's best k items of the catalog, ``exclude`` left out."""
+        return kernels.topk_inner_product(
+            user_vector, self.item_vectors, k, exclude, backend=SCORES_BACKEND
+        )
+
     def _to_items(self, rows: np.ndarray, scores: np.ndarray) -> list[ScoredItem]:
         return [
             ScoredItem(int(self.item_ids[r]), float(s), str(self.item_titles[r]))
@@ -171,9 +194,7 @@ class RetrievalPipeline:
         if vector is None:
             values, rows = kernels.topk_scores(self.popularity, k, exclude, backend=SCORES_BACKEND)
         else:
-            values, rows = kernels.topk_inner_product(
-                vector, self.item_vectors, k, exclude, backend=SCORES_BACKEND
-            )
+            values, rows = self.top_k(vector, k, exclude)
         keep = rows >= 0
         return Ranking(
             items=self._to_items(rows[keep], values[keep]),
@@ -233,6 +254,41 @@ class SequencePipeline(RetrievalPipeline):
         return np.ascontiguousarray(state[0].to(torch.float32).numpy())
 
 
+class GeneratorPipeline(RetrievalPipeline):
+    """Family ``generator``: the ``generator`` program over the user's purchase vector
+    (stored items, the ``seen`` table, plus recent items) gives a score per item."""
+
+    family = GENERATOR_FAMILY
+    uses_item_vectors = False
+
+    def __init__(self, artifact: Artifact, limits: Limits | None = None) -> None:
+        super().__init__(artifact, limits)
+        self.generator = artifact.modules["generator"]
+
+    def user_vector(self, user_row: int, recent_rows: np.ndarray) -> np.ndarray | None:
+        """The generated scores, float32 [I] (None: no known item, cold start)."""
+        items = np.concatenate([self.seen_rows(user_row), recent_rows])
+        if items.size == 0:
+            return None
+        purchases = torch.zeros(1, self.num_items)  # [1, I]
+        purchases[0, torch.from_numpy(items)] = 1.0
+        with torch.inference_mode():
+            scores = self.generator(purchases)  # [1, I]
+        return np.ascontiguousarray(scores[0].to(torch.float32).numpy())
+
+    def score_rows(
+        self, user_vector: np.ndarray | None, item_rows: np.ndarray | None
+    ) -> np.ndarray:
+        if user_vector is None:
+            return super().score_rows(None, item_rows)
+        return user_vector if item_rows is None else user_vector[item_rows]
+
+    def top_k(
+        self, user_vector: np.ndarray, k: int, exclude: list[np.ndarray] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return kernels.topk_scores(user_vector, k, exclude, backend=SCORES_BACKEND)
+
+
 def _check_csr(indptr: np.ndarray, items: np.ndarray, n_rows: int, n_items: int, what: str) -> None:
     if indptr.shape != (n_rows + 1,) or indptr[-1] != items.size:
         raise ValueError(f"{what} table is inconsistent")
@@ -245,4 +301,6 @@ def make_retrieval_pipeline(artifact: Artifact, limits: Limits | None = None) ->
         return EmbeddingPipeline(artifact, limits)
     if artifact.family == SEQUENCE_FAMILY:
         return SequencePipeline(artifact, limits)
+    if artifact.family == GENERATOR_FAMILY:
+        return GeneratorPipeline(artifact, limits)
     raise ValueError(f"family {artifact.family!r} is not a retrieval family")

@@ -1,5 +1,5 @@
-"""Retrieval pipelines (families "embedding" and "sequence"): export round trip, exclusion,
-real-time history, cold start, request checks."""
+"""Retrieval pipelines (families "embedding", "sequence", "generator"): export round trip,
+exclusion, real-time history, cold start, request checks."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from recserve import kernels
 from recserve.artifact import load_artifact
 from recserve.errors import InvalidRequest
 from recserve.pipeline import Limits, make_pipeline
-from recserve.retrieval import EmbeddingPipeline, SequencePipeline
-from recserve.training import topn
+from recserve.retrieval import EmbeddingPipeline, GeneratorPipeline, SequencePipeline
+from recserve.training import gan, topn
 from recserve.training.data import make_synthetic_movielens
 
 SMALL_SEQUENCE = dict(epochs=2, embedding_dim=8, hidden_size=8, max_length=10, num_threads=1)
+SMALL_CFGAN = dict(epochs=2, generator_hidden=[8], discriminator_hidden=[8], num_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +30,14 @@ def trained() -> dict[str, topn.TrainedTopN]:
         "bpr": topn.train_bpr(data, topn.BPRConfig(epochs=2, embedding_dim=8)),
         "gru4rec": topn.train_sequence(data, topn.SequenceConfig(**SMALL_SEQUENCE)),
         "lstm": topn.train_sequence(data, topn.LSTMConfig(**SMALL_SEQUENCE)),
+        "cfgan": gan.train_cfgan(data, gan.CFGANConfig(**SMALL_CFGAN)),
     }
 
 
 @pytest.fixture(scope="module")
 def pipelines(
     tmp_path_factory: pytest.TempPathFactory, trained: dict[str, topn.TrainedTopN]
-) -> dict[str, EmbeddingPipeline | SequencePipeline]:
+) -> dict[str, EmbeddingPipeline | SequencePipeline | GeneratorPipeline]:
     repo = tmp_path_factory.mktemp("topn-repo")
     out = {}
     for name, model in trained.items():
@@ -50,6 +52,8 @@ def test_families_dispatch(pipelines) -> None:
     assert isinstance(pipelines["bpr"], EmbeddingPipeline)
     assert isinstance(pipelines["gru4rec"], SequencePipeline)
     assert pipelines["lstm"].artifact.family == "sequence"
+    assert isinstance(pipelines["cfgan"], GeneratorPipeline)
+    assert pipelines["cfgan"].artifact.family == "generator"
     assert pipelines["bpr"].artifact.metrics["test_ndcg@10"] >= 0
     assert [f.name for f in pipelines["bpr"].schema.features] == ["user_id", "item_id"]
 
@@ -77,7 +81,18 @@ def test_sequence_round_trip_scores(trained, pipelines, name: str) -> None:
         np.testing.assert_allclose(pipeline.score_rows(vector, None), want, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["pop", "bpr", "gru4rec"])
+def test_generator_round_trip_scores(trained, pipelines) -> None:
+    model, pipeline = trained["cfgan"].model, pipelines["cfgan"]
+    for row in (0, 11, pipeline.num_users - 1):
+        purchases = gan.purchase_vectors([pipeline.seen_rows(row)], pipeline.num_items)
+        with torch.no_grad():
+            want = model(purchases)[0].numpy()
+        vector, got_row = pipeline.encode_user(int(pipeline.user_ids[row]), {})
+        assert got_row == row
+        np.testing.assert_array_equal(pipeline.score_rows(vector, None), want)
+
+
+@pytest.mark.parametrize("name", ["pop", "bpr", "gru4rec", "cfgan"])
 def test_recommend_is_brute_force_top_k_without_seen(pipelines, name: str) -> None:
     pipeline = pipelines[name]
     user_id = int(pipeline.user_ids[3])
@@ -112,7 +127,25 @@ def test_recent_click_changes_sequence_answer_at_once(pipelines) -> None:
     np.testing.assert_allclose([i.score for i in after.items], values, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["bpr", "gru4rec"])
+def test_recent_click_changes_generator_answer_at_once(pipelines) -> None:
+    pipeline = pipelines["cfgan"]
+    user_id = int(pipeline.user_ids[5])
+    before = pipeline.recommend(user_id, k=10)
+    clicked = before.items[0].item_id
+    after = pipeline.recommend(user_id, k=10, recent_item_ids=[clicked, 99_999])
+    assert after.unknown_item_ids == [99_999]
+    assert clicked not in [i.item_id for i in after.items]
+    row = int(np.searchsorted(pipeline.item_ids, clicked))
+    purchases = np.append(pipeline.seen_rows(5), row)
+    with torch.no_grad():
+        scores = pipeline.generator(gan.purchase_vectors([purchases], pipeline.num_items))[0]
+    assert not np.allclose(scores.numpy(), pipeline.user_vector(5, np.empty(0, np.int64)))
+    values, rows = kernels.topk_scores(scores.numpy(), 10, [purchases], backend="cpu")
+    assert [i.item_id for i in after.items] == pipeline.item_ids[rows].tolist()
+    np.testing.assert_allclose([i.score for i in after.items], values, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["bpr", "gru4rec", "cfgan"])
 def test_cold_start_is_training_popularity(pipelines, name: str) -> None:
     pipeline = pipelines[name]
     answer = pipeline.recommend(10**9, k=5)
@@ -131,7 +164,7 @@ def test_cold_start_user_with_recent_items_gets_a_sequence_state(pipelines) -> N
     assert [i.item_id for i in answer.items] == pipeline.item_ids[rows].tolist()
 
 
-@pytest.mark.parametrize("name", ["pop", "bpr", "gru4rec"])
+@pytest.mark.parametrize("name", ["pop", "bpr", "gru4rec", "cfgan"])
 def test_rank_orders_candidates(pipelines, name: str) -> None:
     pipeline = pipelines[name]
     user_id = int(pipeline.user_ids[2])
@@ -158,7 +191,7 @@ def test_rank_orders_candidates(pipelines, name: str) -> None:
         (lambda p: p.recommend(1, context={"user_id": "1"}), "send it as user_id"),
     ],
 )
-@pytest.mark.parametrize("name", ["bpr", "gru4rec"])
+@pytest.mark.parametrize("name", ["bpr", "gru4rec", "cfgan"])
 def test_bad_requests(pipelines, name: str, call, message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
         call(pipelines[name])

@@ -1,4 +1,5 @@
-"""The top-N families ("embedding", "sequence") through a live loopback server."""
+"""The top-N families ("embedding", "sequence", "generator") through a live loopback
+server."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import torch
 
 from recserve import Client
 from recserve.server.app import RunningServer, ServeOptions, build_server
-from recserve.training import topn
+from recserve.training import gan, topn
 from recserve.training.data import make_synthetic_movielens
 
 SMALL_SEQUENCE = dict(epochs=2, embedding_dim=8, hidden_size=8, max_length=10, num_threads=1)
-FAMILIES = {"pop": "embedding", "bpr": "embedding", "gru4rec": "sequence"}
+FAMILIES = {"pop": "embedding", "bpr": "embedding", "gru4rec": "sequence", "cfgan": "generator"}
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +28,10 @@ def topn_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bpr.export(repo, "bpr", "synthetic")
     gru = topn.train_sequence(data, topn.SequenceConfig(**SMALL_SEQUENCE))
     gru.export(repo, "gru4rec", "synthetic")
+    cfgan = gan.train_cfgan(
+        data, gan.CFGANConfig(epochs=2, generator_hidden=[8], discriminator_hidden=[8])
+    )
+    cfgan.export(repo, "cfgan", "synthetic")
     return repo
 
 
@@ -68,16 +73,18 @@ def test_model_info(topn_client: Client, name: str) -> None:
     assert "test_ndcg@10" in info.metrics and info.num_items == 40 and info.num_users == 50
 
 
-def test_click_in_request_changes_sequence_answer(topn_client: Client) -> None:
-    before = topn_client.recommend(2, k=10, model="gru4rec")
+@pytest.mark.parametrize("name", ["gru4rec", "cfgan"])
+def test_click_in_request_changes_answer(topn_client: Client, name: str) -> None:
+    before = topn_client.recommend(2, k=10, model=name)
     clicked = before.items[0].item_id
-    after = topn_client.recommend(2, k=10, recent_item_ids=[clicked], model="gru4rec")
+    after = topn_client.recommend(2, k=10, recent_item_ids=[clicked], model=name)
     assert clicked not in [i.item_id for i in after.items]
     assert [i.score for i in after.items] != [i.score for i in before.items[1:]]
 
 
-def test_cold_start_and_bad_request(topn_client: Client) -> None:
-    answer = topn_client.recommend(10**12, k=3, model="bpr")
+@pytest.mark.parametrize("name", ["bpr", "cfgan"])
+def test_cold_start_and_bad_request(topn_client: Client, name: str) -> None:
+    answer = topn_client.recommend(10**12, k=3, model=name)
     assert answer.cold_start_user and len(answer.items) == 3
     with pytest.raises(Exception, match="unknown user feature 'zip'"):
         topn_client.recommend(1, model="gru4rec", user_features={"zip": "1"})
