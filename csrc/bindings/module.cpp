@@ -2,7 +2,9 @@
 //
 // Every entry point follows one shape (hnswlib's knnQuery_return_numpy):
 //   1. holding the GIL: check each numpy argument (exact ndim, dtype, C-contiguous,
-//      aligned, shapes agree, exclusion CSR valid) and allocate the outputs;
+//      aligned, shapes agree), copy the exclusion CSR into a C++-owned ExcludeList and
+//      validate the copy (so another Python thread mutating the caller's arrays cannot
+//      change what the kernel reads), and allocate the outputs;
 //   2. without the GIL: run the C++ kernel on raw pointers;
 //   3. holding the GIL again: return the outputs.
 // Bad input raises ValueError (std::invalid_argument) or IndexError (std::out_of_range)
@@ -87,30 +89,22 @@ const T* checked_data(const py::array& a, const char* fn, const char* name, py::
     return static_cast<const T*>(a.data());
 }
 
-// A checked CSR exclusion list: per query row b, item indices ids[indptr[b]:indptr[b+1]].
-struct ExcludeCsr {
-    const int64_t* indptr = nullptr;  // nullptr: no exclusion
-    const int64_t* ids = nullptr;
-    int64_t nnz = 0;
-};
-
-ExcludeCsr checked_exclude(const OptionalArray& indptr, const OptionalArray& ids, const char* fn,
-                           int64_t B, int64_t N) {
+// The CSR exclusion list (per query row b, item indices ids[indptr[b]:indptr[b+1]]),
+// copied into C++-owned memory and validated there, once. Call while holding the GIL.
+recserve::ExcludeList checked_exclude(const OptionalArray& indptr, const OptionalArray& ids,
+                                      const char* fn, int64_t B, int64_t N) {
     RECSERVE_THROW_IF_NOT(indptr.has_value() == ids.has_value(),
                           fn << ": pass both exclude_indptr and exclude_ids, or neither");
-    ExcludeCsr csr;
     if (!indptr.has_value()) {
-        return csr;
+        return {};
     }
-    csr.indptr = checked_data<int64_t>(*indptr, fn, "exclude_indptr", 1, "[B + 1]");
-    csr.ids = checked_data<int64_t>(*ids, fn, "exclude_ids", 1, "[nnz]");
-    csr.nnz = static_cast<int64_t>(ids->shape(0));
+    const int64_t* p = checked_data<int64_t>(*indptr, fn, "exclude_indptr", 1, "[B + 1]");
+    const int64_t* e = checked_data<int64_t>(*ids, fn, "exclude_ids", 1, "[nnz]");
     RECSERVE_THROW_IF_NOT(indptr->shape(0) == B + 1,
                           fn << ": exclude_indptr must have B + 1 = " << B + 1
                              << " entries (one more than the number of queries), got "
                              << indptr->shape(0));
-    recserve::check_exclude_csr(csr.indptr, B, csr.ids, csr.nnz, N);
-    return csr;
+    return recserve::ExcludeList(p, B, e, static_cast<int64_t>(ids->shape(0)), N);
 }
 
 void check_k_and_threads(const char* fn, int64_t k, int num_threads) {
@@ -128,14 +122,14 @@ TopkResult topk_scores(const py::array& scores, int64_t k, const OptionalArray& 
     const float* s = checked_data<float>(scores, fn, "scores", 2, "[B, N]");
     const int64_t B = scores.shape(0);
     const int64_t N = scores.shape(1);
-    const ExcludeCsr ex = checked_exclude(exclude_indptr, exclude_ids, fn, B, N);
+    const recserve::ExcludeList ex = checked_exclude(exclude_indptr, exclude_ids, fn, B, N);
     py::array_t<float> values({B, k});
     py::array_t<int64_t> indices({B, k});
     float* v = values.mutable_data();
     int64_t* i = indices.mutable_data();
     {
         py::gil_scoped_release release;
-        recserve::topk_scores(s, B, N, k, ex.indptr, ex.ids, ex.nnz, v, i, num_threads, level);
+        recserve::topk_scores(s, B, N, k, ex, v, i, num_threads, level);
     }
     return {std::move(values), std::move(indices)};
 }
@@ -164,15 +158,14 @@ TopkResult topk_inner_product(const py::array& queries, const py::array& items, 
     const int64_t B = queries.shape(0);
     const int64_t D = queries.shape(1);
     const int64_t N = items.shape(0);
-    const ExcludeCsr ex = checked_exclude(exclude_indptr, exclude_ids, fn, B, N);
+    const recserve::ExcludeList ex = checked_exclude(exclude_indptr, exclude_ids, fn, B, N);
     py::array_t<float> values({B, k});
     py::array_t<int64_t> indices({B, k});
     float* v = values.mutable_data();
     int64_t* i = indices.mutable_data();
     {
         py::gil_scoped_release release;
-        recserve::topk_inner_product(q, x, B, N, D, k, ex.indptr, ex.ids, ex.nnz, v, i,
-                                     num_threads, level);
+        recserve::topk_inner_product(q, x, B, N, D, k, ex, v, i, num_threads, level);
     }
     return {std::move(values), std::move(indices)};
 }
@@ -197,15 +190,15 @@ TopkResult topk_inner_product_bf16(const py::array& queries, const py::array& it
                                 "rows N, got "
                              << shape_of(items) << ", " << shape_of(items_bf16) << " and "
                              << shape_of(norms) << "; build them with recserve.kernels.ItemMatrix");
-    const ExcludeCsr ex = checked_exclude(exclude_indptr, exclude_ids, fn, B, N);
+    const recserve::ExcludeList ex = checked_exclude(exclude_indptr, exclude_ids, fn, B, N);
     py::array_t<float> values({B, k});
     py::array_t<int64_t> indices({B, k});
     float* v = values.mutable_data();
     int64_t* i = indices.mutable_data();
     {
         py::gil_scoped_release release;
-        recserve::topk_inner_product_bf16(q, x, xb, n, B, N, D, k, ex.indptr, ex.ids, ex.nnz, v,
-                                          i, num_threads, level);
+        recserve::topk_inner_product_bf16(q, x, xb, n, B, N, D, k, ex, v, i, num_threads,
+                                          level);
     }
     return {std::move(values), std::move(indices)};
 }
@@ -314,6 +307,14 @@ PYBIND11_MODULE(_core, m) {
     m.def("row_norms", &row_norms, py::arg("items"),
           "L2 norm of each row of float32 [N, D], rounded up to float32; +inf for rows with "
           "NaN or inf.");
+    m.def(
+            "topk_small_batch",
+            [](const std::string& simd_level) {
+                return recserve::topk_small_batch(recserve::resolve_simd_level(simd_level));
+            },
+            py::arg("simd_level") = "",
+            "Private, for tests: the batch size from which topk_inner_product uses the packed "
+            "path at this SIMD level (smaller batches use the rows path; see topk.h).");
     m.def("check_exclude_csr", &check_exclude, py::arg("exclude_indptr"),
           py::arg("exclude_ids"), py::arg("num_rows"), py::arg("num_items"),
           "Raise ValueError/IndexError unless (exclude_indptr, exclude_ids) is a valid int64 "

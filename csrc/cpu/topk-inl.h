@@ -60,21 +60,44 @@ struct Bf16Row {
     float norm_limit = 0.f;
 };
 
-// The kernels of one SIMD level. ip_* scan items [j_begin, j_end) for nq queries
-// (rows of `queries`, stride D); `work` has workspace_floats(D, block) floats, and
-// `block` (items per packed block) is a multiple of 64.
+using IpScan = void (*)(const float* queries, int64_t nq, int64_t D, const float* items,
+                       int64_t j_begin, int64_t j_end, HeapRow* heaps, ExclusionCursor* excl,
+                       float* work, int64_t block);
+using IpScanBf16 = void (*)(const float* queries, int64_t nq, int64_t D,
+                            const uint16_t* items, const float* norms, int64_t j_begin,
+                            int64_t j_end, Bf16Row* rows, ExclusionCursor* excl, float* work,
+                            int64_t block);
+using Dot = float (*)(const float* q, const float* x, int64_t D);
+
+// The float32 inner product of one path of one level, and its scans. ip_* scan items
+// [j_begin, j_end) for nq queries (rows of `queries`, stride D); `work` has
+// workspace_floats(D, block) floats, and `block` (items per block) is a multiple of 64.
+struct IpPath {
+    // The path's float32 inner product: every float32 score of the path equals it bit
+    // for bit (scan, any thread count, bf16 re-scoring).
+    Dot dot;
+    IpScan ip_scan;
+    IpScanBf16 ip_scan_bf16;
+};
+
+// The kernels of one SIMD level. A float32 call with B < small_b queries takes the
+// `rows` path (each item row streamed once, dot product along d), any other B the
+// `packed` path (items packed dimension-major, register-blocked micro-kernel). The
+// choice depends on B and the level only, never on the thread count. The bfloat16 scan
+// (any summation order is fine there) picks its path by small_b_bf16; its exact
+// re-scoring and its fallback use path(B), as a float32 call of the same shape does.
 struct IsaKernels {
     const char* name;
-    // Canonical float32 inner product: every float32 score of this level equals it
-    // bit for bit (scan, batched, rescoring), whatever B and the thread count.
-    float (*dot)(const float* q, const float* x, int64_t D);
-    void (*ip_scan)(const float* queries, int64_t nq, int64_t D, const float* items,
-                    int64_t j_begin, int64_t j_end, HeapRow* heaps, ExclusionCursor* excl,
-                    float* work, int64_t block);
-    void (*ip_scan_bf16)(const float* queries, int64_t nq, int64_t D, const uint16_t* items,
-                         const float* norms, int64_t j_begin, int64_t j_end, Bf16Row* rows,
-                         ExclusionCursor* excl, float* work, int64_t block);
+    int64_t small_b;
+    int64_t small_b_bf16;
+    IpPath packed;
+    IpPath rows;
     void (*scores_scan)(const float* scores, int64_t n, HeapRow* heap, ExclusionCursor* excl);
+
+    const IpPath& path(int64_t B) const { return B < small_b ? rows : packed; }
+    IpScanBf16 bf16_scan(int64_t B) const {
+        return B < small_b_bf16 ? rows.ip_scan_bf16 : packed.ip_scan_bf16;
+    }
 };
 
 inline int64_t workspace_floats(int64_t D, int64_t block) {
@@ -287,12 +310,6 @@ inline void bf16_offer(Bf16Row& r, ExclusionCursor& e, float approx, float err, 
     ++r.cand_size;
 }
 
-inline float bf16_to_float(uint16_t h) {
-    const uint32_t bits = uint32_t(h) << 16;
-    float f;
-    std::memcpy(&f, &bits, sizeof f);
-    return f;
-}
 
 
 #ifndef RECSERVE_TOPK_HELPERS_ONLY
@@ -300,14 +317,19 @@ inline float bf16_to_float(uint16_t h) {
 //
 // V (defined by the including unit) has: W lanes of float in V::T; kQB x kG, the
 // register block of the batched micro-kernel (queries x groups of W items) and kG1, the
-// groups per step for a single query; zero, set1, load (W floats), load_n (the first n
-// of W floats or bfloat16 values, the rest 0), store, fmadd, add, ge_mask (bit l set
-// when a[l] >= b[l], false for NaN), transpose (W x W, in registers) and fma1 (scalar
-// fused multiply-add, or multiply then add for the scalar level).
+// groups per step for a single query; kSmallB and kSmallBBf16, the batch sizes from
+// which the packed path is used for float32 and for the bfloat16 scan (below them, the
+// rows path); kRowsQ, the queries that share each item row load on the rows path;
+// zero, set1, load (W floats), load_n (the first n of W floats or bfloat16 values, the
+// rest 0), store, fmadd, add, ge_mask (bit l set when a[l] >= b[l], false for NaN),
+// transpose (W x W, in registers), fma1 (scalar fused multiply-add, or multiply then
+// add for the scalar level), hsum (the lanes of one vector summed by halving) and
+// tree_reduce (lane i = hsum(h[i]), for W vectors).
 //
-// Canonical score: s = 0; for d in [0, D): s = fma1(q[d], x[d], s). The batched kernel
-// keeps one accumulator per (query, item) and runs the same chain, vectorised across
-// items, so every path of one level gives bit-identical scores.
+// Packed-path score: s = 0; for d in [0, D): s = fma1(q[d], x[d], s). The batched
+// kernel keeps one accumulator per (query, item) and runs the same chain, vectorised
+// across items, so every packed score of one level is bit-identical to dot_packed.
+// Rows-path score: see row_partials below; bit-identical to dot_rows.
 
 inline int64_t imin(int64_t a, int64_t b) {
     return a < b ? a : b;
@@ -317,7 +339,7 @@ inline uint32_t first_bits(int64_t n) {
     return n >= 32 ? 0xffffffffu : (uint32_t(1) << n) - 1u;
 }
 
-inline float dot_canonical(const float* q, const float* x, int64_t D) {
+inline float dot_packed(const float* q, const float* x, int64_t D) {
     float s = 0.f;
     for (int64_t d = 0; d < D; ++d) {
         s = V::fma1(q[d], x[d], s);
@@ -497,6 +519,141 @@ inline void ip_scan_bf16(const float* queries, int64_t nq, int64_t D, const uint
     scan_items(queries, nq, D, items, j_begin, j_end, work, block, sink);
 }
 
+// --- the rows path (small B): each item row is read once, its dot product is summed
+// along d and W rows' sums are reduced into one vector of W scores.
+//
+// Row order (row_partials, then hsum): four accumulator vectors; chunk c of W dimensions (the last one zero-padded)
+// goes to accumulator c % 4 (s = fmadd(q, x, s)); h = (a0 + a1) + (a2 + a3); then the W
+// lanes of h are summed by halving: lane l += lane l + W/2, then l + W/4, ..., l + 1.
+// V::tree_reduce does that last step for W rows at once (shuffles, no transpose) and
+// V::hsum for one row, with the same additions, so dot_rows equals the scan bit for bit.
+
+// The pre-reduction vectors h of QN queries (rows q, stride D) against one item row x:
+// each chunk of x is loaded (and converted) once for all QN queries; per query the
+// operations are exactly those of QN = 1.
+template <int QN, class Src>
+inline void row_partials(const float* q, int64_t D, const Src* x, typename V::T* out) {
+    using T = typename V::T;
+    constexpr int W = V::W;
+    T a[QN][4];
+    for (int i = 0; i < QN; ++i) {
+        for (int c = 0; c < 4; ++c) {
+            a[i][c] = V::zero();
+        }
+    }
+    int64_t d = 0;
+    for (; d + 4 * W <= D; d += 4 * W) {
+        for (int c = 0; c < 4; ++c) {
+            const T xv = V::load_n(x + d + c * W, W);
+            for (int i = 0; i < QN; ++i) {
+                a[i][c] = V::fmadd(V::load(q + i * D + d + c * W), xv, a[i][c]);
+            }
+        }
+    }
+    // At most four chunks left, the last one possibly partial. Unrolled by hand: a
+    // loop here would index the accumulators at run time and keep them in memory.
+    const auto tail = [&](int c) {
+        const int n = int(imin(W, D - d));
+        const T xv = V::load_n(x + d, n);
+        for (int i = 0; i < QN; ++i) {
+            a[i][c] = V::fmadd(V::load_n(q + i * D + d, n), xv, a[i][c]);
+        }
+        d += W;
+    };
+    if (d < D) {
+        tail(0);
+        if (d < D) {
+            tail(1);
+            if (d < D) {
+                tail(2);
+                if (d < D) {
+                    tail(3);
+                }
+            }
+        }
+    }
+    for (int i = 0; i < QN; ++i) {
+        out[i] = V::add(V::add(a[i][0], a[i][1]), V::add(a[i][2], a[i][3]));
+    }
+}
+
+inline float dot_rows(const float* q, const float* x, int64_t D) {
+    typename V::T h;
+    row_partials<1>(q, D, x, &h);
+    return V::hsum(h);
+}
+
+// QN queries (from q0) against `count` (<= W) rows from item j: one vector of W scores
+// per query to the sink.
+template <int QN, class Src, class Sink>
+inline void rows_group(const float* queries, int64_t q0, int64_t D, const Src* items,
+                       int64_t j, int count, Sink& sink) {
+    using T = typename V::T;
+    constexpr int W = V::W;
+    T h[QN][W];
+    T part[QN];
+    const float* q = queries + q0 * D;
+    const Src* x = items + j * D;
+    if (count == W) {
+        for (int r = 0; r < W; ++r) {
+            row_partials<QN>(q, D, x + r * D, part);
+            for (int i = 0; i < QN; ++i) {
+                h[i][r] = part[i];
+            }
+        }
+    } else {
+        for (int r = 0; r < W; ++r) {
+            if (r < count) {
+                row_partials<QN>(q, D, x + r * D, part);
+            }
+            for (int i = 0; i < QN; ++i) {
+                h[i][r] = r < count ? part[i] : V::zero();
+            }
+        }
+    }
+    for (int i = 0; i < QN; ++i) {
+        sink.offer(q0 + i, j, count, V::tree_reduce(h[i]));
+    }
+}
+
+// Rows [j_begin, j_end), W at a time: each row is read from memory once and shared by
+// up to V::kRowsQ queries (further query groups find it in L1).
+template <class Src, class Sink>
+inline void scan_rows(const float* queries, int64_t nq, int64_t D, const Src* items,
+                      int64_t j_begin, int64_t j_end, Sink& sink) {
+    constexpr int W = V::W;
+    constexpr int QN = V::kRowsQ;
+    for (int64_t j = j_begin; j < j_end; j += W) {
+        const int count = int(imin(W, j_end - j));
+        int64_t q0 = 0;
+        for (; q0 + QN <= nq; q0 += QN) {
+            rows_group<QN>(queries, q0, D, items, j, count, sink);
+        }
+        if (QN > 2 && nq - q0 >= 2) {
+            rows_group<2>(queries, q0, D, items, j, count, sink);
+            q0 += 2;
+        }
+        if (nq - q0 >= 1) {
+            rows_group<1>(queries, q0, D, items, j, count, sink);
+        }
+    }
+}
+
+inline void ip_scan_rows(const float* queries, int64_t nq, int64_t D, const float* items,
+                         int64_t j_begin, int64_t j_end, HeapRow* heaps, ExclusionCursor* excl,
+                         float* /*work*/, int64_t /*block*/) {
+    HeapSink sink{heaps, excl};
+    scan_rows(queries, nq, D, items, j_begin, j_end, sink);
+}
+
+inline void ip_scan_rows_bf16(const float* queries, int64_t nq, int64_t D,
+                              const uint16_t* items, const float* norms, int64_t j_begin,
+                              int64_t j_end, Bf16Row* rows, ExclusionCursor* excl,
+                              float* /*work*/, int64_t /*block*/) {
+    Bf16Sink sink{rows, excl, norms};
+    scan_rows(queries, nq, D, items, j_begin, j_end, sink);
+}
+
 inline void scores_scan(const float* scores, int64_t n, HeapRow* heap, ExclusionCursor* excl) {
     using T = typename V::T;
     constexpr int W = V::W;
@@ -521,7 +678,12 @@ inline void scores_scan(const float* scores, int64_t n, HeapRow* heap, Exclusion
 }
 
 inline detail::IsaKernels make_kernels(const char* name) {
-    return {name, &dot_canonical, &ip_scan, &ip_scan_bf16, &scores_scan};
+    return {name,
+            V::kSmallB,
+            V::kSmallBBf16,
+            {&dot_packed, &ip_scan, &ip_scan_bf16},
+            {&dot_rows, &ip_scan_rows, &ip_scan_rows_bf16},
+            &scores_scan};
 }
 #endif  // RECSERVE_TOPK_HELPERS_ONLY
 

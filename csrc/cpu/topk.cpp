@@ -25,6 +25,7 @@ using baseline::ranks_below;
 using detail::Bf16Row;
 using detail::ExclusionCursor;
 using detail::HeapRow;
+using detail::IpPath;
 using detail::IsaKernels;
 
 // The kernel table of a level; the only place that turns a level into code.
@@ -49,41 +50,27 @@ int64_t block_items(int64_t D) {
     return std::clamp<int64_t>(fit, 64, 1024);
 }
 
-void check_common(int64_t B, int64_t N, int64_t k, const int64_t* exclude_indptr,
-                  const int64_t* exclude_ids, int64_t nnz, const float* values,
-                  const int64_t* indices, int num_threads) {
+void check_common(int64_t B, int64_t N, int64_t k, const ExcludeList& exclude,
+                  const float* values, const int64_t* indices, int num_threads) {
     RECSERVE_THROW_IF_NOT(B >= 0 && N >= 0, "shape must be non-negative, got B=" << B
                                                                                  << ", N=" << N);
     RECSERVE_THROW_IF_NOT(k >= 0, "k must be >= 0, got k=" << k);
     RECSERVE_THROW_IF_NOT(num_threads >= 1, "num_threads must be >= 1, got " << num_threads);
     RECSERVE_THROW_IF_NOT(B == 0 || k == 0 || (values != nullptr && indices != nullptr),
                           "values and indices must not be null");
-    check_exclude_csr(exclude_indptr, B, exclude_ids, nnz, N);
+    RECSERVE_THROW_IF_NOT(exclude.empty() || (exclude.rows() == B && exclude.num_items() == N),
+                          "the exclusion list was built for " << exclude.rows() << " rows and "
+                                  << exclude.num_items() << " items, not B=" << B << ", N="
+                                  << N);
 }
 
-// Copies the exclusion ids and sorts each row's slice, so rows can be read with a
-// forward-only cursor. Empty when there is no exclusion.
-std::vector<int64_t> sorted_exclusion(const int64_t* indptr, int64_t B, const int64_t* ids,
-                                      int64_t nnz) {
-    std::vector<int64_t> sorted;
-    if (indptr == nullptr || nnz == 0) {
-        return sorted;
-    }
-    sorted.assign(ids, ids + nnz);
-    for (int64_t b = 0; b < B; ++b) {
-        std::sort(sorted.begin() + indptr[b], sorted.begin() + indptr[b + 1]);
-    }
-    return sorted;
-}
-
-ExclusionCursor row_cursor(const int64_t* indptr, const std::vector<int64_t>& sorted, int64_t b,
-                           int64_t first_id = 0) {
-    if (sorted.empty()) {
+// Row b's exclusion ids from `first_id` on, for a forward-only cursor.
+ExclusionCursor row_cursor(const ExcludeList& exclude, int64_t b, int64_t first_id = 0) {
+    if (exclude.empty()) {
         return {};
     }
-    const int64_t* begin = sorted.data() + indptr[b];
-    const int64_t* end = sorted.data() + indptr[b + 1];
-    return {std::lower_bound(begin, end, first_id), end};
+    return {std::lower_bound(exclude.row_begin(b), exclude.row_end(b), first_id),
+            exclude.row_end(b)};
 }
 
 // Runs body(t) for t in [0, T); the calling thread runs t = 0. body must not throw.
@@ -149,12 +136,13 @@ void merge_into(HeapRow& out, const HeapRow& part) {
     }
 }
 
-// Float32 scan of queries [0, B) into heaps[0, B) (caller-initialised rows), split
-// across threads per plan_split. Used by topk_inner_product and as the fallback of the
-// bfloat16 kernel.
-void scan_f32(const IsaKernels& K, const float* queries, const float* items, int64_t B,
-              int64_t N, int64_t D, int64_t k, const int64_t* indptr,
-              const std::vector<int64_t>& sorted, HeapRow* heaps, int num_threads) {
+// Float32 scan of queries [0, B) into heaps[0, B) (caller-initialised rows) on path P,
+// split across threads per plan_split. Used by topk_inner_product and as the fallback
+// of the bfloat16 kernel (with the path of the whole call).
+// Query q of the scan has exclusion row b0 + q.
+void scan_f32(const IpPath& P, const float* queries, const float* items, int64_t B,
+              int64_t N, int64_t D, int64_t k, const ExcludeList& exclude, int64_t b0,
+              HeapRow* heaps, int num_threads) {
     const int64_t block = block_items(D);
     const Split split = plan_split(B, N, num_threads, block);
     const int64_t work_size = detail::workspace_floats(D, block);
@@ -162,13 +150,13 @@ void scan_f32(const IsaKernels& K, const float* queries, const float* items, int
     if (!split.by_items) {
         std::vector<ExclusionCursor> cursors(static_cast<size_t>(B));
         for (int64_t b = 0; b < B; ++b) {
-            cursors[b] = row_cursor(indptr, sorted, b);
+            cursors[b] = row_cursor(exclude, b0 + b);
         }
         run_threads(split.T, [&](int64_t t) {
             const int64_t q0 = std::min(B, t * split.chunk);
             const int64_t q1 = std::min(B, q0 + split.chunk);
             if (q1 > q0) {
-                K.ip_scan(queries + q0 * D, q1 - q0, D, items, 0, N, heaps + q0,
+                P.ip_scan(queries + q0 * D, q1 - q0, D, items, 0, N, heaps + q0,
                           cursors.data() + q0, work.data() + t * work_size, block);
             }
         });
@@ -185,14 +173,14 @@ void scan_f32(const IsaKernels& K, const float* queries, const float* items, int
             const int64_t slot = t * B + b;
             parts[slot] = HeapRow{part_values.data() + slot * k, part_indices.data() + slot * k,
                                   k, 0};
-            cursors[slot] = row_cursor(indptr, sorted, b, t * split.chunk);
+            cursors[slot] = row_cursor(exclude, b0 + b, t * split.chunk);
         }
     }
     run_threads(T, [&](int64_t t) {
         const int64_t j0 = std::min(N, t * split.chunk);
         const int64_t j1 = std::min(N, j0 + split.chunk);
         if (j1 > j0) {
-            K.ip_scan(queries, B, D, items, j0, j1, parts.data() + t * B,
+            P.ip_scan(queries, B, D, items, j0, j1, parts.data() + t * B,
                       cursors.data() + t * B, work.data() + t * work_size, block);
         }
     });
@@ -212,6 +200,27 @@ float round_up_to_float(double x) {
 }
 
 }  // namespace
+
+ExcludeList::ExcludeList(const int64_t* indptr, int64_t B, const int64_t* ids, int64_t nnz,
+                         int64_t N) {
+    RECSERVE_THROW_IF_NOT(B >= 0 && N >= 0, "shape must be non-negative, got B=" << B
+                                                                                 << ", N=" << N);
+    if (indptr == nullptr) {
+        RECSERVE_THROW_IF_NOT(nnz == 0, "exclude_ids given without exclude_indptr");
+        return;  // no exclusion
+    }
+    RECSERVE_THROW_IF_NOT(nnz >= 0, "len(exclude_ids) must be >= 0, got " << nnz);
+    RECSERVE_THROW_IF_NOT(nnz == 0 || ids != nullptr, "exclude_ids must not be null");
+    // Copy first, then check and use only the copy.
+    indptr_.assign(indptr, indptr + B + 1);
+    ids_.assign(ids, ids + nnz);
+    check_exclude_csr(indptr_.data(), B, ids_.data(), nnz, N);
+    for (int64_t b = 0; b < B; ++b) {
+        std::sort(ids_.begin() + indptr_[b], ids_.begin() + indptr_[b + 1]);
+    }
+    rows_ = B;
+    num_items_ = N;
+}
 
 void check_exclude_csr(const int64_t* indptr, int64_t B, const int64_t* ids, int64_t nnz,
                        int64_t N) {
@@ -240,16 +249,26 @@ void check_exclude_csr(const int64_t* indptr, int64_t B, const int64_t* ids, int
     }
 }
 
+int64_t topk_small_batch(SimdLevel level) {
+    return kernels_for(level).small_b;
+}
+
 void topk_scores(const float* scores, int64_t B, int64_t N, int64_t k,
                  const int64_t* exclude_indptr, const int64_t* exclude_ids, int64_t nnz,
                  float* values, int64_t* indices, int num_threads, SimdLevel level) {
-    check_common(B, N, k, exclude_indptr, exclude_ids, nnz, values, indices, num_threads);
+    const ExcludeList exclude(exclude_indptr, B, exclude_ids, nnz, N);
+    topk_scores(scores, B, N, k, exclude, values, indices, num_threads, level);
+}
+
+void topk_scores(const float* scores, int64_t B, int64_t N, int64_t k,
+                 const ExcludeList& exclude, float* values, int64_t* indices, int num_threads,
+                 SimdLevel level) {
+    check_common(B, N, k, exclude, values, indices, num_threads);
     RECSERVE_THROW_IF_NOT(B == 0 || N == 0 || scores != nullptr, "scores must not be null");
     const IsaKernels& K = kernels_for(level);
     if (B == 0 || k == 0) {
         return;
     }
-    const std::vector<int64_t> sorted = sorted_exclusion(exclude_indptr, B, exclude_ids, nnz);
     const int64_t T = std::max<int64_t>(1, std::min<int64_t>(num_threads, B));
     const int64_t chunk = (B + T - 1) / T;
     run_threads(T, [&](int64_t t) {
@@ -257,7 +276,7 @@ void topk_scores(const float* scores, int64_t B, int64_t N, int64_t k,
         const int64_t end = std::min(B, begin + chunk);
         for (int64_t b = begin; b < end; ++b) {
             HeapRow heap{values + b * k, indices + b * k, k, 0};
-            ExclusionCursor cursor = row_cursor(exclude_indptr, sorted, b);
+            ExclusionCursor cursor = row_cursor(exclude, b);
             K.scores_scan(scores + b * N, N, &heap, &cursor);
             heap_finalize(heap);
         }
@@ -268,7 +287,15 @@ void topk_inner_product(const float* queries, const float* items, int64_t B, int
                         int64_t D, int64_t k, const int64_t* exclude_indptr,
                         const int64_t* exclude_ids, int64_t nnz, float* values,
                         int64_t* indices, int num_threads, SimdLevel level) {
-    check_common(B, N, k, exclude_indptr, exclude_ids, nnz, values, indices, num_threads);
+    const ExcludeList exclude(exclude_indptr, B, exclude_ids, nnz, N);
+    topk_inner_product(queries, items, B, N, D, k, exclude, values, indices, num_threads,
+                       level);
+}
+
+void topk_inner_product(const float* queries, const float* items, int64_t B, int64_t N,
+                        int64_t D, int64_t k, const ExcludeList& exclude, float* values,
+                        int64_t* indices, int num_threads, SimdLevel level) {
+    check_common(B, N, k, exclude, values, indices, num_threads);
     RECSERVE_THROW_IF_NOT(D >= 0, "D must be >= 0, got " << D);
     RECSERVE_THROW_IF_NOT(B == 0 || D == 0 || queries != nullptr, "queries must not be null");
     RECSERVE_THROW_IF_NOT(N == 0 || D == 0 || items != nullptr, "items must not be null");
@@ -276,12 +303,11 @@ void topk_inner_product(const float* queries, const float* items, int64_t B, int
     if (B == 0 || k == 0) {
         return;
     }
-    const std::vector<int64_t> sorted = sorted_exclusion(exclude_indptr, B, exclude_ids, nnz);
     std::vector<HeapRow> heaps(static_cast<size_t>(B));
     for (int64_t b = 0; b < B; ++b) {
         heaps[b] = HeapRow{values + b * k, indices + b * k, k, 0};
     }
-    scan_f32(K, queries, items, B, N, D, k, exclude_indptr, sorted, heaps.data(), num_threads);
+    scan_f32(K.path(B), queries, items, B, N, D, k, exclude, 0, heaps.data(), num_threads);
     for (auto& heap : heaps) {
         heap_finalize(heap);
     }
@@ -320,7 +346,17 @@ void topk_inner_product_bf16(const float* queries, const float* items,
                              int64_t N, int64_t D, int64_t k, const int64_t* exclude_indptr,
                              const int64_t* exclude_ids, int64_t nnz, float* values,
                              int64_t* indices, int num_threads, SimdLevel level) {
-    check_common(B, N, k, exclude_indptr, exclude_ids, nnz, values, indices, num_threads);
+    const ExcludeList exclude(exclude_indptr, B, exclude_ids, nnz, N);
+    topk_inner_product_bf16(queries, items, items_bf16, norms, B, N, D, k, exclude, values,
+                            indices, num_threads, level);
+}
+
+void topk_inner_product_bf16(const float* queries, const float* items,
+                             const uint16_t* items_bf16, const float* norms, int64_t B,
+                             int64_t N, int64_t D, int64_t k, const ExcludeList& exclude,
+                             float* values, int64_t* indices, int num_threads,
+                             SimdLevel level) {
+    check_common(B, N, k, exclude, values, indices, num_threads);
     RECSERVE_THROW_IF_NOT(D >= 0, "D must be >= 0, got " << D);
     RECSERVE_THROW_IF_NOT(B == 0 || D == 0 || queries != nullptr, "queries must not be null");
     RECSERVE_THROW_IF_NOT(N == 0 || D == 0 || (items != nullptr && items_bf16 != nullptr),
@@ -330,7 +366,8 @@ void topk_inner_product_bf16(const float* queries, const float* items,
     if (B == 0 || k == 0) {
         return;
     }
-    const std::vector<int64_t> sorted = sorted_exclusion(exclude_indptr, B, exclude_ids, nnz);
+    const IpPath& P = K.path(B);  // the float32 path of this shape: re-scoring, fallback
+    const detail::IpScanBf16 scan = K.bf16_scan(B);
     const int64_t block = block_items(D);
     const Split split = plan_split(B, N, num_threads, block);
     const int64_t T = split.T;
@@ -368,8 +405,7 @@ void topk_inner_product_bf16(const float* queries, const float* items,
             r.slope = round_up_to_float(eps * qnorm);
             r.offset = round_up_to_float(double(D + 2) * std::ldexp(1.0, -120) * (1.0 + qnorm));
             r.norm_limit = static_cast<float>(limit / std::max(1.0, qnorm));
-            cursors[slot] = row_cursor(exclude_indptr, sorted, b,
-                                       split.by_items ? c * split.chunk : 0);
+            cursors[slot] = row_cursor(exclude, b, split.by_items ? c * split.chunk : 0);
         }
     }
     const int64_t work_size = detail::workspace_floats(D, block);
@@ -382,10 +418,10 @@ void topk_inner_product_bf16(const float* queries, const float* items,
         }
         float* w = work.data() + t * work_size;
         if (split.by_items) {
-            K.ip_scan_bf16(queries, B, D, items_bf16, norms, lo, hi, rows.data() + t * B,
+            scan(queries, B, D, items_bf16, norms, lo, hi, rows.data() + t * B,
                            cursors.data() + t * B, w, block);
         } else {
-            K.ip_scan_bf16(queries + lo * D, hi - lo, D, items_bf16, norms, 0, N,
+            scan(queries + lo * D, hi - lo, D, items_bf16, norms, 0, N,
                            rows.data() + lo, cursors.data() + lo, w, block);
         }
     });
@@ -419,7 +455,7 @@ void topk_inner_product_bf16(const float* queries, const float* items,
             for (int64_t i = 0; i < r.cand_size; ++i) {
                 if (r.cand_upper[i] >= tau) {
                     const int64_t id = r.cand_ids[i];
-                    heap_offer(heap, none, K.dot(queries + b * D, items + id * D, D), id);
+                    heap_offer(heap, none, P.dot(queries + b * D, items + id * D, D), id);
                 }
             }
         }
@@ -427,16 +463,7 @@ void topk_inner_product_bf16(const float* queries, const float* items,
     }
     for (int64_t b : fallback) {  // rare: answer these queries with the float32 scan
         HeapRow heap{values + b * k, indices + b * k, k, 0};
-        const int64_t row_indptr[2] = {0, exclude_indptr ? exclude_indptr[b + 1] -
-                                                                   exclude_indptr[b]
-                                                         : 0};
-        std::vector<int64_t> row_sorted;
-        if (!sorted.empty()) {
-            row_sorted.assign(sorted.begin() + exclude_indptr[b],
-                              sorted.begin() + exclude_indptr[b + 1]);
-        }
-        scan_f32(K, queries + b * D, items, 1, N, D, k,
-                 row_sorted.empty() ? nullptr : row_indptr, row_sorted, &heap, num_threads);
+        scan_f32(P, queries + b * D, items, 1, N, D, k, exclude, b, &heap, num_threads);
         heap_finalize(heap);
     }
 }

@@ -15,6 +15,11 @@ struct V {
     static constexpr int kQB = 4;  // 4 queries x 2 groups of 8 items: 8 accumulators
     static constexpr int kG = 2;
     static constexpr int kG1 = 4;
+    // Rows path below these batch sizes (float32 / bfloat16 scan); measured crossovers
+    // on Zen 4 (docs/performance.md).
+    static constexpr int kSmallB = 14;
+    static constexpr int kSmallBBf16 = 14;
+    static constexpr int kRowsQ = 2;  // queries sharing each row load (rows path)
 
     static T zero() { return _mm256_setzero_ps(); }
     static T set1(float x) { return _mm256_set1_ps(x); }
@@ -48,6 +53,36 @@ struct V {
     }
     static float fma1(float a, float b, float c) {
         return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)));
+    }
+    // Lanes summed by halving: l += l + 4, l += l + 2, l += l + 1.
+    static float hsum(T h) {
+        alignas(32) float t[8];
+        _mm256_store_ps(t, h);
+        for (int w = 4; w >= 1; w /= 2) {
+            for (int l = 0; l < w; ++l) {
+                t[l] = t[l] + t[l + w];
+            }
+        }
+        return t[0];
+    }
+    // Lane i = hsum(h[i]): the same additions, three shuffle-and-add stages, then one
+    // permutation back to item order.
+    static T tree_reduce(const T* h) {
+        T s1[4];
+        for (int p = 0; p < 4; ++p) {  // [a.lo + a.hi | b.lo + b.hi] (128-bit halves)
+            s1[p] = _mm256_add_ps(_mm256_permute2f128_ps(h[2 * p], h[2 * p + 1], 0x20),
+                                  _mm256_permute2f128_ps(h[2 * p], h[2 * p + 1], 0x31));
+        }
+        T s2[2];
+        for (int p = 0; p < 2; ++p) {  // within 128 bits: l + (l + 2)
+            s2[p] = _mm256_add_ps(
+                    _mm256_shuffle_ps(s1[2 * p], s1[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                    _mm256_shuffle_ps(s1[2 * p], s1[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+        }
+        const T s3 = _mm256_add_ps(  // l + (l + 1); lane 4j + m now holds item 2m + j
+                _mm256_shuffle_ps(s2[0], s2[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                _mm256_shuffle_ps(s2[0], s2[1], _MM_SHUFFLE(3, 1, 3, 1)));
+        return _mm256_permutevar8x32_ps(s3, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     }
     static void transpose(T* r) {
         T t[8];

@@ -16,6 +16,11 @@ struct V {
     static constexpr int kQB = 8;  // 8 queries x 2 groups of 16 items: 16 accumulators
     static constexpr int kG = 2;
     static constexpr int kG1 = 4;
+    // Rows path below these batch sizes (float32 / bfloat16 scan); measured crossovers
+    // on Zen 4 (docs/performance.md).
+    static constexpr int kSmallB = 20;
+    static constexpr int kSmallBBf16 = 12;
+    static constexpr int kRowsQ = 4;  // queries sharing each row load (rows path)
 
     static T zero() { return _mm512_setzero_ps(); }
     static T set1(float x) { return _mm512_set1_ps(x); }
@@ -37,6 +42,45 @@ struct V {
     static uint32_t ge_mask(T a, T b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
     static float fma1(float a, float b, float c) {
         return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)));
+    }
+    // Lanes summed by halving: l += l + 8, l += l + 4, l += l + 2, l += l + 1.
+    static float hsum(T h) {
+        alignas(64) float t[16];
+        _mm512_store_ps(t, h);
+        for (int w = 8; w >= 1; w /= 2) {
+            for (int l = 0; l < w; ++l) {
+                t[l] = t[l] + t[l + w];
+            }
+        }
+        return t[0];
+    }
+    // Lane i = hsum(h[i]): the same additions, four shuffle-and-add stages that halve
+    // the vectors each time, then one permutation back to item order.
+    static T tree_reduce(const T* h) {
+        T s1[8];
+        for (int p = 0; p < 8; ++p) {  // [a.lo + a.hi | b.lo + b.hi] (256-bit halves)
+            const T a = h[2 * p];
+            const T b = h[2 * p + 1];
+            s1[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44),
+                                  _mm512_shuffle_f32x4(a, b, 0xee));
+        }
+        T s2[4];
+        for (int p = 0; p < 4; ++p) {  // 128-bit lane pairs (0, 1) and (2, 3)
+            s2[p] = _mm512_add_ps(_mm512_shuffle_f32x4(s1[2 * p], s1[2 * p + 1], 0x88),
+                                  _mm512_shuffle_f32x4(s1[2 * p], s1[2 * p + 1], 0xdd));
+        }
+        T s3[2];
+        for (int p = 0; p < 2; ++p) {  // within 128 bits: l + (l + 2)
+            s3[p] = _mm512_add_ps(
+                    _mm512_shuffle_ps(s2[2 * p], s2[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                    _mm512_shuffle_ps(s2[2 * p], s2[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+        }
+        const T s4 = _mm512_add_ps(  // l + (l + 1); lane 4j + m now holds item 4m + j
+                _mm512_shuffle_ps(s3[0], s3[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                _mm512_shuffle_ps(s3[0], s3[1], _MM_SHUFFLE(3, 1, 3, 1)));
+        const __m512i order =
+                _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        return _mm512_permutexvar_ps(order, s4);
     }
     static void transpose(T* r) {
         T t[16];

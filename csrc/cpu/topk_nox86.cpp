@@ -4,9 +4,9 @@
 
 namespace recserve {
 namespace avx2 {
-const detail::IsaKernels kKernels = {"avx2", nullptr, nullptr, nullptr, nullptr};
+const detail::IsaKernels kKernels = {"avx2", 0, 0, {}, {}, nullptr};
 }
 namespace avx512 {
-const detail::IsaKernels kKernels = {"avx512", nullptr, nullptr, nullptr, nullptr};
+const detail::IsaKernels kKernels = {"avx512", 0, 0, {}, {}, nullptr};
 }
 }  // namespace recserve

@@ -18,8 +18,11 @@ SIMD: the CPU kernels run at the best level the CPU supports (``"avx512"``, ``"a
 or ``"scalar"``), chosen once at import; set the environment variable
 ``RECSERVE_SIMD_LEVEL`` before import to force one. A name that is not a level, or a level
 this CPU lacks, makes the import fail with a message listing the supported levels (no
-silent fallback). Each level computes a float32 inner product in one fixed order for every
-batch size and thread count, so results do not depend on either.
+silent fallback). Each level has two float32 inner products: small batches (fewer than a
+per-level threshold, e.g. one query) stream each item row once and sum along d, larger
+ones use a packed GEMM-like kernel that sums in another order. Results never depend on
+the thread count, and a query gets the same result in any batch that takes the same
+path; between the two paths near-ties may swap (the last bits of a score can differ).
 
 bfloat16: wrap the items in an :class:`ItemMatrix` (float32 plus a bfloat16 copy and row
 norms) and pass it as ``items``; the CPU scan then reads half the bytes and the result is

@@ -174,7 +174,7 @@ def k_value(k: int | str, N: int) -> int:
 
 SIZES_N = [0, 1, 7, 17, 1000]
 SIZES_D = [1, 3, 16, 97]
-SIZES_B = [1, 3, 64]
+SIZES_B = [0, 1, 3, 64]
 KS = [0, 1, 5, "N+3"]
 EXCLUDES = ["none", "random", "all"]
 
@@ -371,14 +371,96 @@ def test_every_level_matches_reference(level, N, D, B, k, exclude_kind, rng, see
 
 
 @pytest.mark.parametrize("level", LEVELS)
-def test_batch_size_does_not_change_scores(level, rng):
-    queries = rng.standard_normal((13, 33)).astype(np.float32)
+def test_batch_size_does_not_change_scores_within_a_path(level, rng):
+    """Per path (rows below topk_small_batch, packed from it), a query's result does not
+    depend on the batch it is in. Across paths only near-ties may differ."""
+    small = _core.topk_small_batch(level)
+    assert small >= 2
+    queries = rng.standard_normal((small + 5, 33)).astype(np.float32)
     items = rng.standard_normal((500, 33)).astype(np.float32)
-    batched = _core.topk_inner_product(queries, items, 9, simd_level=level)
-    for b in range(queries.shape[0]):
+    rows = _core.topk_inner_product(queries[: small - 1], items, 9, simd_level=level)
+    for b in range(small - 1):
         single = _core.topk_inner_product(queries[b : b + 1], items, 9, simd_level=level)
-        np.testing.assert_array_equal(single[0][0], batched[0][b])
-        np.testing.assert_array_equal(single[1][0], batched[1][b])
+        np.testing.assert_array_equal(single[0][0], rows[0][b])
+        np.testing.assert_array_equal(single[1][0], rows[1][b])
+    packed = _core.topk_inner_product(queries, items, 9, simd_level=level)
+    exactly = _core.topk_inner_product(queries[:small], items, 9, simd_level=level)
+    np.testing.assert_array_equal(exactly[0], packed[0][:small])
+    np.testing.assert_array_equal(exactly[1], packed[1][:small])
+    # Both paths are correct float32 products: the values agree to rounding.
+    tol = inner_product_tolerance(queries[: small - 1], items)[:, None]
+    assert (np.abs(rows[0] - packed[0][: small - 1]) <= 2 * tol).all()
+
+
+SMALL_B_CASES = [  # (N, k, exclude): empty, tiny, odd, N < k, all excluded
+    (0, 5, "none"),
+    (1, 5, "random"),
+    (7, 3, "none"),
+    (1023, 10, "random"),
+    (50, 100, "random"),
+    (40, 5, "all"),
+]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("D", [1, 3, 15, 17, 33, 64, 97])
+@pytest.mark.parametrize("B", [1, 2, "small-1"])
+def test_small_batch_path_every_level(level, D, B, rng, seed):
+    """The rows path (B < topk_small_batch) at every level: awkward N, d tails, N < k,
+    everything excluded; float32 and bfloat16, 1 and 2 threads, identical results."""
+    B = _core.topk_small_batch(level) - 1 if B == "small-1" else B
+    for N, k, exclude_kind in SMALL_B_CASES:
+        queries = rng.standard_normal((B, D)).astype(np.float32)
+        items = rng.standard_normal((N, D)).astype(np.float32)
+        exclude = make_exclude(exclude_kind, B, N, rng)
+        scores = reference_scores_inner_product(queries, items)
+        tol = inner_product_tolerance(queries, items)
+        first = None
+        for bf16 in (False, True):
+            for threads in (1, 2):
+                values, indices = core_topk(
+                    queries, items, k, exclude, level=level, num_threads=threads, bf16=bf16
+                )
+                context = (
+                    f"seed={seed} level={level} bf16={bf16} threads={threads} N={N} D={D} "
+                    f"B={B} k={k} exclude={exclude_kind}"
+                )
+                assert_topk(values, indices, scores, k, exclude, tol, context)
+                if first is None:
+                    first = values, indices
+                np.testing.assert_array_equal(values, first[0], err_msg=context)
+                np.testing.assert_array_equal(indices, first[1], err_msg=context)
+
+
+def test_exclusion_is_copied_before_the_gil_is_released(rng):
+    """Another thread scribbling over the caller's exclude arrays during calls: each call
+    either sees the list as it was when called (and is then right) or rejects it."""
+    queries = rng.standard_normal((2, 16)).astype(np.float32)
+    items = rng.standard_normal((100_000, 16)).astype(np.float32)
+    indptr = np.array([0, 3, 5], np.int64)
+    ids = np.array([4, 9, 2, 7, 7], np.int64)
+    expected = _core.topk_inner_product(queries, items, 10, indptr, ids)
+    stop = threading.Event()
+
+    def scribble() -> None:
+        garbage = np.array([0, 10**12, -(10**12)], np.int64)
+        while not stop.is_set():
+            saved = indptr.copy()
+            indptr[1:] = garbage[1:]
+            indptr[:] = saved
+
+    thread = threading.Thread(target=scribble, daemon=True)
+    thread.start()
+    try:
+        for _ in range(20):
+            try:
+                got = _core.topk_inner_product(queries, items, 10, indptr, ids)
+            except ValueError:
+                continue
+            np.testing.assert_array_equal(got[1], expected[1])
+    finally:
+        stop.set()
+        thread.join()
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -449,7 +531,7 @@ def test_item_matrix_facade(rng):
     np.testing.assert_array_equal(plain[1], fast[1])
     np.testing.assert_array_equal(plain[0], fast[0])
     float_only = recserve.kernels.ItemMatrix(items, bfloat16=False)
-    np.testing.assert_array_equal(topk_inner_product(query, float_only, 5)[1], plain[1][:5])
+    np.testing.assert_array_equal(topk_inner_product(query, float_only, 5, [[1, 2]])[1], plain[1])
 
 
 def test_bf16_bad_arguments_raise_value_error(rng):
