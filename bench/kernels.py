@@ -14,11 +14,16 @@ Everything is measured in one run and printed as one table:
   fraction of ids equal to recserve float32's (float32 sums in another order may swap
   near-ties).
 
-    python bench/kernels.py                  # about 4 minutes on 2 cores
-    python bench/kernels.py --threads 2      # 2-thread rows for recserve (and FAISS)
+* fused feature crossing (bench/crossing.py, same run): a DeepFM's crossing stage and
+  whole ranking of 1k and 10k candidates, recserve vs the TorchScript forward of the
+  same trained model, one thread.
 
-Structure: ``run_topk(args) -> rows``; ``main()`` prints the table. Another benchmark
-adds a ``run_*`` function and its rows.
+    python bench/kernels.py                  # about 5 minutes on 2 cores
+    python bench/kernels.py --threads 2      # 2-thread rows for recserve (and FAISS)
+    python bench/kernels.py --skip-crossing  # top-k only
+
+Structure: ``run_topk(args) -> rows`` and ``crossing.run_crossing(args) -> rows``;
+``main()`` prints both.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from collections.abc import Callable
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import crossing  # bench/crossing.py, beside this script
 import numpy as np
 import torch
 
@@ -207,10 +213,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="recserve and FAISS threads")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--skip-crossing", action="store_true", help="top-k rows only")
     args = parser.parse_args()
     print(f"recserve SIMD_LEVEL={kernels.SIMD_LEVEL}, threads={args.threads}, "
           f"faiss={'yes' if faiss else 'not installed'}, median of {args.repeats}")  # fmt: skip
     print_table(run_topk(args))
+    if not args.skip_crossing:
+        crossing_args = crossing.build_parser().parse_args([])
+        print()
+        crossing.print_crossing(crossing.run_crossing(crossing_args), crossing_args.repeats)
 
 
 if __name__ == "__main__":
