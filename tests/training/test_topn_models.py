@@ -12,6 +12,7 @@ import torch
 from recserve.training import topn
 from recserve.training.data import (
     InteractionData,
+    fetch_movielens_100k,
     load_movielens_100k,
     make_synthetic_movielens,
 )
@@ -211,12 +212,12 @@ def test_progress_lines_per_epoch(planted: InteractionData) -> None:
     )
 
 
-ML_100K = Path(__file__).resolve().parents[2] / "data" / "ml-100k"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not ML_100K.is_dir(), reason="run `recserve data fetch ml-100k` first")
 def test_gru4rec_reaches_target_on_movielens_100k() -> None:
-    trained = topn.train_sequence(load_movielens_100k(ML_100K), topn.SequenceConfig())
+    data = load_movielens_100k(fetch_movielens_100k(DATA_DIR, progress=None))
+    trained = topn.train_sequence(data, topn.SequenceConfig())
     assert trained.metrics["test_ndcg@10"] >= 0.080
     assert trained.metrics["test_hr@10"] >= 0.14
