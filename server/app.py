@@ -42,6 +42,7 @@ class ServeOptions:
     max_k: int = 1_000
     max_message_bytes: int = 4 * 1024 * 1024
     grace_seconds: float = 5.0
+    head_dtype: str = "float32"  # rankers' crossing heads; "bfloat16" is opt-in, faster
 
 
 @dataclass
@@ -70,7 +71,9 @@ def build_server(options: ServeOptions) -> RunningServer:
     """Bind and start the server (health NOT_SERVING); models are loaded by the caller."""
     torch.set_num_threads(options.torch_threads)
     limits = Limits(max_candidates=options.max_candidates, max_k=options.max_k)
-    repository = ModelRepository(options.model_repo, limits, options.default_model)
+    repository = ModelRepository(
+        options.model_repo, limits, options.default_model, options.head_dtype
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="rpc"),
         interceptors=[ExceptionToStatusInterceptor()],

@@ -29,9 +29,12 @@ class ModelRepository:
     version is logged with its reason and skipped, so an older good one keeps serving.
     """
 
-    def __init__(self, root: str | Path, limits: Limits, default_model: str = "") -> None:
+    def __init__(
+        self, root: str | Path, limits: Limits, default_model: str = "", head_dtype: str = "float32"
+    ) -> None:
         self.root = Path(root)
         self.limits = limits
+        self.head_dtype = head_dtype  # of the rankers' crossing heads
         self._default = default_model
         self._models: dict[str, dict[int, LoadedModel]] = {}
         self._lock = threading.Lock()
@@ -50,7 +53,7 @@ class ModelRepository:
             for version in reversed(list_versions(model_dir)):
                 try:
                     artifact = load_artifact(model_dir / str(version))
-                    pipeline = make_pipeline(artifact, self.limits)
+                    pipeline = make_pipeline(artifact, self.limits, self.head_dtype)
                 except (ArtifactError, ValueError, KeyError) as exc:
                     log.warning("not serving %s/%d: %s", model_dir.name, version, exc)
                     continue

@@ -14,9 +14,11 @@ from recserve.artifact import CROSSING_TABLES, save_artifact, torchscript_deprec
 from recserve.schema import FeatureSchema
 
 from .features import EncodedData
-from .models import DeepFM
 from .models.cfgan import CFGANGenerator
+from .models.dcnv2 import DCNv2
+from .models.deepfm import DeepFM, FieldEmbedding
 from .models.gru4rec import GRU4Rec
+from .models.wide_deep import WideDeep
 
 
 def script_model(model: nn.Module) -> torch.jit.ScriptModule:
@@ -26,59 +28,82 @@ def script_model(model: nn.Module) -> torch.jit.ScriptModule:
         return torch.jit.script(model)
 
 
-def deepfm_crossing(
-    model: DeepFM, num_user_fields: int
-) -> tuple[dict[str, Any], dict[str, np.ndarray], nn.Sequential]:
-    """What the fused crossing path serves ``model`` with: (manifest block, tables, head).
-
-    The block says which parts the kernel computes (first-order sum, FM term and the
-    first MLP layer, split into user and item columns of W1); the tables are the
-    parameters they need, in the model's dtype; the head is the MLP after the first
-    ReLU, which stays a program. Fields are the user's single-valued fields, then the
-    item's single-valued fields, then the item's multi-valued fields (DeepFM's order),
-    and W1's columns are field-major: field f owns columns [f d, (f + 1) d).
-    """
-    model.eval()
-    first, head = model.split_mlp()
-    emb, first_order = model.embedding, model.first_order
-    d = emb.table.weight.shape[1]
+def _field_tables(emb: FieldEmbedding, num_user_fields: int) -> dict[str, np.ndarray]:
+    """The tables that gather a model's field vectors, as the crossing path reads them."""
     n_single = emb.single_offsets.numel()
-    n_multi = emb.pool.shape[1]
-    n_fields = n_single + n_multi
     if not 0 <= num_user_fields <= n_single:
         raise ValueError(f"num_user_fields={num_user_fields} is outside [0, {n_single}]")
-    if first.in_features != n_fields * d:
-        raise ValueError(f"first layer takes {first.in_features} inputs, expected {n_fields * d}")
-
-    def array(t: torch.Tensor) -> np.ndarray:
-        return np.ascontiguousarray(t.detach().cpu().numpy())
-
     multi_fields = emb.pool.argmax(dim=1) if emb.pool.numel() else emb.multi_offsets
-    tables = {
-        "embedding": array(emb.table.weight),  # [R, d]
-        "first_order": array(first_order.table.weight[:, 0]),  # [R]
-        "single_offsets": array(emb.single_offsets),  # [Fu + Fi]: table row of index 0
-        "multi_offsets": array(emb.multi_offsets),  # [M]: per column of item_multi
-        "multi_fields": array(multi_fields.to(torch.int64)),  # [M]: field of each column
-        "w1": array(first.weight),  # [H1, F d]
-        "b1": array(first.bias),  # [H1]
-        "bias": array(model.bias),  # [1]
+    return {
+        "embedding": _array(emb.table.weight),  # [R, d]
+        "single_offsets": _array(emb.single_offsets),  # [Fu + Fi]: table row of index 0
+        "multi_offsets": _array(emb.multi_offsets),  # [M]: per column of item_multi
+        "multi_fields": _array(multi_fields.to(torch.int64)),  # [M]: field of each column
     }
+
+
+def _array(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().cpu().numpy())
+
+
+def crossing_block(
+    model: DeepFM | WideDeep | DCNv2, num_user_fields: int
+) -> tuple[dict[str, Any], dict[str, np.ndarray], nn.Module]:
+    """What the fused crossing path serves ``model`` with: (manifest block, tables, head).
+
+    The block's ``kind`` says which parts the kernel computes (recserve.artifact
+    CROSSING_ROLES): for DeepFM the first-order sum, the FM term and the first MLP layer;
+    for Wide&Deep the wide (first-order) sum and the first MLP layer; for DCN-v2 ``x0``
+    and the first cross layer. The first layer's weight (role ``w1``) is split into user
+    and item columns (``w1_columns``). The tables are the parameters in the model's
+    dtype; the head, which stays a program, is the rest of the model: the MLP after the
+    first ReLU (``forward(hidden [N, H1]) -> [N, 1]``), or for DCN-v2 the other cross
+    layers and the MLP (``forward(x0 [N, D], x1 [N, D]) -> [N, 1]``). Fields are the
+    user's single-valued fields, then the item's single-valued fields, then the item's
+    multi-valued fields, and the first layer's columns are field-major: field f owns
+    columns [f d, (f + 1) d).
+    """
+    model.eval()
+    emb = model.embedding
+    tables = _field_tables(emb, num_user_fields)
+    d = emb.table.weight.shape[1]
+    n_single, n_fields = emb.single_offsets.numel(), emb.single_offsets.numel() + emb.pool.shape[1]
+    head: nn.Module
+    if isinstance(model, DCNv2):
+        kind = "dcnv2"
+        w1, b1, head = model.split_cross()
+    else:
+        kind = "deepfm" if isinstance(model, DeepFM) else "wide_deep"
+        first, head = model.split_mlp()
+        w1, b1 = first.weight, first.bias
+        wide = model.first_order if isinstance(model, DeepFM) else model.wide
+        tables["first_order"] = _array(wide.table.weight[:, 0])  # [R]
+        tables["bias"] = _array(model.bias)  # [1]
+    if w1.shape[1] != n_fields * d:
+        raise ValueError(f"first layer takes {w1.shape[1]} inputs, expected {n_fields * d}")
+    tables["w1"], tables["b1"] = _array(w1), _array(b1)  # [H1, F d], [H1]
     block = {
-        "kind": "deepfm",
+        "kind": kind,
         "embedding_dim": int(d),
-        "hidden": int(first.out_features),
+        "hidden": int(w1.shape[0]),
         "user_fields": int(num_user_fields),
         "item_fields": int(n_single - num_user_fields),
-        "item_multi_fields": int(n_multi),
+        "item_multi_fields": int(n_fields - n_single),
         "w1_columns": {
             "user": [0, num_user_fields * d],
             "item": [num_user_fields * d, n_fields * d],
         },
         "module": "head",
-        "tables": {key: CROSSING_TABLES[key] for key in tables},
+        "tables": {role: CROSSING_TABLES[role] for role in tables},
     }
-    return block, {CROSSING_TABLES[key]: t for key, t in tables.items()}, head
+    return block, {CROSSING_TABLES[role]: t for role, t in tables.items()}, head
+
+
+def has_crossing(model: nn.Module) -> bool:
+    """Whether ``crossing_block`` can split ``model`` (it has a first layer to split)."""
+    if isinstance(model, DeepFM | WideDeep):
+        return len(model.mlp) > 1
+    return isinstance(model, DCNv2) and model.cross.num_layers > 0
 
 
 def export_ranker(
@@ -95,16 +120,17 @@ def export_ranker(
 ) -> Path:
     """Write ``model`` and the tables it is served with as a new version of ``name``.
 
-    A DeepFM with hidden layers also gets the fused-crossing block (manifest key
-    ``crossing``, its parameter tables and the ``head`` program) unless ``crossing`` is
-    False; an artifact without it is served with the whole ``model`` program.
+    A DeepFM or Wide&Deep with hidden layers, or a DCN-v2 with cross layers, also gets
+    the fused-crossing block (manifest key ``crossing``, its parameter tables and the
+    ``head`` program) unless ``crossing`` is False; an artifact without it is served
+    with the whole ``model`` program.
     """
     modules = {"model": script_model(model)}
     tables = dict(encoded.tables)
     extra = dict(extra or {})
-    if crossing and isinstance(model, DeepFM) and len(model.mlp) > 1:
+    if crossing and has_crossing(model):
         n_user = len(encoded.schema.single_valued("user"))
-        block, crossing_tables, head = deepfm_crossing(model, n_user)
+        block, crossing_tables, head = crossing_block(model, n_user)
         modules[block["module"]] = script_model(head)
         tables.update(crossing_tables)
         extra["crossing"] = block

@@ -13,9 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from recserve.artifact import Artifact
+from recserve.crossing import crossing_from_artifact
+
 from .data import InteractionData
 from .export import export_ranker
 from .features import EncodedData, encode_movielens, random_split
+from .metrics import roc_auc
 from .trainer import EpochLog, RankerInputs, TrainConfig, build_ranker, evaluate, fit
 
 
@@ -101,6 +105,25 @@ def train_deepfm(
 ) -> TrainedRanker:
     """``train_ranker("deepfm", ...)``."""
     return train_ranker("deepfm", data, config, on_epoch, show_progress)
+
+
+def served_auc(
+    artifact: Artifact, encoded: EncodedData, rows: np.ndarray, head_dtype: str = "float32"
+) -> float:
+    """AUC of interaction ``rows`` of ``encoded`` scored as the server scores them: through
+    the artifact's crossing path with its head in ``head_dtype`` (recserve.crossing), one
+    call per user. ``encoded`` must be the data the artifact was exported from."""
+    crossing = crossing_from_artifact(artifact, head_dtype)
+    if crossing is None:
+        raise ValueError(f"{artifact.path}: no crossing block to score with")
+    users, items = encoded.user_rows[rows], encoded.item_rows[rows]
+    order = np.argsort(users, kind="stable")
+    bounds = np.flatnonzero(np.diff(users[order])) + 1
+    logits = np.empty(rows.size, dtype=np.float32)
+    for group in np.split(order, bounds) if rows.size else []:
+        user_features = encoded.tables["user_features"][users[group[0]]]
+        logits[group] = crossing.logits(user_features, items[group])
+    return roc_auc(encoded.labels[rows], logits)
 
 
 def ranker_from_checkpoint(

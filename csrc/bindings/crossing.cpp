@@ -2,7 +2,7 @@
 //
 // Same shape as module.cpp: check every numpy argument and allocate the outputs while
 // holding the GIL, run the kernel without it, return the outputs. The friendlier API
-// is Python: recserve.crossing.DeepFMCrossing.
+// is Python: recserve.crossing (FieldCrossing, DCNCrossing).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -45,8 +45,8 @@ std::string shape_string(const py::array& a) {
 
 // `a` must be an ndim-D, C-contiguous, aligned array of T; returns its data.
 template <typename T>
-const T* checked(const py::array& a, const char* name, py::ssize_t ndim, const char* layout) {
-    constexpr const char* fn = "crossing_deepfm";
+const T* checked(const py::array& a, const char* name, py::ssize_t ndim, const char* layout,
+                 const char* fn = "crossing_deepfm") {
     RECSERVE_THROW_IF_NOT(a.ndim() == ndim, fn << ": " << name << " must be a " << ndim
                                                << "-D array " << layout << ", got a "
                                                << a.ndim() << "-D array of shape "
@@ -65,8 +65,9 @@ const T* checked(const py::array& a, const char* name, py::ssize_t ndim, const c
     return static_cast<const T*>(a.data());
 }
 
-void check_dim(bool ok, const char* what, const py::array& a, int64_t expected) {
-    RECSERVE_THROW_IF_NOT(ok, "crossing_deepfm: " << what << " must be " << expected
+void check_dim(bool ok, const char* what, const py::array& a, int64_t expected,
+               const char* fn = "crossing_deepfm") {
+    RECSERVE_THROW_IF_NOT(ok, fn << ": " << what << " must be " << expected
                                                   << ", got shape " << shape_string(a));
 }
 
@@ -106,6 +107,41 @@ std::pair<py::array_t<float>, py::array_t<float>> crossing_deepfm(
     return {std::move(linear), std::move(hidden)};
 }
 
+std::pair<py::array_t<float>, py::array_t<float>> crossing_dcn_first(
+        const py::array& user_x0, const py::array& user_hidden, const py::array& item_x0,
+        const py::array& item_hidden, const std::optional<py::array>& rows) {
+    constexpr const char* fn = "crossing_dcn_first";
+    const float* ux = checked<float>(user_x0, "user_x0", 1, "[DU]", fn);
+    const float* uh = checked<float>(user_hidden, "user_hidden", 1, "[D]", fn);
+    const float* ix = checked<float>(item_x0, "item_x0", 2, "[I, DI]", fn);
+    const float* ih = checked<float>(item_hidden, "item_hidden", 2, "[I, D]", fn);
+    const int64_t DU = user_x0.shape(0);
+    const int64_t DI = item_x0.shape(1);
+    const int64_t D = user_hidden.shape(0);
+    const int64_t I = item_x0.shape(0);
+    check_dim(D == DU + DI, "user_hidden's size D (user_x0's size DU + item_x0's columns DI)",
+              user_hidden, DU + DI, fn);
+    check_dim(item_hidden.shape(0) == I, "item_hidden's rows (the number of items I)",
+              item_hidden, I, fn);
+    check_dim(item_hidden.shape(1) == D, "item_hidden's columns (the size D of user_hidden)",
+              item_hidden, D, fn);
+    const int64_t* r = nullptr;
+    int64_t N = I;
+    if (rows.has_value()) {
+        r = checked<int64_t>(*rows, "rows", 1, "[N]", fn);
+        N = rows->shape(0);
+    }
+    py::array_t<float> x0({N, D});
+    py::array_t<float> x1({N, D});
+    float* out0 = x0.mutable_data();
+    float* out1 = x1.mutable_data();
+    {
+        py::gil_scoped_release release;
+        recserve::crossing_dcn_first(ux, uh, ix, ih, I, DU, DI, r, N, out0, out1);
+    }
+    return {std::move(x0), std::move(x1)};
+}
+
 }  // namespace
 
 void bind_crossing(py::module_& m) {
@@ -117,6 +153,17 @@ void bind_crossing(py::module_& m) {
 Returns (linear float32 [N], hidden float32 [N, H1]):
   linear[n] = user_scalar + item_scalar[r] + <user_sum, item_sum[r]>
   hidden[n] = relu(user_hidden + item_hidden[r])
+with r = rows[n], or every item in order when rows is None. Arrays must be exactly
+float32 (rows int64), C-contiguous, with matching shapes (ValueError otherwise); a row
+outside [0, I) raises IndexError. Runs without the GIL. A Wide&Deep (no FM term) passes
+D = 0: user_sum [0], item_sum [I, 0].)doc");
+    m.def("crossing_dcn_first", &crossing_dcn_first, py::arg("user_x0"), py::arg("user_hidden"),
+          py::arg("item_x0"), py::arg("item_hidden"), py::arg("rows") = py::none(),
+          R"doc(First cross layer of a DCN-v2 over precomputed item tables.
+
+Returns (x0 float32 [N, D], x1 float32 [N, D]), D = DU + DI:
+  x0[n] = [user_x0, item_x0[r]]
+  x1[n] = x0[n] * (user_hidden + item_hidden[r]) + x0[n]
 with r = rows[n], or every item in order when rows is None. Arrays must be exactly
 float32 (rows int64), C-contiguous, with matching shapes (ValueError otherwise); a row
 outside [0, I) raises IndexError. Runs without the GIL.)doc");

@@ -92,3 +92,10 @@ def crossing_deepfm(
     item_hidden: NDArray[np.float32],
     rows: NDArray[np.int64] | None = None,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]: ...
+def crossing_dcn_first(
+    user_x0: NDArray[np.float32],
+    user_hidden: NDArray[np.float32],
+    item_x0: NDArray[np.float32],
+    item_hidden: NDArray[np.float32],
+    rows: NDArray[np.int64] | None = None,
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]: ...

@@ -32,21 +32,19 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PROGRAM_FORMATS = ("torchscript",)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-CROSSING_KINDS = ("deepfm",)
-# Role of each parameter table of a DeepFM crossing block -> its table key in the artifact.
-CROSSING_TABLES = {
-    role: f"crossing_{role}"
-    for role in (
-        "embedding",
-        "first_order",
-        "single_offsets",
-        "multi_offsets",
-        "multi_fields",
-        "w1",
-        "b1",
-        "bias",
-    )
+# Parameter roles of a crossing block, by kind: what the fused kernel computes.
+#   deepfm:    first-order sum + FM term + first MLP layer (split into user/item columns)
+#   wide_deep: first-order (wide) sum + first MLP layer
+#   dcnv2:     x0 and the first cross layer (W0 split into user/item columns)
+_FIELDS = ("embedding", "single_offsets", "multi_offsets", "multi_fields", "w1", "b1")
+CROSSING_ROLES: dict[str, tuple[str, ...]] = {
+    "deepfm": (*_FIELDS, "first_order", "bias"),
+    "wide_deep": (*_FIELDS, "first_order", "bias"),
+    "dcnv2": _FIELDS,
 }
+CROSSING_KINDS = tuple(CROSSING_ROLES)
+# Role of each parameter table of a crossing block -> its table key in the artifact.
+CROSSING_TABLES = {role: f"crossing_{role}" for role in (*_FIELDS, "first_order", "bias")}
 
 
 @contextmanager
@@ -69,8 +67,9 @@ class ArtifactError(ValueError):
 class CrossingBlock:
     """The optional ``crossing`` block: the parts of the model the fused C++ kernel computes.
 
-    ``tables`` maps each role of ``CROSSING_TABLES`` to its array; ``head`` is the program
-    run on the kernel's first hidden activations. See docs/artifact.md.
+    ``kind`` is one of ``CROSSING_KINDS``; ``tables`` maps each role of
+    ``CROSSING_ROLES[kind]`` to its array; ``hidden`` is the width of the split first
+    layer; ``head`` is the program run on the kernel's outputs. See docs/artifact.md.
     """
 
     kind: str
@@ -294,7 +293,7 @@ def _crossing_block(
             )
         }
         module = modules[block["module"]]
-        named = {role: tables[block["tables"][role]] for role in CROSSING_TABLES}
+        named = {role: tables[block["tables"][role]] for role in CROSSING_ROLES[block["kind"]]}
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(
             f"{path}: the crossing block is incomplete ({exc!r} is missing or malformed); "

@@ -107,6 +107,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
         grace_seconds=args.grace,
         torch_threads=args.torch_threads,
+        head_dtype={"fp32": "float32", "bf16": "bfloat16"}[args.head_precision],
     )
     try:
         serve(options)
@@ -181,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024)
     serve.add_argument(
         "--grace", type=float, default=5.0, help="seconds in-flight requests get on shutdown"
+    )
+    serve.add_argument(
+        "--head-precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="precision of the rankers' crossing heads (bf16: faster, about 3 digits)",
     )
     serve.set_defaults(handler=_serve)
 

@@ -1,4 +1,4 @@
-"""DeepFM served through the fused feature-crossing kernel.
+"""DNN rankers served through the fused feature-crossing kernels.
 
 A DeepFM logit ``b + Σ_f w_f + ½Σ_d[(Σ_f v_fd)² − Σ_f v_fd²] + MLP([v_1..v_F])`` splits
 exactly into a user part (once per request), an item part (once per catalog item, when
@@ -9,38 +9,61 @@ the model loads) and a per-candidate remainder:
 with ``w`` the first-order sums, ``s`` the sums of the field vectors, ``fm_XX`` the FM
 term within one side, ``h_U = W1[:, U] v_U + b1`` and ``h_I = W1[:, I] v_I`` the first
 MLP layer split by its user and item columns, and ``head`` the MLP after the first ReLU.
-The C++ kernel (``_core.crossing_deepfm``) gathers the item rows and writes the linear
-part and ``relu(h_U + h_I)``; the TorchScript head does the rest.
+A Wide&Deep is the same without the FM terms (``fm = 0``, no sums). The C++ kernel
+(``_core.crossing_deepfm``) gathers the item rows and writes the linear part and
+``relu(h_U + h_I)``; the TorchScript head does the rest (:class:`FieldCrossing`).
+
+A stacked DCN-v2 (:class:`DCNCrossing`) has ``x0 = [x0_U, x0_I]`` (the field vectors
+concatenated) and a first cross layer ``x1 = x0 ⊙ (W0 x0 + b0) + x0`` whose linear map
+splits the same way, ``W0 x0 + b0 = h_U + h_I``; ``_core.crossing_dcn_first`` writes
+``x0`` and ``x1`` and the head runs the other cross layers and the MLP on them.
+
+The block's kind (``recserve.artifact.CROSSING_ROLES``) says which terms exist. The head
+runs in float32, or opt-in in bfloat16 (``head_dtype="bfloat16"``, faster where the CPU
+has AVX512-BF16/AMX, at the cost of about 3 significant digits in the deep part).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from . import _core
-from .artifact import Artifact, CrossingBlock
+from .artifact import CROSSING_ROLES, Artifact, CrossingBlock
+
+HEAD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
 class UserPart:
-    """Per-request user side: ``scalar = b + w_U + fm_UU``, ``sum = s_U``, ``hidden = h_U``."""
+    """Per-request user side: ``scalar = b + w_U + fm_UU`` (0 for DCN-v2), ``sum = s_U``
+    ([d], [0] without an FM term), ``hidden = h_U`` ([H1], b1 included) and ``vectors =
+    x0_U`` ([Fu d], the user's field vectors concatenated)."""
 
     scalar: float
-    sum: np.ndarray  # [d]
-    hidden: np.ndarray  # [H1], b1 included
+    sum: np.ndarray
+    hidden: np.ndarray
+    vectors: np.ndarray
 
 
 @dataclass(frozen=True)
 class ItemTables:
-    """Per-item side: ``scalar = w_I + fm_II`` [I], ``sum = s_I`` [I, d], ``hidden = h_I``
-    [I, H1]."""
+    """Per-item side: ``scalar = w_I + fm_II`` [I], ``sum = s_I`` [I, d] ([I, 0] without
+    FM), ``hidden = h_I`` [I, H1] and, for DCN-v2 only, ``vectors = x0_I`` [I, F_item d]
+    ([I, 0] otherwise)."""
 
     scalar: np.ndarray
     sum: np.ndarray
     hidden: np.ndarray
+    vectors: np.ndarray
+
+
+def _terms(block: CrossingBlock) -> tuple[bool, bool, bool]:
+    """(first-order term, FM term, keep x0) of the block's kind."""
+    return "first_order" in block.tables, block.kind == "deepfm", block.kind == "dcnv2"
 
 
 def _field_vectors(
@@ -71,23 +94,27 @@ class UserSide:
         t = block.tables
         n_user, d = block.user_fields, block.embedding_dim
         self.dtype = dtype
+        self.first_order, self.fm, _ = _terms(block)
         self.offsets = np.ascontiguousarray(t["single_offsets"][:n_user])
         self.embedding = t["embedding"]
-        self.first_order = t["first_order"]
         self.w1 = np.ascontiguousarray(t["w1"][:, : n_user * d], dtype=dtype)  # [H1, Fu d]
         self.b1 = t["b1"].astype(dtype)  # [H1]
-        self.bias = float(t["bias"].reshape(-1)[0])
+        self.bias = float(t["bias"].reshape(-1)[0]) if self.first_order else 0.0
+        self.weights = t["first_order"] if self.first_order else None
 
     def __call__(self, user_features: np.ndarray) -> UserPart:
         index = np.asarray(user_features, dtype=np.int64).reshape(self.offsets.shape)  # [Fu]
         known = (index > 0).astype(self.dtype)  # [Fu]
         rows = index + self.offsets
         v = self.embedding[rows].astype(self.dtype) * known[:, None]  # [Fu, d]
-        w = float(self.first_order[rows].astype(self.dtype) @ known)
+        scalar = self.bias
+        if self.weights is not None:
+            scalar += float(self.weights[rows].astype(self.dtype) @ known)
         s = v.sum(axis=0)  # [d]
-        fm = 0.5 * (float(s @ s) - float(np.vdot(v, v)))
+        if self.fm:
+            scalar += 0.5 * (float(s @ s) - float(np.vdot(v, v)))
         hidden = self.w1 @ v.reshape(-1) + self.b1  # [H1]
-        return UserPart(self.bias + w + fm, s, hidden)
+        return UserPart(scalar, s if self.fm else s[:0], hidden, v.reshape(-1))
 
 
 def user_part(
@@ -107,22 +134,35 @@ def item_tables(
     """The item side of every item row (computed once, when the model loads)."""
     t = block.tables
     d, n_user = block.embedding_dim, block.user_fields
+    has_first_order, has_fm, keep_vectors = _terms(block)
     n_item_fields = block.item_fields + block.item_multi_fields
     columns = (n_user * d, (n_user + n_item_fields) * d)
     offsets = t["single_offsets"][n_user:]
-    embedding, first_order = t["embedding"], t["first_order"][:, None]
+    embedding = t["embedding"]
     w1 = t["w1"][:, columns[0] : columns[1]].astype(dtype)  # [H1, F_item d]
     parts = []
     for start in range(0, max(item_features.shape[0], 1), chunk):
         single = item_features[start : start + chunk]
         multi = item_multi[start : start + chunk]
         v = _field_vectors(block, embedding, dtype, single, offsets, multi)  # [B, F_item, d]
-        w = _field_vectors(block, first_order, dtype, single, offsets, multi).sum(axis=(1, 2))
+        scalar = np.zeros(v.shape[0], dtype=dtype)  # [B]
+        if has_first_order:
+            weights = t["first_order"][:, None]
+            w = _field_vectors(block, weights, dtype, single, offsets, multi)  # [B, F_item, 1]
+            scalar += w.sum(axis=(1, 2))
         s = v.sum(axis=1)  # [B, d]
-        fm = 0.5 * ((s * s).sum(axis=1) - (v * v).sum(axis=(1, 2)))  # [B]
-        parts.append((w, s, fm, v.reshape(v.shape[0], -1) @ w1.T))  # ..., [B, H1]
-    w, s, fm, h = (np.concatenate(p) for p in zip(*parts, strict=True))
-    return ItemTables(w + fm, s, h)
+        if has_fm:
+            scalar += 0.5 * ((s * s).sum(axis=1) - (v * v).sum(axis=(1, 2)))
+        flat = v.reshape(v.shape[0], -1)  # [B, F_item d]
+        parts.append(
+            (
+                scalar,
+                s if has_fm else s[:, :0],
+                flat @ w1.T,  # [B, H1]
+                flat if keep_vectors else flat[:, :0],
+            )
+        )
+    return ItemTables(*(np.concatenate(p) for p in zip(*parts, strict=True)))
 
 
 def check_block(block: CrossingBlock, item_widths: tuple[int, int]) -> None:
@@ -131,7 +171,7 @@ def check_block(block: CrossingBlock, item_widths: tuple[int, int]) -> None:
     d, h1 = block.embedding_dim, block.hidden
     n_fields = block.user_fields + block.item_fields + block.item_multi_fields
     rows = t["embedding"].shape[0]
-    expected = {
+    shapes = {
         "embedding": (rows, d),
         "first_order": (rows,),
         "single_offsets": (block.user_fields + block.item_fields,),
@@ -141,9 +181,13 @@ def check_block(block: CrossingBlock, item_widths: tuple[int, int]) -> None:
         "b1": (h1,),
         "bias": (1,),
     }
-    for role, shape in expected.items():
-        if t[role].shape != shape:
-            raise ValueError(f"crossing table {role!r} has shape {t[role].shape}, expected {shape}")
+    if block.kind == "dcnv2" and h1 != n_fields * d:
+        raise ValueError(f"a DCN-v2 cross layer maps {n_fields * d} inputs to as many, not {h1}")
+    for role in CROSSING_ROLES[block.kind]:
+        if t[role].shape != shapes[role]:
+            raise ValueError(
+                f"crossing table {role!r} has shape {t[role].shape}, expected {shapes[role]}"
+            )
     if item_widths[0] != block.item_fields:
         raise ValueError(
             f"item_features has {item_widths[0]} columns, the crossing block {block.item_fields}"
@@ -155,38 +199,36 @@ def check_block(block: CrossingBlock, item_widths: tuple[int, int]) -> None:
         raise ValueError("crossing table 'multi_fields' names a field that does not exist")
 
 
-class DeepFMCrossing:
-    """Scores one user against catalog item rows through the fused crossing kernel.
-
-    Built once per model load: the item tables (``(d + 1 + H1)`` float32 per item) are
-    precomputed in float64 and stored in float32. Per request, :meth:`logits` computes
-    the user part, calls the C++ kernel for the candidates and runs the head.
-    """
+class _Crossing:
+    """What both crossing paths share: the checked block, the item tables (computed in
+    float64 when the model loads, stored in float32) and the head in its dtype."""
 
     def __init__(
-        self, block: CrossingBlock, item_features: np.ndarray, item_multi: np.ndarray
+        self,
+        block: CrossingBlock,
+        item_features: np.ndarray,
+        item_multi: np.ndarray,
+        head_dtype: str = "float32",
     ) -> None:
-        if block.kind != "deepfm":
-            raise ValueError(f"crossing kind {block.kind!r} is not DeepFM")
+        if head_dtype not in HEAD_DTYPES:
+            raise ValueError(
+                f"head dtype {head_dtype!r} is not supported (supported: {', '.join(HEAD_DTYPES)})"
+            )
         check_block(block, (item_features.shape[1], item_multi.shape[1]))
         self.block = block
+        self.head_dtype = HEAD_DTYPES[head_dtype]
         self.head = block.head
+        if self.head_dtype != torch.float32:  # a converted copy: the artifact stays float32
+            with torch.no_grad():  # copies without autograd history, converted in place
+                self.head = copy.deepcopy(block.head).to(self.head_dtype)
         self._user_side = UserSide(block, np.float64)
         items = item_tables(block, item_features, item_multi, np.float64)
         self.items = ItemTables(
             *(
                 np.ascontiguousarray(a, dtype=np.float32)
-                for a in (items.scalar, items.sum, items.hidden)
+                for a in (items.scalar, items.sum, items.hidden, items.vectors)
             )
         )
-
-    @staticmethod
-    def from_artifact(artifact: Artifact) -> DeepFMCrossing | None:
-        """The crossing path of an artifact, or None when it has no crossing block."""
-        if artifact.crossing is None:
-            return None
-        t = artifact.tables
-        return DeepFMCrossing(artifact.crossing, t["item_features"], t["item_multi"])
 
     @property
     def num_items(self) -> int:
@@ -194,17 +236,48 @@ class DeepFMCrossing:
 
     @property
     def bytes_per_item(self) -> int:
-        """Memory of the precomputed item tables per item: (d + 1 + H1) float32."""
-        return 4 * (self.block.embedding_dim + 1 + self.block.hidden)
+        """Memory of the precomputed item tables per item (float32)."""
+        i = self.items
+        widths = i.sum.shape[1] + i.hidden.shape[1] + i.vectors.shape[1]
+        return 4 * (widths + (self.block.kind != "dcnv2"))  # + the scalar, when it exists
 
     def user_part(self, user_features: np.ndarray) -> UserPart:
         """The float32 user part of one encoded user row (computed in float64)."""
         user = self._user_side(user_features)
         return UserPart(
             user.scalar,
-            np.ascontiguousarray(user.sum, dtype=np.float32),
-            np.ascontiguousarray(user.hidden, dtype=np.float32),
+            *(
+                np.ascontiguousarray(a, dtype=np.float32)
+                for a in (user.sum, user.hidden, user.vectors)
+            ),
         )
+
+    def _run_head(self, *inputs: np.ndarray) -> torch.Tensor:
+        """The head's logits [N] in float32 (inputs converted to the head's dtype)."""
+        with torch.inference_mode():
+            args = [torch.from_numpy(a).to(self.head_dtype) for a in inputs]
+            return self.head(*args).reshape(-1).to(torch.float32)  # [N]
+
+
+class FieldCrossing(_Crossing):
+    """Scores one user against catalog item rows of a DeepFM or Wide&Deep (block kinds
+    ``deepfm``, ``wide_deep``) through ``_core.crossing_deepfm`` and the head.
+
+    Per item ``(d + 1 + H1)`` float32 for DeepFM, ``(1 + H1)`` for Wide&Deep. Per
+    request, :meth:`logits` computes the user part, calls the C++ kernel for the
+    candidates and runs the head.
+    """
+
+    def __init__(
+        self,
+        block: CrossingBlock,
+        item_features: np.ndarray,
+        item_multi: np.ndarray,
+        head_dtype: str = "float32",
+    ) -> None:
+        if block.kind not in ("deepfm", "wide_deep"):
+            raise ValueError(f"crossing kind {block.kind!r} is not DeepFM or Wide&Deep")
+        super().__init__(block, item_features, item_multi, head_dtype)
 
     def cross(self, user: UserPart, item_rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The kernel: (linear part [N], relu(h_U + h_I) [N, H1]) for item rows (None = all)."""
@@ -217,6 +290,47 @@ class DeepFMCrossing:
     def logits(self, user_features: np.ndarray, item_rows: np.ndarray | None) -> np.ndarray:
         """float32 logits [N] of one user's encoded row against item rows (None = all)."""
         linear, hidden = self.cross(self.user_part(user_features), item_rows)
-        with torch.inference_mode():
-            deep = self.head(torch.from_numpy(hidden)).reshape(-1)  # [N]
-            return (deep + torch.from_numpy(linear)).numpy()
+        return (self._run_head(hidden) + torch.from_numpy(linear)).numpy()
+
+
+class DCNCrossing(_Crossing):
+    """Scores one user against catalog item rows of a stacked DCN-v2 (block kind
+    ``dcnv2``) through ``_core.crossing_dcn_first`` and the head (the other cross layers
+    and the MLP). Per item ``(F_item d + F d)`` float32: ``x0_I`` and ``W0[:, I] x0_I``.
+    """
+
+    def __init__(
+        self,
+        block: CrossingBlock,
+        item_features: np.ndarray,
+        item_multi: np.ndarray,
+        head_dtype: str = "float32",
+    ) -> None:
+        if block.kind != "dcnv2":
+            raise ValueError(f"crossing kind {block.kind!r} is not DCN-v2")
+        super().__init__(block, item_features, item_multi, head_dtype)
+
+    def cross(self, user: UserPart, item_rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The kernel: (x0 [N, D], x1 [N, D]) for item rows (None = all)."""
+        rows = None if item_rows is None else np.ascontiguousarray(item_rows, dtype=np.int64)
+        items = self.items
+        return _core.crossing_dcn_first(
+            user.vectors, user.hidden, items.vectors, items.hidden, rows
+        )
+
+    def logits(self, user_features: np.ndarray, item_rows: np.ndarray | None) -> np.ndarray:
+        """float32 logits [N] of one user's encoded row against item rows (None = all)."""
+        x0, x1 = self.cross(self.user_part(user_features), item_rows)
+        return self._run_head(x0, x1).numpy()
+
+
+def crossing_from_artifact(
+    artifact: Artifact, head_dtype: str = "float32"
+) -> FieldCrossing | DCNCrossing | None:
+    """The crossing path of an artifact, or None when it has no crossing block."""
+    block = artifact.crossing
+    if block is None:
+        return None
+    t = artifact.tables
+    kind = DCNCrossing if block.kind == "dcnv2" else FieldCrossing
+    return kind(block, t["item_features"], t["item_multi"], head_dtype)

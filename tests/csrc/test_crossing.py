@@ -190,3 +190,89 @@ def test_gil_is_released_during_compute(rng):
     finally:
         stop.set()
         thread.join()
+
+
+def test_wide_deep_calls_with_no_sums(rng):
+    """Wide&Deep has no FM term: D = 0, linear = user_scalar + item_scalar[r]."""
+    inputs = make_inputs(rng, 9, 0, 5)
+    check_against_reference(inputs, rng.integers(0, 9, 7), "D=0")
+
+
+# --- DCN-v2 first cross layer ---------------------------------------------------------
+
+
+def reference_dcn_first(user_x0, user_hidden, item_x0, item_hidden, rows):
+    """(x0 float64 [N, D], x1 float64 [N, D]) by the contract in crossing.h."""
+    rows = np.arange(item_x0.shape[0]) if rows is None else rows
+    item_x0 = item_x0.astype(np.float64)[rows]
+    x0 = np.concatenate(
+        [np.broadcast_to(user_x0.astype(np.float64), (rows.size, user_x0.size)), item_x0], axis=1
+    )
+    t = (user_hidden[None, :] + item_hidden[rows]).astype(np.float32)  # one rounded addition
+    return x0, x0 * t.astype(np.float64) + x0
+
+
+def make_dcn_inputs(rng: np.random.Generator, I: int, DU: int, DI: int) -> dict:
+    f32 = np.float32
+    return dict(
+        user_x0=rng.standard_normal(DU).astype(f32),
+        user_hidden=rng.standard_normal(DU + DI).astype(f32),
+        item_x0=rng.standard_normal((I, DI)).astype(f32),
+        item_hidden=rng.standard_normal((I, DU + DI)).astype(f32),
+    )
+
+
+def check_dcn(inputs: dict, rows, context: str) -> None:
+    x0, x1 = _core.crossing_dcn_first(**inputs, rows=rows)
+    ref0, ref1 = reference_dcn_first(**inputs, rows=rows)
+    assert x0.dtype == np.float32 and x1.dtype == np.float32, context
+    assert x0.shape == ref0.shape and x1.shape == ref1.shape, context
+    np.testing.assert_array_equal(x0, ref0.astype(np.float32), err_msg=context)
+    # x0 * t + x0 from float32 x0 and t: at most two roundings (one with FMA).
+    # |x0 t| <= |x1| + |x0|, so each rounding is at most u (|x1| + |x0|).
+    bound = 2 * F32_EPS * (np.abs(ref1) + np.abs(ref0))
+    error = np.abs(x1.astype(np.float64) - ref1)
+    assert np.all(error <= bound), f"{context}: max error {error.max()}"
+
+
+@pytest.mark.parametrize("N", [0, 1, 7, 1023])
+@pytest.mark.parametrize(("DU", "DI"), [(0, 1), (1, 0), (3, 5), (16, 33), (48, 80)])
+def test_dcn_first_matches_reference(N, DU, DI, rng, seed):
+    I = 50
+    inputs = make_dcn_inputs(rng, I, DU, DI)
+    check_dcn(inputs, rng.integers(0, I, N), f"seed={seed} N={N} DU={DU} DI={DI}")
+
+
+@pytest.mark.parametrize("I", [0, 1, 1023])
+def test_dcn_first_all_items_when_rows_is_none(I, rng, seed):
+    inputs = make_dcn_inputs(rng, I, 5, 11)
+    check_dcn(inputs, None, f"seed={seed} I={I} rows=None")
+    x0, x1 = _core.crossing_dcn_first(**inputs)
+    with_rows = _core.crossing_dcn_first(**inputs, rows=np.arange(I))
+    np.testing.assert_array_equal(x0, with_rows[0])
+    np.testing.assert_array_equal(x1, with_rows[1])
+
+
+@pytest.mark.parametrize("bad", [-1, 5, 10**12])
+def test_dcn_first_out_of_range_row(bad):
+    inputs = make_dcn_inputs(np.random.default_rng(0), 5, 2, 3)
+    with pytest.raises(IndexError, match=rf"rows\[1\] = {bad} is not an item row.*\[0, 5\)"):
+        _core.crossing_dcn_first(**inputs, rows=np.array([0, bad]))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(user_x0=np.zeros(2, np.float64)), r"crossing_dcn_first: user_x0 must have dtype"),
+        (dict(item_x0=np.zeros(15, np.float32)), r"item_x0 must be a 2-D array \[I, DI\]"),
+        (dict(user_hidden=np.zeros(6, np.float32)), r"user_hidden's size D.*must be 5"),
+        (dict(item_hidden=np.zeros((5, 6), np.float32)), r"item_hidden's columns.*must be 5"),
+        (dict(item_hidden=np.zeros((4, 5), np.float32)), r"item_hidden's rows.*must be 5"),
+        (dict(rows=np.array([0, 1], np.int32)), "rows must have dtype int64"),
+        (dict(item_x0=np.zeros((5, 6), np.float32)[:, ::2]), "item_x0 must be C-contiguous"),
+    ],
+)
+def test_dcn_first_bad_arguments(change, message):
+    inputs = {**make_dcn_inputs(np.random.default_rng(0), 5, 2, 3), "rows": np.array([0, 1])}
+    with pytest.raises(ValueError, match=message):
+        _core.crossing_dcn_first(**{**inputs, **change})

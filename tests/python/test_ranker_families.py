@@ -12,6 +12,7 @@ import torch
 from recserve.artifact import load_artifact
 from recserve.pipeline import RANKER_FAMILIES, RankerPipeline, make_pipeline
 from recserve.training.data import InteractionData
+from recserve.training.export import export_ranker
 from recserve.training.ranker import train_ranker
 from recserve.training.registry import MODELS
 
@@ -33,10 +34,26 @@ def test_round_trip_rank_and_recommend(
     )
     artifact = load_artifact(trained.export(tmp_path, name, "synthetic"))
     assert artifact.family == name
-    assert (artifact.crossing is not None) == (name == "deepfm")  # fused path: DeepFM only
+    assert (artifact.crossing is not None) == (name != "mlp")  # fused path: all but MLP
+    if artifact.crossing is not None:
+        assert artifact.crossing.kind == name
     pipeline = make_pipeline(artifact)
     assert isinstance(pipeline, RankerPipeline)
+    check_scores(trained, pipeline)
+    # The same artifact through the whole program, and one exported without the block.
+    check_scores(trained, RankerPipeline(artifact, use_crossing=False))
+    plain = trained.model
+    path = export_ranker(
+        plain, trained.encoded, tmp_path, f"{name}-plain", family=name, metrics={}, config={},
+        crossing=False,
+    )  # fmt: skip
+    without = load_artifact(path)
+    assert without.crossing is None and "head" not in without.modules
+    check_scores(trained, make_pipeline(without))
 
+
+def check_scores(trained, pipeline: RankerPipeline) -> None:
+    """Rank and Recommend scores equal the model's forward within 1e-5 relative."""
     t = trained.encoded.tables
     user = int(t["user_ids"][3])
     user_features = torch.from_numpy(t["user_features"][3]).unsqueeze(0)

@@ -52,6 +52,40 @@ class CrossNet(nn.Module):
         return x
 
 
+class CrossHead(nn.Module):
+    r"""What follows the first cross layer of a stacked DCN-v2: the other cross layers
+    ``x_{l+1} = x_0 ⊙ (W_l x_l + b_l) + x_l`` from ``x_1``, then the MLP tower.
+
+    Args:
+        kernels: ``W_l`` of the cross layers after the first, each [D, D].
+        biases: their ``b_l``, each [D].
+        mlp: the tower after the cross network (ends in one output unit).
+
+    Example::
+
+        >>> cross = CrossNet(in_features=6, num_layers=2)
+        >>> head = CrossHead(list(cross.kernels)[1:], list(cross.bias)[1:], nn.Linear(6, 1))
+        >>> head(torch.randn(3, 6), torch.randn(3, 6)).shape
+        torch.Size([3, 1])
+    """
+
+    def __init__(
+        self, kernels: Sequence[nn.Parameter], biases: Sequence[nn.Parameter], mlp: nn.Module
+    ) -> None:
+        super().__init__()
+        self.kernels = nn.ParameterList(kernels)
+        self.bias = nn.ParameterList(biases)
+        self.mlp = mlp
+
+    def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+        # x0, x1: [B, D] -> logits [B, 1]
+        x = x1
+        for kernel, bias in zip(self.kernels, self.bias, strict=True):
+            # CrossNet's x0 * (x W^T + b) + x in two fused passes (bias in the GEMM)
+            x = torch.addcmul(x, x0, torch.addmm(bias, x, kernel.t()))  # [B, D]
+        return self.mlp(x)  # [B, 1]
+
+
 class DCNv2(nn.Module):
     r"""logit = w^T MLP(CrossNet(x_0)) + b, with x_0 = [v_1, …, v_F].
 
@@ -105,6 +139,17 @@ class DCNv2(nn.Module):
         x0 = self.embedding(single, item_multi).flatten(start_dim=1)  # [B, F d]
         crossed = self.cross(x0)  # [B, F d]
         return self.mlp(crossed).squeeze(-1)  # [B]
+
+    @torch.jit.unused
+    def split_cross(self) -> tuple[torch.Tensor, torch.Tensor, CrossHead]:
+        """(W_0 [D, D], b_0 [D], head) with ``forward == head(x0, x0 ⊙ (W_0 x0 + b_0) + x0)``
+        in eval mode: the first cross layer is linear in ``x0`` inside the product, so its
+        user and item columns can be computed apart (the serving path precomputes the item
+        side). The head shares this model's parameters. Needs a cross layer."""
+        if self.cross.num_layers < 1:
+            raise ValueError("a DCN-v2 without cross layers has no first layer to split off")
+        kernels, biases = list(self.cross.kernels), list(self.cross.bias)
+        return kernels[0], biases[0], CrossHead(kernels[1:], biases[1:], self.mlp)
 
     @torch.jit.unused
     def embedding_penalty(

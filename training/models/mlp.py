@@ -30,6 +30,17 @@ def mlp_tower(
     return nn.Sequential(*layers)
 
 
+def split_tower(mlp: nn.Sequential) -> tuple[nn.Linear, nn.Sequential]:
+    """A tower of ``mlp_tower`` as (first Linear, head): ``mlp(x) == head(relu(first(x)))``
+    in eval mode (the first dropout is identity there). The head shares the tower's
+    parameters. Needs a hidden layer."""
+    if len(mlp) < 4:
+        raise ValueError("a tower without hidden layers has no first layer to split off")
+    first = mlp[0]
+    assert isinstance(first, nn.Linear) and isinstance(mlp[1], nn.ReLU)
+    return first, nn.Sequential(*list(mlp)[3:])
+
+
 class MLP(nn.Module):
     r"""logit = MLP(dropout([v_1, …, v_F])), the field vectors v_f concatenated.
 

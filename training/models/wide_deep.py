@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .deepfm import FieldEmbedding
-from .mlp import mlp_tower
+from .mlp import mlp_tower, split_tower
 
 
 class WideDeep(nn.Module):
@@ -66,6 +66,12 @@ class WideDeep(nn.Module):
         v = self.embedding(single, item_multi)  # [B, F, d]
         deep = self.mlp(v.flatten(start_dim=1)).squeeze(-1)  # [B]
         return self.bias + wide + deep
+
+    @torch.jit.unused
+    def split_mlp(self) -> tuple[nn.Linear, nn.Sequential]:
+        """The MLP as (first Linear, head), ``mlp(x) == head(relu(first(x)))`` in eval mode;
+        as ``DeepFM.split_mlp`` (the serving path precomputes the first layer's item side)."""
+        return split_tower(self.mlp)
 
     @torch.jit.unused
     def embedding_penalty(
