@@ -9,8 +9,7 @@ from pathlib import Path
 
 from recserve.artifact import ArtifactError, list_versions, load_artifact
 from recserve.errors import InvalidRequest, ModelNotFound, ModelUnavailable
-from recserve.pipeline import Limits, RankerPipeline, make_pipeline
-from recserve.retrieval import RetrievalPipeline
+from recserve.pipeline import CatalogPipeline, Limits, make_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +18,7 @@ log = logging.getLogger(__name__)
 class LoadedModel:
     name: str
     version: int
-    pipeline: RankerPipeline | RetrievalPipeline
+    pipeline: CatalogPipeline
 
 
 class ModelRepository:

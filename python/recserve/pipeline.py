@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,9 +20,6 @@ from .errors import InvalidRequest
 from .results import Ranking, ScoredItem
 from .schema import FeatureSchema, encode_ids, encode_value
 from .validation import check_candidates, check_k, check_recent, check_user_id
-
-if TYPE_CHECKING:
-    from .retrieval import RetrievalPipeline
 
 # Every CTR ranker serves through its TorchScript ``model`` program; a DeepFM, Wide&Deep or
 # DCN-v2 artifact with a crossing block through the fused C++ crossing kernel and its head.
@@ -41,7 +37,68 @@ class Limits:
     max_k: int = 1_000
 
 
-class RankerPipeline:
+class CatalogPipeline:
+    """What every pipeline shares: the catalog's id tables, seen items, and Rank.
+
+    A subclass loads ``user_ids``, ``item_ids``, ``item_titles``, ``seen_indptr``,
+    ``seen_items`` and ``limits``, and defines ``encode_user(user_id, context) ->
+    (user state, user row or -1)`` and ``score_rows(user state, item rows or None) ->
+    scores``; Rank is the same for every family: score the known candidates, select
+    with the C++ ``topk_scores``.
+    """
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    item_titles: np.ndarray
+    seen_indptr: np.ndarray
+    seen_items: np.ndarray
+    limits: Limits
+
+    @property
+    def num_items(self) -> int:
+        return int(self.item_ids.size)
+
+    @property
+    def num_users(self) -> int:
+        return int(self.user_ids.size)
+
+    def seen_rows(self, user_row: int) -> np.ndarray:
+        if user_row < 0:
+            return np.empty(0, dtype=np.int64)
+        return self.seen_items[self.seen_indptr[user_row] : self.seen_indptr[user_row + 1]]
+
+    def _to_items(self, rows: np.ndarray, scores: np.ndarray) -> list[ScoredItem]:
+        return [
+            ScoredItem(int(self.item_ids[r]), float(s), str(self.item_titles[r]))
+            for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
+        ]
+
+    def rank(
+        self,
+        user_id: int,
+        candidate_item_ids: Sequence[int],
+        k: int = 0,
+        context: Mapping[str, str] | None = None,
+    ) -> Ranking:
+        candidates = check_candidates(candidate_item_ids, self.limits)
+        check_k(k, self.limits)
+        user_state, user_row = self.encode_user(user_id, context or {})
+        codes = encode_ids(self.item_ids, candidates)
+        known = codes > 0
+        rows = codes[known] - 1
+        scores = self.score_rows(user_state, rows)
+        k = rows.size if k == 0 else min(k, rows.size)
+        values, order = kernels.topk_scores(scores, k, backend=SCORES_BACKEND)
+        keep = order >= 0  # NaN scores are never selected
+        best = rows[order[keep]]
+        return Ranking(
+            items=self._to_items(best, values[keep]),
+            cold_start_user=user_row < 0,
+            unknown_item_ids=candidates[~known].tolist(),
+        )
+
+
+class RankerPipeline(CatalogPipeline):
     """Serves a ranker artifact (user fields x item fields -> logit) for Rank and Recommend.
 
     The TorchScript module's signature is
@@ -101,14 +158,6 @@ class RankerPipeline:
         if self.seen_items.size and (self.seen_items.min() < 0 or self.seen_items.max() >= n_items):
             raise ValueError("seen-items table refers to items outside the catalog")
 
-    @property
-    def num_items(self) -> int:
-        return int(self.item_ids.size)
-
-    @property
-    def num_users(self) -> int:
-        return int(self.user_ids.size)
-
     # -- user side -------------------------------------------------------------------
 
     def encode_user(self, user_id: int, context: Mapping[str, str]) -> tuple[np.ndarray, int]:
@@ -134,12 +183,7 @@ class RankerPipeline:
                 raise InvalidRequest(str(exc)) from None
         return features, row
 
-    def seen_rows(self, user_row: int) -> np.ndarray:
-        if user_row < 0:
-            return np.empty(0, dtype=np.int64)
-        return self.seen_items[self.seen_indptr[user_row] : self.seen_indptr[user_row + 1]]
-
-    # -- scoring ---------------------------------------------------------------------
+    # -- scoring and recommending -------------------------------------------------------
 
     def score_rows(self, user_features: np.ndarray, item_rows: np.ndarray | None) -> np.ndarray:
         """Scores (probabilities) of one user against item table rows (None = all items)."""
@@ -160,39 +204,6 @@ class RankerPipeline:
         with torch.inference_mode():
             logits = self.module(user, items, multi)
             return torch.sigmoid(logits).to(torch.float32).numpy()
-
-    def _to_items(self, rows: np.ndarray, scores: np.ndarray) -> list[ScoredItem]:
-        return [
-            ScoredItem(int(self.item_ids[r]), float(s), str(self.item_titles[r]))
-            for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
-        ]
-
-    # -- requests --------------------------------------------------------------------
-
-    def rank(
-        self,
-        user_id: int,
-        candidate_item_ids: Sequence[int],
-        k: int = 0,
-        context: Mapping[str, str] | None = None,
-    ) -> Ranking:
-        candidates = check_candidates(candidate_item_ids, self.limits)
-        check_k(k, self.limits)
-        user_features, user_row = self.encode_user(user_id, context or {})
-
-        codes = encode_ids(self.item_ids, candidates)
-        known = codes > 0
-        rows = codes[known] - 1
-        scores = self.score_rows(user_features, rows)
-        k = rows.size if k == 0 else min(k, rows.size)
-        values, order = kernels.topk_scores(scores, k, backend=SCORES_BACKEND)
-        keep = order >= 0  # NaN scores are never selected
-        best = rows[order[keep]]
-        return Ranking(
-            items=self._to_items(best, values[keep]),
-            cold_start_user=user_row < 0,
-            unknown_item_ids=candidates[~known].tolist(),
-        )
 
     def recommend(
         self,
@@ -225,7 +236,7 @@ class RankerPipeline:
 
 def make_pipeline(
     artifact: Artifact, limits: Limits | None = None, head_dtype: str = "float32"
-) -> RankerPipeline | RetrievalPipeline:
+) -> CatalogPipeline:
     """The pipeline that serves an artifact's family (``head_dtype``: of a ranker's
     crossing head, see RankerPipeline)."""
     from .retrieval import RETRIEVAL_FAMILIES, make_retrieval_pipeline  # imports this module

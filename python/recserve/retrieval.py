@@ -32,10 +32,10 @@ import torch
 from . import kernels
 from .artifact import Artifact
 from .errors import InvalidRequest
-from .pipeline import DEFAULT_RECOMMEND_K, SCORES_BACKEND, Limits
-from .results import Ranking, ScoredItem
+from .pipeline import DEFAULT_RECOMMEND_K, SCORES_BACKEND, CatalogPipeline, Limits
+from .results import Ranking
 from .schema import encode_ids
-from .validation import check_candidates, check_k, check_recent, check_user_id
+from .validation import check_k, check_recent, check_user_id
 
 EMBEDDING_FAMILY = "embedding"
 SEQUENCE_FAMILY = "sequence"
@@ -43,7 +43,7 @@ GENERATOR_FAMILY = "generator"
 RETRIEVAL_FAMILIES = (EMBEDDING_FAMILY, SEQUENCE_FAMILY, GENERATOR_FAMILY)
 
 
-class RetrievalPipeline:
+class RetrievalPipeline(CatalogPipeline):
     """Rank and Recommend for a model that gives one vector per user (see the module).
 
     The vector is scored against ``item_vectors`` by inner product; a family without
@@ -83,19 +83,6 @@ class RetrievalPipeline:
         if self.popularity.shape != (n_items,):
             raise ValueError("popularity table does not match the catalog")
         _check_csr(self.seen_indptr, self.seen_items, n_users, n_items, "seen-items")
-
-    @property
-    def num_items(self) -> int:
-        return int(self.item_ids.size)
-
-    @property
-    def num_users(self) -> int:
-        return int(self.user_ids.size)
-
-    def seen_rows(self, user_row: int) -> np.ndarray:
-        if user_row < 0:
-            return np.empty(0, dtype=np.int64)
-        return self.seen_items[self.seen_indptr[user_row] : self.seen_indptr[user_row + 1]]
 
     # -- user side -------------------------------------------------------------------
 
@@ -141,37 +128,6 @@ class RetrievalPipeline:
         """(scores, rows) of the user's best k items of the catalog, ``exclude`` left out."""
         return kernels.topk_inner_product(
             user_vector, self.item_vectors, k, exclude, backend=SCORES_BACKEND
-        )
-
-    def _to_items(self, rows: np.ndarray, scores: np.ndarray) -> list[ScoredItem]:
-        return [
-            ScoredItem(int(self.item_ids[r]), float(s), str(self.item_titles[r]))
-            for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
-        ]
-
-    # -- requests --------------------------------------------------------------------
-
-    def rank(
-        self,
-        user_id: int,
-        candidate_item_ids: Sequence[int],
-        k: int = 0,
-        context: Mapping[str, str] | None = None,
-    ) -> Ranking:
-        candidates = check_candidates(candidate_item_ids, self.limits)
-        check_k(k, self.limits)
-        vector, user_row = self.encode_user(user_id, context or {})
-        codes = encode_ids(self.item_ids, candidates)
-        known = codes > 0
-        rows = codes[known] - 1
-        scores = self.score_rows(vector, rows)
-        k = rows.size if k == 0 else min(k, rows.size)
-        values, order = kernels.topk_scores(scores, k, backend=SCORES_BACKEND)
-        keep = order >= 0
-        return Ranking(
-            items=self._to_items(rows[order[keep]], values[keep]),
-            cold_start_user=user_row < 0,
-            unknown_item_ids=candidates[~known].tolist(),
         )
 
     def recommend(
