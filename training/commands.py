@@ -97,7 +97,10 @@ def train_command(args: argparse.Namespace) -> int:
     if entry.checkpoints:
         run = RunOptions(_run_dir(args, entry.name), resume, args.data, str(args.data_dir))
     elif resume:
-        raise SystemExit(f"{entry.name} does not write checkpoints; --resume is for rankers")
+        raise SystemExit(
+            f"{entry.name} does not write checkpoints (it trains in one pass); "
+            "--resume is for models trained in epochs"
+        )
     if resume:
         state = load_checkpoint(checkpoint_path(run.run_dir))
         if state.get("model_name") != entry.name:
@@ -140,6 +143,11 @@ def export_command(args: argparse.Namespace) -> int:
     entry = MODELS.get(name)
     if entry is None or not entry.checkpoints:
         raise SystemExit(f"{args.run_dir}: checkpoint of unknown model {name!r}")
+    if entry.task != "ctr":
+        raise SystemExit(
+            f"{args.run_dir}: a run of {name!r}; `recserve export --run-dir` is for rankers "
+            f"(`recserve train --model {name} --resume` exports the top-N model)"
+        )
     data_spec = str(state.get("data") or "")
     if not data_spec:
         raise SystemExit(f"{args.run_dir}: the checkpoint does not name its data set")

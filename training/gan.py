@@ -10,15 +10,17 @@ NDCG@10 keeps the best epoch's weights, as for the other top-N models.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from .data import InteractionData
 from .models.cfgan import CFGAN, discriminator_loss, generator_loss, sample_negative_masks
-from .topn import Report, TrainedTopN, _bar, _fit, _metrics, prepare_topn
+from .topn import Report, TrainedTopN, _bar, _fit, _metrics, _run_info, prepare_topn
 
 
 @dataclass
@@ -70,6 +72,9 @@ def train_cfgan(
     config: CFGANConfig,
     report: Report | None = None,
     progress: bool = False,
+    run_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    run_info: dict[str, Any] | None = None,
 ) -> TrainedTopN:
     for name in ("zr_rate", "pm_rate"):
         if not 0.0 <= getattr(config, name) <= 1.0:
@@ -140,6 +145,19 @@ def train_cfgan(
         }
 
     score = generator_scorer(model, split.num_items)
-    history = _fit(model, run_epoch, score, split, config.epochs, config.patience, report)
+    history = _fit(
+        model,
+        run_epoch,
+        score,
+        split,
+        config.epochs,
+        config.patience,
+        report,
+        optimizers={"generator": g_optimizer, "discriminator": d_optimizer},
+        generator=generator,
+        run_dir=run_dir,
+        resume=resume,
+        run_info=_run_info("cfgan", config, run_info),
+    )
     metrics = _metrics(score, split, len(history), started)
     return TrainedTopN("cfgan", model, prepared, config, history, metrics)

@@ -46,7 +46,8 @@ class ModelEntry:
     train: TrainFunction
     headline: tuple[tuple[str, str], ...]  # (metric key, label) printed after training
     # True: ``train`` also takes a ``RunOptions`` (run directory, resume) as fifth argument
-    # and writes checkpoints and curves there; ``recserve export --run-dir`` then works.
+    # and writes checkpoints and curves there; for rankers ``recserve export --run-dir``
+    # then works too.
     checkpoints: bool = False
 
 
@@ -80,6 +81,27 @@ def _ranker_trainer(name: str) -> Callable[..., Trained]:
     return train
 
 
+def _topn_trainer(train_function: Callable[..., Trained]) -> Callable[..., Trained]:
+    def train(
+        data: InteractionData,
+        config: Any,
+        report: Callable[[str], None],
+        progress: bool,
+        run: RunOptions | None = None,
+    ) -> Trained:
+        return train_function(
+            data,
+            config,
+            report,
+            progress,
+            run_dir=run.run_dir if run else None,
+            resume=run.resume if run else False,
+            run_info={"data": run.data, "data_dir": run.data_dir} if run else None,
+        )
+
+    return train
+
+
 CTR_HEADLINE = (("test_auc", "test AUC"), ("test_logloss", "test LogLoss"))
 TOPN_HEADLINE = (
     ("test_ndcg@10", "test NDCG@10"),
@@ -100,9 +122,14 @@ MODELS: dict[str, ModelEntry] = {
             )
         ),
         ModelEntry("pop", "topn", PopConfig, train_popularity, TOPN_HEADLINE),
-        ModelEntry("bpr", "topn", BPRConfig, train_bpr, TOPN_HEADLINE),
-        ModelEntry("gru4rec", "topn", SequenceConfig, train_sequence, TOPN_HEADLINE),
-        ModelEntry("lstm", "topn", LSTMConfig, train_sequence, TOPN_HEADLINE),
-        ModelEntry("cfgan", "topn", CFGANConfig, train_cfgan, TOPN_HEADLINE),
+        *(
+            ModelEntry(name, "topn", config, _topn_trainer(train), TOPN_HEADLINE, checkpoints=True)
+            for name, config, train in (
+                ("bpr", BPRConfig, train_bpr),
+                ("gru4rec", SequenceConfig, train_sequence),
+                ("lstm", LSTMConfig, train_sequence),
+                ("cfgan", CFGANConfig, train_cfgan),
+            )
+        ),
     )
 }

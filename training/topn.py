@@ -11,7 +11,7 @@ import copy
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from recserve.schema import FeatureSchema, FeatureSpec
 
+from .checkpoint import CURVES, checkpoint_path, load_checkpoint, save_checkpoint
 from .data import InteractionData
 from .evaluation import LeaveOneOut, evaluate_topn, leave_one_out
 from .export import export_embedding, export_generator, export_sequence
@@ -99,6 +100,7 @@ class TopNEpochLog:
     val_ndcg: float
     val_hr: float
     seconds: float
+    losses: dict[str, float] = field(default_factory=dict)  # every named training loss
 
 
 @dataclass
@@ -268,22 +270,50 @@ def _fit(
     epochs: int,
     patience: int,
     report: Report | None,
+    *,
+    optimizers: dict[str, torch.optim.Optimizer] | None = None,
+    generator: torch.Generator | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    run_info: dict[str, Any] | None = None,
 ) -> list[TopNEpochLog]:
     """Run epochs; keep the weights of the best validation NDCG@10; stop after
     ``patience`` epochs without improvement.
 
     ``run_epoch`` returns the epoch's training loss, or named losses (a GAN's G and D
-    losses; the first one is logged as ``train_loss``)."""
+    losses; the first one is logged as ``train_loss``). With ``run_dir``, each epoch
+    writes ``checkpoint.pt`` (model, ``optimizers``, history, best state, stale count,
+    the torch RNG and ``generator`` states, plus ``run_info``) and ``curves.png``;
+    ``resume`` continues from that checkpoint to the weights of an uninterrupted run."""
+    optimizers = optimizers or {}
     history: list[TopNEpochLog] = []
     best, best_state, stale = -1.0, copy.deepcopy(model.state_dict()), 0
-    for epoch in range(1, epochs + 1):
+    first_epoch = 1
+    if resume:
+        if run_dir is None:
+            raise ValueError("resume needs the run directory that holds the checkpoint")
+        state = load_checkpoint(checkpoint_path(run_dir))
+        model.load_state_dict(state["model_state"])
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        history = [TopNEpochLog(**h) for h in state["history"]]
+        best, best_state, stale = state["best_ndcg"], state["best_state"], state["stale"]
+        torch.set_rng_state(state["torch_rng"])
+        if generator is not None:
+            generator.set_state(state["shuffle_rng"])
+        first_epoch = state["epoch"] + 1
+        if stale >= patience:
+            first_epoch = epochs + 1  # it had stopped early; nothing left to do
+    for epoch in range(first_epoch, epochs + 1):
         start = time.perf_counter()
         model.train()
         losses = run_epoch(epoch)
         named = losses if isinstance(losses, dict) else {"train loss": losses}
         loss = next(iter(named.values()))
         val = evaluate_topn(score, split, "val")
-        log = TopNEpochLog(epoch, loss, val["ndcg@10"], val["hr@10"], time.perf_counter() - start)
+        log = TopNEpochLog(
+            epoch, loss, val["ndcg@10"], val["hr@10"], time.perf_counter() - start, dict(named)
+        )
         history.append(log)
         if report:
             text = "  ".join(f"{name} {value:.4f}" for name, value in named.items())
@@ -295,11 +325,37 @@ def _fit(
             best, best_state, stale = log.val_ndcg, copy.deepcopy(model.state_dict()), 0
         else:
             stale += 1
-            if stale >= patience:
-                break
+        if run_dir is not None:
+            save_checkpoint(
+                {
+                    **(run_info or {}),
+                    "epoch": epoch,
+                    "model_state": model.state_dict(),
+                    "optimizers": {name: o.state_dict() for name, o in optimizers.items()},
+                    "history": [asdict(h) for h in history],
+                    "best_ndcg": best,
+                    "best_state": best_state,
+                    "stale": stale,
+                    "torch_rng": torch.get_rng_state(),
+                    "shuffle_rng": generator.get_state() if generator is not None else None,
+                },
+                checkpoint_path(run_dir),
+            )
+            from .curves import plot_curves
+
+            plot_curves(
+                history, Path(run_dir) / CURVES, str((run_info or {}).get("model_name", ""))
+            )
+        if stale >= patience:
+            break
     model.load_state_dict(best_state)
     model.eval()
     return history
+
+
+def _run_info(name: str, config: Any, run_info: dict[str, Any] | None) -> dict[str, Any]:
+    """What a top-N checkpoint stores beside the state: model name, settings, data set."""
+    return {"model_name": name, **(run_info or {}), "config": config.to_json()}
 
 
 def _bar(batches: Any, epoch: int, epochs: int, progress: bool) -> tqdm:
@@ -329,6 +385,9 @@ def train_bpr(
     config: BPRConfig,
     report: Report | None = None,
     progress: bool = False,
+    run_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    run_info: dict[str, Any] | None = None,
 ) -> TrainedTopN:
     torch.set_num_threads(config.num_threads)
     started = time.perf_counter()
@@ -368,7 +427,20 @@ def train_bpr(
         return total / max(seen, 1)
 
     score = user_scorer(model)
-    history = _fit(model, run_epoch, score, split, config.epochs, config.patience, report)
+    history = _fit(
+        model,
+        run_epoch,
+        score,
+        split,
+        config.epochs,
+        config.patience,
+        report,
+        optimizers={"optimizer": optimizer},
+        generator=generator,
+        run_dir=run_dir,
+        resume=resume,
+        run_info=_run_info("bpr", config, run_info),
+    )
     metrics = _metrics(score, split, len(history), started)
     return TrainedTopN("bpr", model, prepared, config, history, metrics)
 
@@ -406,6 +478,9 @@ def train_sequence(
     config: SequenceConfig,
     report: Report | None = None,
     progress: bool = False,
+    run_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    run_info: dict[str, Any] | None = None,
 ) -> TrainedTopN:
     torch.set_num_threads(config.num_threads)
     started = time.perf_counter()
@@ -446,14 +521,21 @@ def train_sequence(
             bar.set_postfix(loss=f"{total / seen:.4f}", steps_per_s=f"{rate:,.0f}")
         return total / max(seen, 1)
 
+    name = config.cell if config.cell == "lstm" else "gru4rec"
     score = sequence_scorer(model, config.max_length)
-    history = _fit(model, run_epoch, score, split, config.epochs, config.patience, report)
-    metrics = _metrics(score, split, len(history), started)
-    return TrainedTopN(
-        config.cell if config.cell == "lstm" else "gru4rec",
+    history = _fit(
         model,
-        prepared,
-        config,
-        history,
-        metrics,
+        run_epoch,
+        score,
+        split,
+        config.epochs,
+        config.patience,
+        report,
+        optimizers={"optimizer": optimizer},
+        generator=generator,
+        run_dir=run_dir,
+        resume=resume,
+        run_info=_run_info(name, config, run_info),
     )
+    metrics = _metrics(score, split, len(history), started)
+    return TrainedTopN(name, model, prepared, config, history, metrics)
