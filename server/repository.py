@@ -53,8 +53,14 @@ class ModelRepository:
                 try:
                     artifact = load_artifact(model_dir / str(version))
                     pipeline = make_pipeline(artifact, self.limits, self.head_dtype)
-                except (ArtifactError, ValueError, KeyError) as exc:
-                    log.warning("not serving %s/%d: %s", model_dir.name, version, exc)
+                except Exception as exc:  # a version that cannot load never stops the others
+                    log.warning(
+                        "not serving %s/%d: %s",
+                        model_dir.name,
+                        version,
+                        exc,
+                        exc_info=not isinstance(exc, ArtifactError),
+                    )
                     continue
                 model = LoadedModel(artifact.name, artifact.version, pipeline)
                 with self._lock:

@@ -127,3 +127,12 @@ def test_serve_without_a_model_says_what_to_do(tmp_path: Path, run_recserve) -> 
 def test_every_subcommand_has_help(command: str, run_recserve) -> None:
     result = run_recserve(command, "--help")
     assert result.returncode == 0 and "usage: recserve" in result.stdout
+
+
+def test_resume_continues_on_the_runs_own_data(tmp_path: Path, run_recserve) -> None:
+    common = ("--model", "bpr", "--run-dir", str(tmp_path / "run"), "--model-repo", str(tmp_path))
+    first = run_recserve("train", *common, "--data", "synthetic", "--epochs", "1")
+    assert first.returncode == 0, first.stderr
+    resumed = run_recserve("train", *common, "--resume", "--epochs", "2")  # no --data
+    assert resumed.returncode == 0, resumed.stderr
+    assert "training bpr on synthetic" in resumed.stderr and "(resuming)" in resumed.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -108,8 +109,11 @@ def train_command(args: argparse.Namespace) -> int:
                 f"{run.run_dir} is a run of {state.get('model_name')!r}, not {entry.name!r}; "
                 f"pass --model {state.get('model_name')}"
             )
-        # the run's own settings; --config and --epochs/--seed still override
+        # the run's own settings and data; --config and --epochs/--seed still override
         config = read_config(entry.config_type, args.config, overrides, state["config"])
+        args.data = state.get("data", args.data)
+        args.data_dir = Path(state.get("data_dir", args.data_dir))
+        run = dataclasses.replace(run, data=args.data, data_dir=str(args.data_dir))
     else:
         config = read_config(entry.config_type, args.config, overrides)
     data = load_data(args.data, args.data_dir)
@@ -123,6 +127,13 @@ def train_command(args: argparse.Namespace) -> int:
         trained = entry.train(data, config, print_stderr, sys.stderr.isatty(), *extra)
     except ValueError as error:  # the data cannot train this model; the message says why
         raise SystemExit(f"error: {error}") from None
+    except RuntimeError as error:
+        if not resume:
+            raise
+        raise SystemExit(
+            f"error: the checkpoint in {run.run_dir} does not fit this model and data "
+            f"({str(error).splitlines()[0]}); start a new run without --resume"
+        ) from None
     _print_headline(entry, trained.metrics)
     path = trained.export(args.model_repo, args.name or entry.name, data.name)
     print(f"exported {path}")

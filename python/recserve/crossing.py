@@ -332,5 +332,10 @@ def crossing_from_artifact(
     if block is None:
         return None
     t = artifact.tables
+    if t["user_features"].shape[1] != block.user_fields:
+        raise ValueError(
+            f"user_features has {t['user_features'].shape[1]} columns, the crossing block "
+            f"{block.user_fields}"
+        )
     kind = DCNCrossing if block.kind == "dcnv2" else FieldCrossing
     return kind(block, t["item_features"], t["item_multi"], head_dtype)

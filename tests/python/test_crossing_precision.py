@@ -50,3 +50,15 @@ def test_served_auc_equals_the_trainers_auc(artifact, trained_ranker: TrainedRan
     assert served_auc(artifact, encoded, test_rows) == pytest.approx(expected, abs=1e-6)
     bf16 = served_auc(artifact, encoded, test_rows, "bfloat16")
     assert abs(bf16 - expected) < 0.01
+
+
+def test_user_table_width_must_match_the_crossing_block(artifact) -> None:
+    import dataclasses
+
+    from recserve.crossing import crossing_from_artifact
+
+    users = artifact.tables["user_features"]
+    wider = np.zeros((users.shape[0], users.shape[1] + 1), dtype=np.int64)
+    broken = dataclasses.replace(artifact, tables={**artifact.tables, "user_features": wider})
+    with pytest.raises(ValueError, match="user_features has 5 columns, the crossing block 4"):
+        crossing_from_artifact(broken)

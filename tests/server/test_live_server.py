@@ -200,3 +200,33 @@ def test_a_default_model_that_is_not_loaded_stops_the_start(model_repo: Path) ->
             running.repository.load_all()
     finally:
         running.stop(0)
+
+
+def test_a_version_that_fails_unexpectedly_is_skipped(
+    model_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    import shutil
+
+    from recserve.server import repository
+
+    shutil.copytree(model_repo / "deepfm" / "1", tmp_path / "deepfm" / "1")
+    shutil.copytree(model_repo / "deepfm" / "1", tmp_path / "other" / "1")
+    manifest = json.loads((tmp_path / "other" / "1" / "manifest.json").read_text())
+    (tmp_path / "other" / "1" / "manifest.json").write_text(
+        json.dumps({**manifest, "name": "other"})
+    )
+    real = repository.make_pipeline
+
+    def flaky(artifact, *args, **kwargs):
+        if artifact.name == "other":
+            raise IndexError("index 99 is out of bounds")
+        return real(artifact, *args, **kwargs)
+
+    monkeypatch.setattr(repository, "make_pipeline", flaky)
+    running = build_server(ServeOptions(model_repo=tmp_path, port=0))
+    try:
+        loaded = running.repository.load_all()
+        assert [(m.name, m.version) for m in loaded] == [("deepfm", 1)]
+        assert "not serving other/1: index 99 is out of bounds" in caplog.text
+    finally:
+        running.stop(0)
