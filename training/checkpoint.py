@@ -49,3 +49,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"no checkpoint at {path}; train with --run-dir {path.parent} first"
         )
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """Load an optimizer's running state (moments, step counts) from a checkpoint but keep
+    the settings it was built with, so a changed learning rate applies on ``--resume``."""
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, setting in zip(optimizer.param_groups, settings, strict=True):
+        group.update(setting)

@@ -23,7 +23,13 @@ from tqdm import tqdm
 
 from recserve.schema import FeatureSchema, FeatureSpec
 
-from .checkpoint import CURVES, checkpoint_path, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CURVES,
+    checkpoint_path,
+    load_checkpoint,
+    restore_optimizer,
+    save_checkpoint,
+)
 from .data import InteractionData
 from .evaluation import LeaveOneOut, evaluate_topn, leave_one_out
 from .export import export_embedding, export_generator, export_sequence
@@ -295,7 +301,7 @@ def _fit(
         state = load_checkpoint(checkpoint_path(run_dir))
         model.load_state_dict(state["model_state"])
         for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
+            restore_optimizer(optimizer, state["optimizers"][name])
         history = [TopNEpochLog(**h) for h in state["history"]]
         best, best_state, stale = state["best_ndcg"], state["best_state"], state["stale"]
         torch.set_rng_state(state["torch_rng"])

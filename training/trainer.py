@@ -21,7 +21,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import CURVES, checkpoint_path, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CURVES,
+    checkpoint_path,
+    load_checkpoint,
+    restore_optimizer,
+    save_checkpoint,
+)
 from .features import EncodedData
 from .metrics import log_loss, roc_auc
 from .models import MLP, DCNv2, DeepFM, WideDeep
@@ -225,7 +231,7 @@ def fit(
             raise ValueError("resume needs the run directory that holds the checkpoint")
         state = load_checkpoint(checkpoint_path(run_dir))
         model.load_state_dict(state["model_state"])
-        optimizer.load_state_dict(state["optimizer"])
+        restore_optimizer(optimizer, state["optimizer"])
         history = [EpochLog(**h) for h in state["history"]]
         best_auc, best_state, stale = state["best_auc"], state["best_state"], state["stale"]
         torch.set_rng_state(state["torch_rng"])

@@ -121,3 +121,16 @@ def test_train_resume_and_export_commands(
     assert exported.manifest["metrics"]["test_auc"] == pytest.approx(
         trained.manifest["metrics"]["test_auc"]
     )
+
+
+def test_restored_optimizer_keeps_its_new_learning_rate() -> None:
+    from recserve.training.checkpoint import restore_optimizer
+
+    weights = torch.nn.Parameter(torch.ones(3))
+    old = torch.optim.Adam([weights], lr=1e-3)
+    weights.sum().backward()
+    old.step()
+    new = torch.optim.Adam([weights], lr=5e-4)
+    restore_optimizer(new, old.state_dict())
+    assert new.param_groups[0]["lr"] == 5e-4
+    assert int(new.state[weights]["step"]) == 1  # the running state came back
