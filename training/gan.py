@@ -20,7 +20,7 @@ import torch
 
 from .data import InteractionData
 from .models.cfgan import CFGAN, discriminator_loss, generator_loss, sample_negative_masks
-from .topn import Report, TrainedTopN, _bar, _fit, _metrics, _run_info, prepare_topn
+from .topn import Report, TrainedTopN, _bar, _fit, _metrics, _run_info, _start_run
 
 
 @dataclass
@@ -79,12 +79,8 @@ def train_cfgan(
     for name in ("zr_rate", "pm_rate"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}")
-    torch.set_num_threads(config.num_threads)
-    started = time.perf_counter()
-    prepared = prepare_topn(data)
+    started, prepared, generator = _start_run(data, config)
     split = prepared.split
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
     model = CFGAN(split.num_items, config.generator_hidden, config.discriminator_hidden)
     g_optimizer = torch.optim.Adam(
         model.generator.parameters(),

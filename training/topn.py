@@ -386,6 +386,18 @@ def sample_negatives(
     return negatives
 
 
+def _start_run(data: InteractionData, config: Any) -> tuple[float, TopNData, torch.Generator]:
+    """What every epoch-trained top-N model does first: threads, clock, data, seeds.
+
+    Returns the start time, the prepared data and the generator that drives shuffling
+    and negative sampling (saved in checkpoints so a resumed run draws the same)."""
+    torch.set_num_threads(config.num_threads)
+    started = time.perf_counter()
+    prepared = prepare_topn(data)
+    torch.manual_seed(config.seed)
+    return started, prepared, torch.Generator().manual_seed(config.seed)
+
+
 def train_bpr(
     data: InteractionData,
     config: BPRConfig,
@@ -395,12 +407,8 @@ def train_bpr(
     resume: bool = False,
     run_info: dict[str, Any] | None = None,
 ) -> TrainedTopN:
-    torch.set_num_threads(config.num_threads)
-    started = time.perf_counter()
-    prepared = prepare_topn(data)
+    started, prepared, generator = _start_run(data, config)
     split = prepared.split
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
     model = BPRMF(split.num_users, split.num_items, config.embedding_dim)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     users_np, items_np = split.train_pairs()
@@ -488,12 +496,8 @@ def train_sequence(
     resume: bool = False,
     run_info: dict[str, Any] | None = None,
 ) -> TrainedTopN:
-    torch.set_num_threads(config.num_threads)
-    started = time.perf_counter()
-    prepared = prepare_topn(data)
+    started, prepared, generator = _start_run(data, config)
     split = prepared.split
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
     model = GRU4Rec(
         split.num_items,
         embedding_dim=config.embedding_dim,
