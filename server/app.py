@@ -7,7 +7,6 @@ import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import torch
@@ -20,6 +19,8 @@ from recserve.v1 import recserve_pb2 as pb
 from recserve.v1 import recserve_pb2_grpc as pb_grpc
 
 from .interceptors import ExceptionToStatusInterceptor
+from .metrics import Metrics
+from .options import ServeOptions
 from .repository import ModelRepository
 from .servicer import RecommenderServicer
 
@@ -27,22 +28,7 @@ log = logging.getLogger("recserve.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 
-
-@dataclass
-class ServeOptions:
-    """Everything `recserve serve` takes."""
-
-    model_repo: Path
-    host: str = "127.0.0.1"
-    port: int = 50051
-    default_model: str = ""
-    workers: int = 8  # gRPC handler threads; each request runs on one
-    torch_threads: int = 1  # per-request intra-op threads (one request, one thread)
-    max_candidates: int = 10_000
-    max_k: int = 1_000
-    max_message_bytes: int = 4 * 1024 * 1024
-    grace_seconds: float = 5.0
-    head_dtype: str = "float32"  # rankers' crossing heads; "bfloat16" is opt-in, faster
+__all__ = ["SERVICE_NAME", "RunningServer", "ServeOptions", "build_server", "serve"]
 
 
 @dataclass
@@ -51,6 +37,8 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     repository: ModelRepository
+    metrics: Metrics
+    metrics_port: int  # -1 when the endpoint is off
 
     def set_serving(self, serving: bool) -> None:
         status = (
@@ -62,15 +50,19 @@ class RunningServer:
             self.health.set(service, status)
 
     def stop(self, grace: float) -> None:
-        """Health goes NOT_SERVING, in-flight requests get ``grace`` seconds to finish."""
+        """Health goes NOT_SERVING and new requests get UNAVAILABLE; in-flight requests
+        get ``grace`` seconds to finish."""
         self.health.enter_graceful_shutdown()
+        self.repository.start_draining()
         self.server.stop(grace).wait(grace + 1)
+        self.metrics.stop()
 
 
 def build_server(options: ServeOptions) -> RunningServer:
     """Bind and start the server (health NOT_SERVING); models are loaded by the caller."""
     torch.set_num_threads(options.torch_threads)
     limits = Limits(max_candidates=options.max_candidates, max_k=options.max_k)
+    metrics = Metrics()
     repository = ModelRepository(
         options.model_repo, limits, options.default_model, options.head_dtype
     )
@@ -81,8 +73,12 @@ def build_server(options: ServeOptions) -> RunningServer:
             ("grpc.max_receive_message_length", options.max_message_bytes),
             ("grpc.max_send_message_length", options.max_message_bytes),
         ],
+        # Beyond this many RPCs in progress (handled or waiting for a handler thread),
+        # grpc answers RESOURCE_EXHAUSTED at once instead of queueing.
+        maximum_concurrent_rpcs=options.max_in_flight,
     )
-    pb_grpc.add_RecommenderServicer_to_server(RecommenderServicer(repository), server)
+    servicer = RecommenderServicer(repository, metrics, options.max_explain_k)
+    pb_grpc.add_RecommenderServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -96,7 +92,17 @@ def build_server(options: ServeOptions) -> RunningServer:
             f"cannot listen on {address} ({exc}); is another server using the port? "
             "Pick another with --port"
         ) from None
-    running = RunningServer(server, port, health_servicer, repository)
+    metrics_port = -1
+    if options.metrics_port >= 0:
+        try:
+            metrics_port = metrics.serve(options.metrics_host, options.metrics_port)
+        except OSError as exc:
+            server.stop(0)
+            raise OSError(
+                f"cannot serve metrics on {options.metrics_host}:{options.metrics_port} "
+                f"({exc}); pick another --metrics-port, or -1 to turn the endpoint off"
+            ) from None
+    running = RunningServer(server, port, health_servicer, repository, metrics, metrics_port)
     running.set_serving(False)
     server.start()
     return running
@@ -135,5 +141,7 @@ def serve(options: ServeOptions) -> None:
         running.set_serving(True)
         models = ", ".join(f"{m.name} v{m.version}" for m in loaded)
         log.info("serving %s on %s:%d", models, options.host, running.port)
+        if running.metrics_port >= 0:
+            log.info("metrics on http://%s:%d/metrics", options.metrics_host, running.metrics_port)
     running.server.wait_for_termination()
     log.info("stopped")

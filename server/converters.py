@@ -19,21 +19,43 @@ def scored_items(ranking: Ranking) -> list[pb.ScoredItem]:
     return [pb.ScoredItem(item_id=i.item_id, score=i.score, title=i.title) for i in ranking.items]
 
 
-def rank_response(ranking: Ranking, model: LoadedModel) -> pb.RankResponse:
+def rank_response(ranking: Ranking, model: LoadedModel, request_id: str) -> pb.RankResponse:
     return pb.RankResponse(
         items=scored_items(ranking),
         unknown_item_ids=ranking.unknown_item_ids,
         cold_start_user=ranking.cold_start_user,
         model=model_ref(model),
+        request_id=request_id,
     )
 
 
-def recommend_response(ranking: Ranking, model: LoadedModel) -> pb.RecommendResponse:
+def recommend_response(
+    ranking: Ranking, model: LoadedModel, request_id: str
+) -> pb.RecommendResponse:
     return pb.RecommendResponse(
         items=scored_items(ranking),
         unknown_item_ids=ranking.unknown_item_ids,
         cold_start_user=ranking.cold_start_user,
         model=model_ref(model),
+        request_id=request_id,
+    )
+
+
+def cascade_response(
+    retrieved: Ranking,
+    ranked: Ranking,
+    retriever: LoadedModel,
+    ranker: LoadedModel,
+    request_id: str,
+) -> pb.RecommendResponse:
+    """The ranker's order of what the retriever found; unknown ids are the request's."""
+    return pb.RecommendResponse(
+        items=scored_items(ranked),
+        unknown_item_ids=retrieved.unknown_item_ids,
+        cold_start_user=retrieved.cold_start_user or ranked.cold_start_user,
+        model=model_ref(retriever),
+        ranked_by=model_ref(ranker),
+        request_id=request_id,
     )
 
 

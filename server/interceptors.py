@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 
-from recserve.errors import InvalidRequest, ModelNotFound, ModelUnavailable
-
-log = logging.getLogger(__name__)
+from recserve.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    ModelUnavailable,
+    Overloaded,
+)
 
 # Only errors raised on purpose reach the client with their message. Anything else (a
 # ValueError from numpy or torch included) is a server fault: INTERNAL, details in the log.
@@ -18,6 +21,8 @@ _STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelNotFound, grpc.StatusCode.NOT_FOUND),
     (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
 
@@ -30,7 +35,8 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 class ExceptionToStatusInterceptor(grpc.ServerInterceptor):
-    """Turns exceptions raised by unary handlers into statuses; logs unexpected ones."""
+    """Turns exceptions raised by unary handlers into statuses (the servicer logs them
+    with the request id)."""
 
     def intercept_service(
         self,
@@ -41,15 +47,12 @@ class ExceptionToStatusInterceptor(grpc.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
-        method = details.method
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 return inner(request, context)
-            except Exception as exc:  # every error becomes a status, never a crash
+            except Exception as exc:  # noqa: BLE001 - every error becomes a status, never a crash
                 code, message = status_for(exc)
-                if code is grpc.StatusCode.INTERNAL:
-                    log.error("%s failed", method, exc_info=exc)
                 return context.abort(code, message)  # abort() raises; nothing is returned
 
         return grpc.unary_unary_rpc_method_handler(

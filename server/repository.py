@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from recserve.artifact import ArtifactError, list_versions, load_artifact
 from recserve.errors import InvalidRequest, ModelNotFound, ModelUnavailable
@@ -16,9 +19,21 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LoadedModel:
+    """One served version. ``runner`` answers its requests: the pipeline itself, or a
+    batcher in front of it (same ``rank``/``recommend`` signature)."""
+
     name: str
     version: int
     pipeline: CatalogPipeline
+    runner: Any = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.runner is None:
+            object.__setattr__(self, "runner", self.pipeline)
+
+
+# Puts a runner (e.g. a batcher) in front of a freshly loaded pipeline.
+RunnerFactory = Callable[[CatalogPipeline], Any]
 
 
 class ModelRepository:
@@ -29,14 +44,21 @@ class ModelRepository:
     """
 
     def __init__(
-        self, root: str | Path, limits: Limits, default_model: str = "", head_dtype: str = "float32"
+        self,
+        root: str | Path,
+        limits: Limits,
+        default_model: str = "",
+        head_dtype: str = "float32",
+        make_runner: RunnerFactory | None = None,
     ) -> None:
         self.root = Path(root)
+        self._make_runner = make_runner
         self.limits = limits
         self.head_dtype = head_dtype  # of the rankers' crossing heads
         self._default = default_model
         self._models: dict[str, dict[int, LoadedModel]] = {}
         self._lock = threading.Lock()
+        self._draining = False
 
     def load_all(self) -> list[LoadedModel]:
         """Load the newest good version of each model; returns what was loaded."""
@@ -62,7 +84,8 @@ class ModelRepository:
                         exc_info=not isinstance(exc, ArtifactError),
                     )
                     continue
-                model = LoadedModel(artifact.name, artifact.version, pipeline)
+                runner = self._make_runner(pipeline) if self._make_runner else None
+                model = LoadedModel(artifact.name, artifact.version, pipeline, runner)
                 with self._lock:
                     self._models.setdefault(model.name, {})[model.version] = model
                 loaded.append(model)
@@ -92,6 +115,8 @@ class ModelRepository:
     def get(self, name: str = "", version: int = 0) -> LoadedModel:
         """The model a request names; '' is the default model, 0 its newest version."""
         with self._lock:
+            if self._draining:
+                raise ModelUnavailable("the server is shutting down; send to another replica")
             if not self._models:
                 raise ModelUnavailable("no model is loaded yet; retry shortly")
             name = name or self._default or min(self._models)
@@ -109,3 +134,13 @@ class ModelRepository:
                     f"version {version} of {name!r} is not loaded; loaded versions: {loaded}"
                 )
             return versions[version]
+
+    def start_draining(self) -> None:
+        """From now on every request gets UNAVAILABLE (the server is stopping)."""
+        with self._lock:
+            self._draining = True
+
+    @contextmanager
+    def acquire(self, name: str = "", version: int = 0) -> Iterator[LoadedModel]:
+        """The model a request names, held for the duration of the request."""
+        yield self.get(name, version)

@@ -1,54 +1,208 @@
-"""The Recommender service: convert the request, call the pipeline, convert the answer."""
+"""The Recommender service: convert the request, call the model's runner, convert the answer.
+
+Each RPC runs in a :class:`RequestContext` (id, the client's deadline, stage timings)
+and is observed once by :class:`Metrics`; the answer's trailing metadata carries the
+model version and the server-side timings.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import grpc
 
+from recserve.errors import InvalidRequest
+from recserve.pipeline import DEFAULT_RECOMMEND_K, RANKER_FAMILIES
+from recserve.request_context import RequestContext
 from recserve.v1 import recserve_pb2 as pb
 from recserve.v1 import recserve_pb2_grpc as pb_grpc
 
 from . import converters
-from .repository import ModelRepository
+from .interceptors import status_for
+from .metrics import Metrics
+from .repository import LoadedModel, ModelRepository
+
+log = logging.getLogger("recserve.server")
+
+CASCADE_MIN_RETRIEVE = 100
+CASCADE_RETRIEVE_FACTOR = 10
+
+
+class _Call:
+    """What one RPC learns on its way: its context and the model(s) that answered."""
+
+    def __init__(self, request_id: str, timeout: float | None) -> None:
+        self.request = RequestContext.with_timeout(request_id, timeout)
+        self.models: list[LoadedModel] = []
+        self.started = time.perf_counter()
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        timings = dict(self.request.timings)
+        timings["total"] = time.perf_counter() - self.started
+        timing = ",".join(f"{stage}={seconds * 1000:.3f}" for stage, seconds in timings.items())
+        metadata = [
+            ("recserve-request-id", self.request.request_id),
+            ("recserve-timing-ms", timing),
+        ]
+        if self.models:
+            metadata.append(("recserve-model", self.models[0].name))
+            metadata.append(("recserve-model-version", str(self.models[0].version)))
+        return tuple(metadata)
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
-    def __init__(self, repository: ModelRepository) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        metrics: Metrics | None = None,
+        max_explain_k: int = 100,
+    ) -> None:
         self.repository = repository
+        self.metrics = metrics or Metrics()
+        self.max_explain_k = max_explain_k
+
+    @contextmanager
+    def _call(
+        self, rpc: str, request_id: str, context: grpc.ServicerContext, trailing: bool = True
+    ) -> Iterator[_Call]:
+        call = _Call(request_id, context.time_remaining())
+        code = grpc.StatusCode.OK
+        self.metrics.in_flight.inc()
+        try:
+            yield call
+        except Exception as exc:
+            code, message = status_for(exc)
+            extra = {"request_id": call.request.request_id, "rpc": rpc, "code": code.name}
+            if code is grpc.StatusCode.INTERNAL:
+                log.error("%s failed", rpc, exc_info=exc, extra=extra)
+            else:
+                log.debug("%s refused: %s", rpc, message, extra=extra)
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.observe_request(rpc, call.models, code, call.request, call.started)
+            if trailing:
+                context.set_trailing_metadata(call.trailing_metadata())
+
+    # -- ranking ---------------------------------------------------------------------
+
+    def _rank(self, request: pb.RankRequest, call: _Call) -> pb.RankResponse:
+        with self.repository.acquire(request.model.name, request.model.version) as model:
+            call.models.append(model)
+            ranking = model.runner.rank(
+                request.user_id,
+                request.candidate_item_ids,
+                k=request.k,
+                context=dict(request.user_features),
+                request_context=call.request,
+            )
+            return converters.rank_response(ranking, model, call.request.request_id)
 
     def Rank(self, request: pb.RankRequest, context: grpc.ServicerContext) -> pb.RankResponse:
-        model = self.repository.get(request.model.name, request.model.version)
-        ranking = model.pipeline.rank(
-            request.user_id,
-            request.candidate_item_ids,
-            k=request.k,
-            context=dict(request.user_features),
-        )
-        return converters.rank_response(ranking, model)
+        with self._call("Rank", request.request_id, context) as call:
+            return self._rank(request, call)
+
+    def RankStream(
+        self, requests: Iterator[pb.RankRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.RankStreamResponse]:
+        # One request at a time per stream; concurrent streams share the batches.
+        for request in requests:
+            try:
+                with self._call("RankStream", request.request_id, context, trailing=False) as call:
+                    response = self._rank(request, call)
+            except Exception as exc:  # noqa: BLE001 - one bad request never ends the stream
+                code, message = status_for(exc)
+                yield pb.RankStreamResponse(
+                    request_id=call.request.request_id,
+                    error_code=code.value[0],
+                    error_message=message,
+                )
+                continue
+            yield pb.RankStreamResponse(request_id=response.request_id, response=response)
+
+    # -- recommending ----------------------------------------------------------------
 
     def Recommend(
         self, request: pb.RecommendRequest, context: grpc.ServicerContext
     ) -> pb.RecommendResponse:
-        model = self.repository.get(request.model.name, request.model.version)
-        ranking = model.pipeline.recommend(
-            request.user_id,
-            k=request.k,
-            recent_item_ids=request.recent_item_ids,
-            include_seen=request.include_seen,
-            context=dict(request.user_features),
-        )
-        return converters.recommend_response(ranking, model)
+        with self._call("Recommend", request.request_id, context) as call:
+            if request.rank_with.name:
+                return self._cascade(request, call)
+            with self.repository.acquire(request.model.name, request.model.version) as model:
+                call.models.append(model)
+                ranking = model.runner.recommend(
+                    request.user_id,
+                    k=request.k,
+                    recent_item_ids=request.recent_item_ids,
+                    include_seen=request.include_seen,
+                    context=dict(request.user_features),
+                    request_context=call.request,
+                )
+                return converters.recommend_response(ranking, model, call.request.request_id)
+
+    def _retrieve_n(self, request: pb.RecommendRequest) -> int:
+        limits = self.repository.limits
+        k = request.k or DEFAULT_RECOMMEND_K
+        if request.retrieve_n == 0:
+            return min(max(CASCADE_MIN_RETRIEVE, CASCADE_RETRIEVE_FACTOR * k), limits.max_k)
+        if not k <= request.retrieve_n <= limits.max_k:
+            raise InvalidRequest(
+                f"retrieve_n must be between k ({k}) and the server's --max-k "
+                f"({limits.max_k}); got {request.retrieve_n}"
+            )
+        return request.retrieve_n
+
+    def _cascade(self, request: pb.RecommendRequest, call: _Call) -> pb.RecommendResponse:
+        """Retrieve with ``model`` (no user features), rank with ``rank_with``."""
+        retrieve_n = self._retrieve_n(request)
+        with (
+            self.repository.acquire(request.model.name, request.model.version) as retriever,
+            self.repository.acquire(request.rank_with.name, request.rank_with.version) as ranker,
+        ):
+            call.models += [retriever, ranker]
+            family = ranker.pipeline.artifact.family
+            if family not in RANKER_FAMILIES:
+                raise InvalidRequest(
+                    f"rank_with model {ranker.name!r} is a {family!r} model, not a ranker "
+                    f"({', '.join(RANKER_FAMILIES)})"
+                )
+            retrieved = retriever.runner.recommend(
+                request.user_id,
+                k=retrieve_n,
+                recent_item_ids=request.recent_item_ids,
+                include_seen=request.include_seen,
+                request_context=call.request,
+            )
+            ranking = ranker.runner.rank(
+                request.user_id,
+                [item.item_id for item in retrieved.items],
+                k=request.k or DEFAULT_RECOMMEND_K,
+                context=dict(request.user_features),
+                request_context=call.request,
+            )
+            return converters.cascade_response(
+                retrieved, ranking, retriever, ranker, call.request.request_id
+            )
+
+    # -- models ----------------------------------------------------------------------
 
     def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext
     ) -> pb.ModelInfo:
-        model = self.repository.get(request.model.name, request.model.version)
-        return converters.model_info(model, self.repository.versions(model.name))
+        with self._call("GetModelInfo", "", context) as call:
+            model = self.repository.get(request.model.name, request.model.version)
+            call.models.append(model)
+            return converters.model_info(model, self.repository.versions(model.name))
 
     def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
-        infos = []
-        for name in self.repository.names():
-            model = self.repository.get(name)
-            infos.append(converters.model_info(model, self.repository.versions(name)))
-        return pb.ListModelsResponse(models=infos, default_model=self.repository.default_model)
+        with self._call("ListModels", "", context):
+            infos = []
+            for name in self.repository.names():
+                model = self.repository.get(name)
+                infos.append(converters.model_info(model, self.repository.versions(name)))
+            return pb.ListModelsResponse(models=infos, default_model=self.repository.default_model)

@@ -44,7 +44,9 @@ def artifact(model_repo: Path):
 
 @pytest.fixture(scope="session")
 def live_server(model_repo: Path) -> Iterator[RunningServer]:
-    running = build_server(ServeOptions(model_repo=model_repo, port=0, max_candidates=500))
+    running = build_server(
+        ServeOptions(model_repo=model_repo, port=0, max_candidates=500, metrics_port=0)
+    )
     running.repository.load_all()
     running.set_serving(True)
     yield running

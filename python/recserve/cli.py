@@ -94,21 +94,16 @@ def _client_call(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from recserve.errors import ModelNotFound
-    from recserve.server import ServeOptions, serve
+    from recserve.server import serve
+    from recserve.server.logs import configure_logging
+    from recserve.server.options import options_from
 
-    options = ServeOptions(
-        model_repo=args.model_repo,
-        host=args.host,
-        port=args.port,
-        default_model=args.default_model,
-        workers=args.workers,
-        max_candidates=args.max_candidates,
-        max_k=args.max_k,
-        max_message_bytes=args.max_message_bytes,
-        grace_seconds=args.grace,
-        torch_threads=args.torch_threads,
-        head_dtype={"fp32": "float32", "bf16": "bfloat16"}[args.head_precision],
-    )
+    try:
+        options = options_from(args)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(options.log_format, logging.DEBUG if args.verbose else logging.INFO)
     try:
         serve(options)
     except (OSError, ModelNotFound) as exc:
@@ -164,31 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve the models of a repository over gRPC")
-    serve.add_argument("--model-repo", type=Path, default=Path("model-repo"))
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=50051)
-    serve.add_argument(
-        "--default-model",
-        default="",
-        help="model used when a request names none (default: first by name)",
+    serve = sub.add_parser(
+        "serve",
+        help="serve the models of a repository over gRPC",
+        description="Serve the models of a repository over gRPC. Every option is also read "
+        "from the environment (RECSERVE_<OPTION>) and from --config; a flag beats the "
+        "environment, which beats the file. docs/serving.md explains each.",
     )
-    serve.add_argument("--workers", type=int, default=8, help="request handler threads")
-    serve.add_argument(
-        "--torch-threads", type=int, default=1, help="intra-op threads per request (keep 1)"
-    )
-    serve.add_argument("--max-candidates", type=int, default=10_000)
-    serve.add_argument("--max-k", type=int, default=1_000)
-    serve.add_argument("--max-message-bytes", type=int, default=4 * 1024 * 1024)
-    serve.add_argument(
-        "--grace", type=float, default=5.0, help="seconds in-flight requests get on shutdown"
-    )
-    serve.add_argument(
-        "--head-precision",
-        choices=("fp32", "bf16"),
-        default="fp32",
-        help="precision of the rankers' crossing heads (bf16: faster, about 3 digits)",
-    )
+    from recserve.server.options import add_serve_arguments
+
+    add_serve_arguments(serve)
     serve.set_defaults(handler=_serve)
 
     train = sub.add_parser("train", help="train a model and export it into a repository")

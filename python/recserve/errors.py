@@ -13,3 +13,11 @@ class ModelNotFound(LookupError):
 
 class ModelUnavailable(RuntimeError):
     """No model is loaded yet, or the server is shutting down (UNAVAILABLE)."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """The client's deadline passed before the work was done (DEADLINE_EXCEEDED)."""
+
+
+class Overloaded(RuntimeError):
+    """Too much work is queued or in flight; retry later (RESOURCE_EXHAUSTED)."""

@@ -17,6 +17,7 @@ from . import kernels
 from .artifact import Artifact
 from .crossing import HEAD_DTYPES, crossing_from_artifact
 from .errors import InvalidRequest
+from .request_context import RequestContext
 from .results import Ranking, ScoredItem
 from .schema import FeatureSchema, encode_ids, encode_value
 from .validation import check_candidates, check_k, check_recent, check_user_id
@@ -79,7 +80,10 @@ class CatalogPipeline:
         candidate_item_ids: Sequence[int],
         k: int = 0,
         context: Mapping[str, str] | None = None,
+        request_context: RequestContext | None = None,
     ) -> Ranking:
+        if request_context is not None:
+            request_context.check_deadline("feature")
         candidates = check_candidates(candidate_item_ids, self.limits)
         check_k(k, self.limits)
         user_state, user_row = self.encode_user(user_id, context or {})
@@ -212,7 +216,10 @@ class RankerPipeline(CatalogPipeline):
         recent_item_ids: Sequence[int] = (),
         include_seen: bool = False,
         context: Mapping[str, str] | None = None,
+        request_context: RequestContext | None = None,
     ) -> Ranking:
+        if request_context is not None:
+            request_context.check_deadline("feature")
         check_k(k, self.limits)
         recent = check_recent(recent_item_ids, self.limits)
         user_features, user_row = self.encode_user(user_id, context or {})

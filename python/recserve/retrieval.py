@@ -33,6 +33,7 @@ from . import kernels
 from .artifact import Artifact
 from .errors import InvalidRequest
 from .pipeline import DEFAULT_RECOMMEND_K, SCORES_BACKEND, CatalogPipeline, Limits
+from .request_context import RequestContext
 from .results import Ranking
 from .schema import encode_ids
 from .validation import check_k, check_recent, check_user_id
@@ -137,7 +138,10 @@ class RetrievalPipeline(CatalogPipeline):
         recent_item_ids: Sequence[int] = (),
         include_seen: bool = False,
         context: Mapping[str, str] | None = None,
+        request_context: RequestContext | None = None,
     ) -> Ranking:
+        if request_context is not None:
+            request_context.check_deadline("feature")
         check_k(k, self.limits)
         recent = check_recent(recent_item_ids, self.limits)
         codes = encode_ids(self.item_ids, recent)

@@ -154,7 +154,7 @@ def test_garbage_bytes_get_a_status_and_the_server_stays_up(client: Client, live
 
 
 def test_before_a_model_loads_requests_are_unavailable(tmp_path: Path) -> None:
-    running = build_server(ServeOptions(model_repo=tmp_path, port=0))
+    running = build_server(ServeOptions(model_repo=tmp_path, port=0, metrics_port=-1))
     try:
         with Client(f"127.0.0.1:{running.port}", timeout=5) as c:
             assert not c.is_serving()
@@ -173,7 +173,7 @@ def test_a_broken_newest_version_is_skipped(model_repo: Path, tmp_path: Path, ca
     manifest = json.loads((tmp_path / "deepfm" / "2" / "manifest.json").read_text())
     (tmp_path / "deepfm" / "2" / "manifest.json").write_text(json.dumps({**manifest, "version": 2}))
     (tmp_path / "deepfm" / "2" / "model.pt").write_bytes(b"half a model")
-    running = build_server(ServeOptions(model_repo=tmp_path, port=0))
+    running = build_server(ServeOptions(model_repo=tmp_path, port=0, metrics_port=-1))
     try:
         loaded = running.repository.load_all()
         assert [(m.name, m.version) for m in loaded] == [("deepfm", 1)]
@@ -194,7 +194,9 @@ def test_concurrent_requests_get_the_same_answers_as_sequential_ones(client: Cli
 
 
 def test_a_default_model_that_is_not_loaded_stops_the_start(model_repo: Path) -> None:
-    running = build_server(ServeOptions(model_repo=model_repo, port=0, default_model="nope"))
+    running = build_server(
+        ServeOptions(model_repo=model_repo, port=0, metrics_port=-1, default_model="nope")
+    )
     try:
         with pytest.raises(ModelNotFound, match="--default-model 'nope' is not among"):
             running.repository.load_all()
@@ -223,7 +225,7 @@ def test_a_version_that_fails_unexpectedly_is_skipped(
         return real(artifact, *args, **kwargs)
 
     monkeypatch.setattr(repository, "make_pipeline", flaky)
-    running = build_server(ServeOptions(model_repo=tmp_path, port=0))
+    running = build_server(ServeOptions(model_repo=tmp_path, port=0, metrics_port=-1))
     try:
         loaded = running.repository.load_all()
         assert [(m.name, m.version) for m in loaded] == [("deepfm", 1)]

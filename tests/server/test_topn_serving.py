@@ -37,7 +37,9 @@ def topn_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def topn_server(topn_repo: Path) -> Iterator[RunningServer]:
-    running = build_server(ServeOptions(model_repo=topn_repo, port=0, max_candidates=100))
+    running = build_server(
+        ServeOptions(model_repo=topn_repo, port=0, metrics_port=-1, max_candidates=100)
+    )
     running.repository.load_all()
     running.set_serving(True)
     yield running

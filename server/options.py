@@ -1,0 +1,173 @@
+"""`recserve serve` options: one dataclass, read from flags, environment and a config file.
+
+Each field is one flag (``--max-batch-size``), one environment variable
+(``RECSERVE_MAX_BATCH_SIZE``) and one key of the config file (``max_batch_size``, in
+TOML or JSON). A flag beats the environment, which beats the file, which beats the
+default written next to the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "RECSERVE_"
+
+
+def _opt(default: Any, help: str, **argparse_kwargs: Any) -> Any:
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+@dataclass
+class ServeOptions:
+    """Everything `recserve serve` takes."""
+
+    model_repo: Path = _opt(Path("model-repo"), "the model repository, <repo>/<name>/<version>/")  # noqa: RUF009 - an immutable default
+    host: str = _opt("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = _opt(50051, "gRPC port (0: pick a free one)")
+    default_model: str = _opt("", "model used when a request names none (default: first by name)")
+    workers: int = _opt(
+        64, "gRPC handler threads; a request holds one while it waits for its batch"
+    )
+    torch_threads: int = _opt(1, "intra-op threads of each TorchScript call (keep 1 on few cores)")
+    max_candidates: int = _opt(10_000, "most candidate (or recent) item ids in one request")
+    max_k: int = _opt(1_000, "largest k a request may ask for")
+    max_explain_k: int = _opt(100, "largest k of a Rank request with explain = true")
+    max_message_bytes: int = _opt(
+        4 * 1024 * 1024, "largest gRPC message received or sent (bigger: RESOURCE_EXHAUSTED)"
+    )
+    max_in_flight: int = _opt(
+        256, "requests in progress beyond which new ones get RESOURCE_EXHAUSTED at once"
+    )
+    max_batch_size: int = _opt(32, "most requests merged into one batch (1: no batching)")
+    max_batch_delay_ms: float = _opt(
+        2.0, "longest a request waits for others to join its batch (less when the queue is short)"
+    )
+    grace_seconds: float = _opt(
+        5.0, "seconds in-flight requests get to finish on SIGTERM", flag="--grace"
+    )
+    head_precision: str = _opt(
+        "fp32",
+        "precision of the rankers' crossing heads (bf16: faster, scores to about 3 digits)",
+        choices=("fp32", "bf16"),
+    )
+    poll_seconds: float = _opt(
+        10.0, "how often the repository is rescanned for new versions (0: only on SIGHUP/RPC)"
+    )
+    keep_versions: int = _opt(
+        1, "newest good versions served per model (more lets clients pin an older one)"
+    )
+    metrics_host: str = _opt("127.0.0.1", "address of the Prometheus /metrics endpoint")
+    metrics_port: int = _opt(9464, "port of the Prometheus /metrics endpoint (0: any, -1: off)")
+    log_format: str = _opt(
+        "text", "log lines as text or one JSON object each", choices=("text", "json")
+    )
+    tls_cert: str = _opt("", "PEM certificate chain of the server; with --tls-key turns TLS on")
+    tls_key: str = _opt("", "PEM private key of --tls-cert")
+    tls_client_ca: str = _opt(
+        "", "PEM CA bundle; clients must present a certificate it signed (mutual TLS)"
+    )
+    auth_tokens_file: str = _opt(
+        "", "file of accepted bearer tokens, one per line; every RPC but health needs one"
+    )
+
+    @property
+    def head_dtype(self) -> str:
+        return {"fp32": "float32", "bf16": "bfloat16"}[self.head_precision]
+
+    @property
+    def max_batch_delay(self) -> float:
+        """The batching delay in seconds."""
+        return self.max_batch_delay_ms / 1000.0
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
+def _env_name(f: dataclasses.Field) -> str:
+    return ENV_PREFIX + f.name.upper()
+
+
+def _convert(f: dataclasses.Field, value: Any, where: str) -> Any:
+    kind = type(f.default)
+    try:
+        converted = kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected {kind.__name__} for {f.name}, got {value!r}") from None
+    choices = f.metadata.get("choices")
+    if choices and converted not in choices:
+        raise ValueError(f"{where}: {f.name} must be one of {', '.join(choices)}; got {value!r}")
+    return converted
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per option, each help line ending with its default and variable."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML or JSON file of options (keys as the flags, with underscores); "
+        f"env {ENV_PREFIX}CONFIG",
+    )
+    for f in dataclasses.fields(ServeOptions):
+        default = f.default
+        shown = f"'{default}'" if isinstance(default, str | Path) else default
+        parser.add_argument(
+            _flag(f),
+            dest=f.name,
+            type=type(default),
+            default=None,
+            choices=f.metadata.get("choices"),
+            help=f"{f.metadata['help']} (default: {shown}; env {_env_name(f)})",
+        )
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    if path.suffix == ".json":
+        data = json.loads(text)
+    elif sys.version_info >= (3, 11):
+        import tomllib
+
+        data = tomllib.loads(text)
+    else:
+        raise ValueError(f"{path}: TOML needs Python 3.11; write the options as JSON")
+    if not isinstance(data, dict):
+        raise TypeError(f"{path}: expected a table of options")
+    return data
+
+
+def options_from(
+    args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+) -> ServeOptions:
+    """Options from flags, then the environment, then the config file, then defaults.
+
+    Raises ValueError naming the source of a bad or unknown value."""
+    environ = os.environ if environ is None else environ
+    flags = vars(args) if args is not None else {}
+    config_path = flags.get("config") or environ.get(ENV_PREFIX + "CONFIG")
+    config = _read_config(Path(config_path)) if config_path else {}
+    known = {f.name for f in dataclasses.fields(ServeOptions)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(
+            f"{config_path}: unknown option(s) {', '.join(unknown)}; "
+            "`recserve serve --help` lists them"
+        )
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(ServeOptions):
+        if flags.get(f.name) is not None:
+            values[f.name] = _convert(f, flags[f.name], _flag(f))
+        elif _env_name(f) in environ:
+            values[f.name] = _convert(f, environ[_env_name(f)], _env_name(f))
+        elif f.name in config:
+            values[f.name] = _convert(f, config[f.name], str(config_path))
+    return ServeOptions(**values)
