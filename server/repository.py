@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recserve.artifact import ArtifactError, list_versions, load_artifact
+from recserve.artifact import MODEL_NAME, ArtifactError, list_versions, load_artifact
 from recserve.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 from recserve.pipeline import CatalogPipeline, Limits, make_pipeline
 
@@ -120,6 +120,11 @@ class ModelRepository:
             if not self._models:
                 raise ModelUnavailable("no model is loaded yet; retry shortly")
             name = name or self._default or min(self._models)
+            if not MODEL_NAME.match(name):  # never a path: no request reaches the disk
+                raise InvalidRequest(
+                    f"model name {name[:140]!r} is not a model name: use 1-128 letters, "
+                    "digits, '.', '_' or '-', starting with a letter or digit"
+                )
             versions = self._models.get(name)
             if versions is None:
                 known = ", ".join(sorted(self._models))

@@ -31,7 +31,8 @@ from .schema import FeatureSchema
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PROGRAM_FORMATS = ("torchscript",)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Model names: also what a request may name, so never a path ("..", "/" are refused).
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 # Parameter roles of a crossing block, by kind: what the fused kernel computes.
 #   deepfm:    first-order sum + FM term + first MLP layer (split into user/item columns)
 #   wide_deep: first-order (wide) sum + first MLP layer
@@ -107,7 +108,7 @@ class Artifact:
 
 
 def validate_model_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not MODEL_NAME.match(name):
         raise ArtifactError(
             f"model name {name!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
