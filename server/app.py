@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     repository: ModelRepository
+    servicer: RecommenderServicer
     metrics: Metrics
     metrics_port: int  # -1 when the endpoint is off
 
@@ -52,9 +54,14 @@ class RunningServer:
     def stop(self, grace: float) -> None:
         """Health goes NOT_SERVING and new requests get UNAVAILABLE; in-flight requests
         get ``grace`` seconds to finish."""
+        deadline = time.monotonic() + grace
         self.health.enter_graceful_shutdown()
         self.repository.start_draining()
-        self.server.stop(grace).wait(grace + 1)
+        # Still accepting while in-flight requests finish, so late arrivals get a clear
+        # UNAVAILABLE and health checks report NOT_SERVING instead of a closed port.
+        self.servicer.wait_until_idle(grace)
+        remaining = max(0.0, deadline - time.monotonic())
+        self.server.stop(remaining).wait(remaining + 1)
         self.metrics.stop()
 
 
@@ -102,7 +109,9 @@ def build_server(options: ServeOptions) -> RunningServer:
                 f"cannot serve metrics on {options.metrics_host}:{options.metrics_port} "
                 f"({exc}); pick another --metrics-port, or -1 to turn the endpoint off"
             ) from None
-    running = RunningServer(server, port, health_servicer, repository, metrics, metrics_port)
+    running = RunningServer(
+        server, port, health_servicer, repository, servicer, metrics, metrics_port
+    )
     running.set_serving(False)
     server.start()
     return running

@@ -8,6 +8,7 @@ model version and the server-side timings.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,6 +64,19 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.repository = repository
         self.metrics = metrics or Metrics()
         self.max_explain_k = max_explain_k
+        self._active = 0  # requests being handled, for a graceful stop
+        self._idle = threading.Condition()
+
+    def wait_until_idle(self, timeout: float) -> bool:
+        """Waits until no request is being handled; False if ``timeout`` passed first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    def _track(self, delta: int) -> None:
+        with self._idle:
+            self._active += delta
+            if self._active == 0:
+                self._idle.notify_all()
 
     @contextmanager
     def _call(
@@ -71,6 +85,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         call = _Call(request_id, context.time_remaining())
         code = grpc.StatusCode.OK
         self.metrics.in_flight.inc()
+        self._track(+1)
         try:
             yield call
         except Exception as exc:
@@ -82,6 +97,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 log.debug("%s refused: %s", rpc, message, extra=extra)
             raise
         finally:
+            self._track(-1)
             self.metrics.in_flight.dec()
             self.metrics.observe_request(rpc, call.models, code, call.request, call.started)
             if trailing:

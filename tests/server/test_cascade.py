@@ -1,0 +1,104 @@
+"""Recommend as a cascade: a sequence model retrieves, a DNN ranker orders, one request."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from recserve import Client, RecserveError
+from recserve.server.app import RunningServer, ServeOptions, build_server
+from recserve.training import topn
+from recserve.training.data import InteractionData
+
+SMALL_SEQUENCE = dict(epochs=2, embedding_dim=8, hidden_size=8, max_length=10, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def cascade_server(
+    tmp_path_factory: pytest.TempPathFactory, model_repo: Path, synthetic_data: InteractionData
+) -> Iterator[RunningServer]:
+    torch.set_num_threads(1)
+    repo = tmp_path_factory.mktemp("cascade-repo")
+    shutil.copytree(model_repo / "deepfm", repo / "deepfm")
+    topn.train_sequence(synthetic_data, topn.SequenceConfig(**SMALL_SEQUENCE)).export(
+        repo, "gru4rec", "synthetic"
+    )
+    running = build_server(
+        ServeOptions(model_repo=repo, port=0, metrics_port=-1, default_model="gru4rec")
+    )
+    running.repository.load_all()
+    running.set_serving(True)
+    yield running
+    running.stop(0)
+
+
+@pytest.fixture
+def client(cascade_server: RunningServer) -> Iterator[Client]:
+    with Client(f"127.0.0.1:{cascade_server.port}", timeout=10) as c:
+        yield c
+
+
+def cascade(client: Client, user: int, k: int, **fields):
+    """The raw response: the typed Answer has no ranked_by."""
+    from recserve.v1 import recserve_pb2 as pb
+
+    request = pb.RecommendRequest(
+        user_id=user, k=k, rank_with=pb.ModelSpec(name="deepfm"), **fields
+    )
+    return client._call(client._stub.Recommend, request)
+
+
+def test_cascade_equals_retrieve_then_rank(client: Client) -> None:
+    response = cascade(client, 3, 5, retrieve_n=40)
+    assert (response.model.name, response.ranked_by.name) == ("gru4rec", "deepfm")
+    assert response.ranked_by.version == 1 and len(response.items) == 5
+    retrieved = client.recommend(3, k=40, model="gru4rec")
+    ranked = client.rank(3, [i.item_id for i in retrieved.items], k=5, model="deepfm")
+    assert [(i.item_id, i.score) for i in response.items] == [
+        (i.item_id, i.score) for i in ranked.items
+    ]
+
+
+def test_a_click_in_the_request_changes_the_cascade(client: Client) -> None:
+    before = cascade(client, 4, 10)
+    clicked = before.items[0].item_id
+    after = cascade(client, 4, 10, recent_item_ids=[clicked])
+    assert clicked not in [i.item_id for i in after.items]
+    retrieved_before = client.recommend(4, k=100, model="gru4rec")
+    retrieved_after = client.recommend(4, k=100, model="gru4rec", recent_item_ids=[clicked])
+    assert [i.item_id for i in retrieved_after.items] != [
+        i.item_id for i in retrieved_before.items if i.item_id != clicked
+    ]
+
+
+def test_cascade_user_features_go_to_the_ranker(client: Client) -> None:
+    young = cascade(client, 10**9, 5, user_features={"age": "18"})
+    old = cascade(client, 10**9, 5, user_features={"age": "70"})
+    assert young.cold_start_user and old.cold_start_user
+    assert [i.score for i in young.items] != [i.score for i in old.items]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (dict(retrieve_n=3), "retrieve_n must be between k"),
+        (dict(retrieve_n=5000), "retrieve_n must be between k"),
+    ],
+)
+def test_bad_cascades_are_invalid_argument(client: Client, fields, message: str) -> None:
+    with pytest.raises(RecserveError, match=message) as err:
+        cascade(client, 1, 5, **fields)
+    assert err.value.code.name == "INVALID_ARGUMENT"
+
+
+def test_rank_with_a_retrieval_model_is_invalid(client: Client) -> None:
+    from recserve.v1 import recserve_pb2 as pb
+
+    request = pb.RecommendRequest(user_id=1, k=5, rank_with=pb.ModelSpec(name="gru4rec"))
+    with pytest.raises(RecserveError, match="not a ranker") as err:
+        client._call(client._stub.Recommend, request)
+    assert err.value.code.name == "INVALID_ARGUMENT"

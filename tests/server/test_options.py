@@ -1,0 +1,75 @@
+"""`recserve serve` options: flags beat the environment, which beats the config file."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from recserve.server.options import ServeOptions, add_serve_arguments, options_from
+
+
+def parse(*flags: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    return parser.parse_args(list(flags))
+
+
+def test_defaults_without_any_source() -> None:
+    assert options_from(parse(), environ={}) == ServeOptions()
+
+
+def test_flag_beats_env_beats_file(tmp_path: Path) -> None:
+    config = tmp_path / "serve.toml"
+    config.write_text('port = 6000\nmax_k = 50\nhead_precision = "bf16"\nmodel_repo = "repo"\n')
+    environ = {"RECSERVE_PORT": "7000", "RECSERVE_MAX_BATCH_DELAY_MS": "0.5"}
+    options = options_from(parse("--config", str(config), "--port", "8000"), environ)
+    assert options.port == 8000  # flag
+    assert options.max_batch_delay_ms == 0.5  # environment
+    assert options.max_k == 50 and options.head_dtype == "bfloat16"  # file
+    assert options.model_repo == Path("repo")
+    assert options_from(parse("--config", str(config)), environ).port == 7000
+
+
+def test_json_config_and_config_from_env(tmp_path: Path) -> None:
+    config = tmp_path / "serve.json"
+    config.write_text(json.dumps({"grace_seconds": 1.5, "log_format": "json"}))
+    options = options_from(parse(), {"RECSERVE_CONFIG": str(config)})
+    assert options.grace_seconds == 1.5 and options.log_format == "json"
+
+
+@pytest.mark.parametrize(
+    ("environ", "config", "message"),
+    [
+        ({"RECSERVE_PORT": "http"}, "", "RECSERVE_PORT: expected int for port"),
+        ({"RECSERVE_LOG_FORMAT": "xml"}, "", "log_format must be one of text, json"),
+        ({}, "prot = 1\n", "unknown option(s) prot"),
+        ({}, "max_k = 'many'\n", "expected int for max_k"),
+    ],
+)
+def test_bad_values_name_their_source(
+    tmp_path: Path, environ: dict[str, str], config: str, message: str
+) -> None:
+    path = tmp_path / "serve.toml"
+    path.write_text(config)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        options_from(parse("--config", str(path)), environ)
+
+
+def test_help_documents_every_option_with_default_and_variable(run_recserve) -> None:
+    result = run_recserve("serve", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    for f in dataclasses.fields(ServeOptions):
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        assert flag in text, flag
+        assert f"env RECSERVE_{f.name.upper()}" in text, f.name
+    assert "(default: 32; env RECSERVE_MAX_BATCH_SIZE)" in text
+
+
+def test_a_bad_option_stops_serve_with_a_message(run_recserve) -> None:
+    result = run_recserve("serve", "--log-format", "text", "--port", "x")
+    assert result.returncode == 2 and "--port" in result.stderr
