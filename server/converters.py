@@ -16,7 +16,17 @@ def model_ref(model: LoadedModel) -> pb.ModelRef:
 
 
 def scored_items(ranking: Ranking) -> list[pb.ScoredItem]:
-    return [pb.ScoredItem(item_id=i.item_id, score=i.score, title=i.title) for i in ranking.items]
+    items = []
+    for i in ranking.items:
+        item = pb.ScoredItem(item_id=i.item_id, score=i.score, title=i.title)
+        if i.explanation is not None:
+            item.explanation.baseline = i.explanation.baseline
+            item.explanation.fields.extend(
+                pb.FieldContribution(feature=f.feature, contribution=f.contribution)
+                for f in i.explanation.fields
+            )
+        items.append(item)
+    return items
 
 
 def rank_response(ranking: Ranking, model: LoadedModel, request_id: str) -> pb.RankResponse:
@@ -70,8 +80,13 @@ def feature(spec: FeatureSpec) -> pb.Feature:
     )
 
 
-def model_info(model: LoadedModel, loaded_versions: list[int]) -> pb.ModelInfo:
+def model_info(
+    model: LoadedModel, loaded_versions: list[int], include_ids: bool = False
+) -> pb.ModelInfo:
     artifact = model.pipeline.artifact
+    ids = {}
+    if include_ids:
+        ids = dict(user_ids=model.pipeline.user_ids, item_ids=model.pipeline.item_ids)
     return pb.ModelInfo(
         model=model_ref(model),
         family=artifact.family,
@@ -82,4 +97,5 @@ def model_info(model: LoadedModel, loaded_versions: list[int]) -> pb.ModelInfo:
         num_items=model.pipeline.num_items,
         loaded_versions=loaded_versions,
         created_at=artifact.created_at,
+        **ids,
     )

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import grpc
 
+from recserve import explain
 from recserve.errors import InvalidRequest
 from recserve.pipeline import DEFAULT_RECOMMEND_K, RANKER_FAMILIES
 from recserve.request_context import RequestContext
@@ -108,6 +109,13 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     def _rank(self, request: pb.RankRequest, call: _Call) -> pb.RankResponse:
         with self.repository.acquire(request.model.name, request.model.version) as model:
             call.models.append(model)
+            if request.explain:
+                explain.check_explainable(model.pipeline)
+                if request.k > self.max_explain_k:
+                    raise InvalidRequest(
+                        f"explain = true takes k up to the server's --max-explain-k "
+                        f"({self.max_explain_k}); got k = {request.k}"
+                    )
             ranking = model.runner.rank(
                 request.user_id,
                 request.candidate_item_ids,
@@ -115,6 +123,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 context=dict(request.user_features),
                 request_context=call.request,
             )
+            if request.explain:
+                if len(ranking.items) > self.max_explain_k:  # k = 0: every known candidate
+                    raise InvalidRequest(
+                        f"explain = true with k = 0 would explain all {len(ranking.items)} "
+                        f"known candidates, more than the server's --max-explain-k "
+                        f"({self.max_explain_k}); set k to at most {self.max_explain_k}"
+                    )
+                with call.request.stage("explain"):
+                    ranking = explain.explain_ranking(
+                        model.pipeline, request.user_id, dict(request.user_features), ranking
+                    )
             return converters.rank_response(ranking, model, call.request.request_id)
 
     def Rank(self, request: pb.RankRequest, context: grpc.ServicerContext) -> pb.RankResponse:
@@ -211,7 +230,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         with self._call("GetModelInfo", "", context) as call:
             model = self.repository.get(request.model.name, request.model.version)
             call.models.append(model)
-            return converters.model_info(model, self.repository.versions(model.name))
+            return converters.model_info(
+                model, self.repository.versions(model.name), request.include_ids
+            )
 
     def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext

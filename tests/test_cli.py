@@ -91,6 +91,8 @@ def test_train_then_serve_then_ctrl_c(tmp_path: Path, run_recserve, free_port: i
         str(repo),
         "--port",
         str(port),
+        "--metrics-port",
+        "0",
     ]
     with subprocess.Popen(
         command,

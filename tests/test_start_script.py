@@ -31,6 +31,7 @@ def test_start_script_trains_serves_and_answers(
         **os.environ,
         "RECSERVE_MODEL_REPO": str(tmp_path / "repo"),
         "RECSERVE_PORT": str(port),
+        "RECSERVE_METRICS_PORT": "0",  # any free port: tests never collide on 9464
         "PYTHONUNBUFFERED": "1",
     }
     with (

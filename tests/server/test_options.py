@@ -73,3 +73,10 @@ def test_help_documents_every_option_with_default_and_variable(run_recserve) -> 
 def test_a_bad_option_stops_serve_with_a_message(run_recserve) -> None:
     result = run_recserve("serve", "--log-format", "text", "--port", "x")
     assert result.returncode == 2 and "--port" in result.stderr
+
+
+def test_the_operator_docs_list_every_option() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "serving.md").read_text()
+    for f in dataclasses.fields(ServeOptions):
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        assert f"| `{flag}` | `RECSERVE_{f.name.upper()}` |" in docs, flag
