@@ -14,6 +14,17 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 
+# The Node.js client's packages (clients/node), for its test against a live server.
+# npm writes node_modules/.package-lock.json on each install: reinstall when the
+# committed package-lock.json is newer than it.
+node_lock=clients/node/node_modules/.package-lock.json
+if ! command -v npm >/dev/null 2>&1; then
+  echo "setup: npm not found; the Node.js client test will be skipped (and fail under CI): install Node.js >= 20"
+elif [ ! -f "$node_lock" ] || [ clients/node/package-lock.json -nt "$node_lock" ]; then
+  echo "setup: installing the Node.js client's packages (npm ci)"
+  npm ci --prefix clients/node --no-audit --no-fund
+fi
+
 stamp_file=.venv/.recserve-build-stamp
 stamp=$(cat pyproject.toml CMakeLists.txt scripts/setup.sh \
           $(find csrc proto -type f | sort) | sha256sum | cut -d' ' -f1)
