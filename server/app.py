@@ -15,14 +15,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recserve.errors import ModelNotFound
+from recserve.kserve import grpc_predict_v2_pb2_grpc as kserve_grpc
 from recserve.pipeline import Limits
 from recserve.v1 import recserve_pb2 as pb
 from recserve.v1 import recserve_pb2_grpc as pb_grpc
 
+from . import kserve
+from .batching import runner_factory
 from .interceptors import ExceptionToStatusInterceptor
 from .metrics import Metrics
 from .options import ServeOptions
+from .reload import RepositoryPoller, reload_in_background
 from .repository import ModelRepository
+from .security import TokenAuthInterceptor, load_tokens, server_credentials
 from .servicer import RecommenderServicer
 
 log = logging.getLogger("recserve.server")
@@ -41,6 +46,7 @@ class RunningServer:
     servicer: RecommenderServicer
     metrics: Metrics
     metrics_port: int  # -1 when the endpoint is off
+    poller: RepositoryPoller | None = None  # rescans the repository every --poll-seconds
 
     def set_serving(self, serving: bool) -> None:
         status = (
@@ -56,6 +62,8 @@ class RunningServer:
         get ``grace`` seconds to finish."""
         deadline = time.monotonic() + grace
         self.health.enter_graceful_shutdown()
+        if self.poller is not None:
+            self.poller.stop()
         self.repository.start_draining()
         # Still accepting while in-flight requests finish, so late arrivals get a clear
         # UNAVAILABLE and health checks report NOT_SERVING instead of a closed port.
@@ -67,15 +75,29 @@ class RunningServer:
 
 def build_server(options: ServeOptions) -> RunningServer:
     """Bind and start the server (health NOT_SERVING); models are loaded by the caller."""
+    # Security flags are checked before anything binds: a mistake leaves nothing listening.
+    credentials = server_credentials(options)
+    interceptors: list[grpc.ServerInterceptor] = [ExceptionToStatusInterceptor()]
+    if options.auth_tokens_file:
+        # First, so a call without a valid token reaches nothing else.
+        interceptors.insert(0, TokenAuthInterceptor(load_tokens(options.auth_tokens_file)))
     torch.set_num_threads(options.torch_threads)
     limits = Limits(max_candidates=options.max_candidates, max_k=options.max_k)
     metrics = Metrics()
     repository = ModelRepository(
-        options.model_repo, limits, options.default_model, options.head_dtype
+        options.model_repo,
+        limits,
+        options.default_model,
+        options.head_dtype,
+        metrics=metrics,
+        keep_versions=options.keep_versions,
+        make_runner=runner_factory(
+            options.max_batch_size, options.max_batch_delay, metrics.observe_batch
+        ),
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="rpc"),
-        interceptors=[ExceptionToStatusInterceptor()],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", options.max_message_bytes),
             ("grpc.max_send_message_length", options.max_message_bytes),
@@ -86,14 +108,20 @@ def build_server(options: ServeOptions) -> RunningServer:
     )
     servicer = RecommenderServicer(repository, metrics, options.max_explain_k)
     pb_grpc.add_RecommenderServicer_to_server(servicer, server)
+    kserve_grpc.add_GRPCInferenceServiceServicer_to_server(
+        kserve.InferenceServicer(repository, servicer), server
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, kserve.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{options.host}:{options.port}"
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         raise OSError(
             f"cannot listen on {address} ({exc}); is another server using the port? "
@@ -114,6 +142,8 @@ def build_server(options: ServeOptions) -> RunningServer:
     )
     running.set_serving(False)
     server.start()
+    running.poller = RepositoryPoller(repository, options.poll_seconds)
+    running.poller.start()
     return running
 
 
@@ -136,6 +166,11 @@ def serve(options: ServeOptions) -> None:
     # Installed before loading, so Ctrl-C while models load also stops cleanly.
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        # A scan loads in the background; the handler itself must return at once.
+        signal.signal(
+            signal.SIGHUP, lambda *_: reload_in_background(running.repository, "SIGHUP received")
+        )
     try:
         loaded = running.repository.load_all()
         if not loaded:

@@ -6,7 +6,7 @@ from recserve.results import Ranking
 from recserve.schema import FeatureSpec
 from recserve.v1 import recserve_pb2 as pb
 
-from .repository import LoadedModel
+from .repository import LOADED, REFUSED, UNLOADED, LoadedModel, RepositoryEvent
 
 _SIDES = {"user": pb.Feature.USER, "item": pb.Feature.ITEM}
 
@@ -98,4 +98,27 @@ def model_info(
         loaded_versions=loaded_versions,
         created_at=artifact.created_at,
         **ids,
+    )
+
+
+_ACTIONS = {
+    LOADED: pb.VersionEvent.LOADED,
+    REFUSED: pb.VersionEvent.REFUSED,
+    UNLOADED: pb.VersionEvent.UNLOADED,
+}
+
+
+def version_event(event: RepositoryEvent) -> pb.VersionEvent:
+    return pb.VersionEvent(
+        model=pb.ModelRef(name=event.name, version=event.version),
+        action=_ACTIONS[event.action],
+        reason=event.reason,
+    )
+
+
+def reload_response(
+    events: list[RepositoryEvent], serving: list[LoadedModel]
+) -> pb.ReloadModelsResponse:
+    return pb.ReloadModelsResponse(
+        events=[version_event(e) for e in events], serving=[model_ref(m) for m in serving]
     )

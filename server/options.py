@@ -170,4 +170,28 @@ def options_from(
             values[f.name] = _convert(f, environ[_env_name(f)], _env_name(f))
         elif f.name in config:
             values[f.name] = _convert(f, config[f.name], str(config_path))
-    return ServeOptions(**values)
+    options = ServeOptions(**values)
+    check_ranges(options)
+    return options
+
+
+# Options that must be at least 1 (or 0 where zero means "off" / "any").
+_AT_LEAST_ONE = (
+    "workers", "torch_threads", "max_candidates", "max_k", "max_explain_k",
+    "max_message_bytes", "max_in_flight", "max_batch_size", "keep_versions",
+)  # fmt: skip
+_NOT_NEGATIVE = ("max_batch_delay_ms", "grace_seconds", "poll_seconds", "port")
+
+
+def check_ranges(options: ServeOptions) -> None:
+    """Raises ValueError naming the flag of the first out-of-range value."""
+    for f in dataclasses.fields(ServeOptions):
+        value = getattr(options, f.name)
+        if f.name in _AT_LEAST_ONE and value < 1:
+            raise ValueError(f"{_flag(f)} must be at least 1; got {value}")
+        if f.name in _NOT_NEGATIVE and value < 0:
+            raise ValueError(f"{_flag(f)} must not be negative; got {value}")
+    if options.metrics_port < -1:
+        raise ValueError(
+            f"--metrics-port must be a port, 0 (any) or -1 (off); got {options.metrics_port}"
+        )

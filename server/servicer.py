@@ -243,3 +243,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 model = self.repository.get(name)
                 infos.append(converters.model_info(model, self.repository.versions(name)))
             return pb.ListModelsResponse(models=infos, default_model=self.repository.default_model)
+
+    def ReloadModels(
+        self, request: pb.ReloadModelsRequest, context: grpc.ServicerContext
+    ) -> pb.ReloadModelsResponse:
+        """Rescans the repository now; answers when the new versions serve."""
+        with self._call("ReloadModels", "", context):
+            events = self.repository.reload()
+            return converters.reload_response(events, self.repository.served())

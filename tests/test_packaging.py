@@ -42,6 +42,8 @@ def test_wheel_maps_three_folders_into_one_package(tmp_path: Path) -> None:
         "recserve/training/data/movielens.py",
         "recserve/v1/recserve_pb2.py",
         "recserve/v1/recserve_pb2_grpc.py",
+        "recserve/kserve/grpc_predict_v2_pb2.py",
+        "recserve/kserve/grpc_predict_v2_pb2_grpc.py",
     } <= names
     assert any(n.startswith("recserve/_core.") and n.endswith(".so") for n in names)
     assert not any(n.endswith(".proto") or n.startswith(("tests/", "csrc/")) for n in names)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -40,12 +41,47 @@ def _print_answer(answer: Answer, as_json: bool) -> None:
     print(f"{'#':>3}  {'item':>7}  {'score':>6}  title")
     for rank, item in enumerate(answer.items, 1):
         print(f"{rank:>3}  {item.item_id:>7}  {item.score:>6.3f}  {item.title}")
+        if item.explanation is not None:  # the 3 largest field contributions to the logit
+            top = sorted(item.explanation.fields, key=lambda f: -abs(f.contribution))[:3]
+            why = ", ".join(f"{f.feature} {f.contribution:+.3f}" for f in top)
+            print(f"{'':>14}baseline {item.explanation.baseline:+.3f}; largest: {why}")
     if answer.unknown_item_ids:
         print("unknown items: " + ", ".join(str(i) for i in answer.unknown_item_ids))
 
 
+def _open_client(args: argparse.Namespace) -> Client:
+    """The client the flags ask for; --token-file beats RECSERVE_TOKEN."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together: pass both or neither")
+    token = os.environ.get("RECSERVE_TOKEN", "").strip()
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise OSError(
+                f"--token-file {args.token_file}: cannot read it ({exc.strerror})"
+            ) from None
+        if not token or len(token.split()) > 1:
+            raise ValueError(f"--token-file {args.token_file}: expected one token and nothing else")
+    return Client(
+        args.target,
+        args.timeout,
+        args.max_message_bytes,
+        tls=args.tls,
+        root_ca=args.tls_ca,
+        client_cert=args.tls_cert,
+        client_key=args.tls_key,
+        token=token or None,
+    )
+
+
 def _client_call(args: argparse.Namespace) -> int:
-    with Client(args.target, args.timeout, args.max_message_bytes) as client:
+    try:
+        client = _open_client(args)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with client:
         try:
             if args.command == "recommend":
                 answer = client.recommend(
@@ -66,6 +102,7 @@ def _client_call(args: argparse.Namespace) -> int:
                     user_features=_context(args.feature),
                     model=args.model,
                     version=args.version,
+                    explain=args.explain,
                 )
                 _print_answer(answer, args.json)
             else:
@@ -86,7 +123,12 @@ def _client_call(args: argparse.Namespace) -> int:
         except RecserveError as exc:
             hint = ""
             if exc.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-                hint = f"\nis `recserve serve` running at {args.target}?"
+                hint = (
+                    f"\nis `recserve serve` running at {args.target}? If it uses TLS, pass "
+                    "--tls-ca (or --tls), and for mutual TLS --tls-cert and --tls-key"
+                )
+            elif exc.code.name == "UNAUTHENTICATED":
+                hint = "\nthe server needs a token: pass --token-file FILE or set RECSERVE_TOKEN"
             print(f"error: {exc}{hint}", file=sys.stderr)
             return 1
     return 0
@@ -100,13 +142,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         options = options_from(args)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(options.log_format, logging.DEBUG if args.verbose else logging.INFO)
     try:
         serve(options)
-    except (OSError, ModelNotFound) as exc:
+    except (OSError, ValueError, ModelNotFound) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -130,6 +172,17 @@ def _data(args: argparse.Namespace) -> int:
     return data_command(args)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from recserve.loadtest import options_from, run
+
+    try:
+        options = options_from(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return run(options)
+
+
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=DEFAULT_TARGET, help="server host:port")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
@@ -137,6 +190,18 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
         "--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES, help="largest reply accepted"
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
+    tls = parser.add_argument_group("security (a server run with --tls-* or --auth-tokens-file)")
+    tls.add_argument("--tls", action="store_true", help="TLS, trusting the system's CAs")
+    tls.add_argument("--tls-ca", metavar="FILE", help="TLS, trusting this PEM CA bundle instead")
+    tls.add_argument(
+        "--tls-cert", metavar="FILE", help="PEM client certificate chain, for mutual TLS"
+    )
+    tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    tls.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file holding the bearer token to send (default: env RECSERVE_TOKEN)",
+    )
 
 
 def _add_request_options(parser: argparse.ArgumentParser) -> None:
@@ -229,12 +294,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_request_options(rank)
     rank.add_argument("--items", type=_id_list, required=True, help="e.g. 1,50,100")
     rank.add_argument("-k", type=int, default=0, help="number of items (0 = all)")
+    rank.add_argument(
+        "--explain",
+        action="store_true",
+        help="show each item's largest field contributions to its logit (Shapley values)",
+    )
     _add_client_options(rank)
     rank.set_defaults(handler=_client_call)
 
     models = sub.add_parser("models", help="list the models a server has loaded")
     _add_client_options(models)
     models.set_defaults(handler=_client_call)
+
+    bench = sub.add_parser(
+        "bench",
+        help="load-test a server: throughput, latency percentiles, errors",
+        description="A load generator for the recserve contract. Closed loop (--concurrency) "
+        "or open loop (--rate; latency counted from each request's intended send time, so "
+        "queueing in a stalled server shows). Users and items come from the model's own ids "
+        "with Zipf-like popularity. Exit status 1 when a --slo target is missed.",
+    )
+    from recserve.loadtest import add_bench_arguments
+
+    add_bench_arguments(bench)
+    bench.set_defaults(handler=_bench)
     return parser
 
 

@@ -12,6 +12,8 @@ MLP layer split by its user and item columns, and ``head`` the MLP after the fir
 A Wide&Deep is the same without the FM terms (``fm = 0``, no sums). The C++ kernel
 (``_core.crossing_deepfm``) gathers the item rows and writes the linear part and
 ``relu(h_U + h_I)``; the TorchScript head does the rest (:class:`FieldCrossing`).
+:meth:`_Crossing.head_inputs` (per request) and :meth:`_Crossing.head_logits` (on the
+rows of one or several requests, recserve.batch_plan) are the two halves.
 
 A stacked DCN-v2 (:class:`DCNCrossing`) has ``x0 = [x0_U, x0_I]`` (the field vectors
 concatenated) and a first cross layer ``x1 = x0 ⊙ (W0 x0 + b0) + x0`` whose linear map
@@ -33,6 +35,7 @@ import torch
 
 from . import _core
 from .artifact import CROSSING_ROLES, Artifact, CrossingBlock
+from .batch_plan import HeadRows, run_head_rows
 
 HEAD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -252,11 +255,27 @@ class _Crossing:
             ),
         )
 
-    def _run_head(self, *inputs: np.ndarray) -> torch.Tensor:
-        """The head's logits [N] in float32 (inputs converted to the head's dtype)."""
+    def head_logits(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The head program: float32 logits [N] of its inputs (each [N, ...], float32,
+        converted to the head's dtype)."""
         with torch.inference_mode():
-            args = [torch.from_numpy(a).to(self.head_dtype) for a in inputs]
+            args = [a.to(self.head_dtype) for a in inputs]
             return self.head(*args).reshape(-1).to(torch.float32)  # [N]
+
+    def head_inputs(
+        self, user_features: np.ndarray, item_rows: np.ndarray | None
+    ) -> tuple[HeadRows, torch.Tensor | None]:
+        """The kernel's part for one user's encoded row and item rows (None = all): the
+        head's input rows, and the linear part [N] its logits add up with (None: none)."""
+        raise NotImplementedError
+
+    def logits(self, user_features: np.ndarray, item_rows: np.ndarray | None) -> np.ndarray:
+        """float32 logits [N] of one user's encoded row against item rows (None = all)."""
+        rows, linear = self.head_inputs(user_features, item_rows)
+        if rows.rows == 0:
+            return np.empty(0, dtype=np.float32)
+        logits = run_head_rows(self.head_logits, [rows])[0]
+        return (logits if linear is None else logits + linear).numpy()
 
 
 class FieldCrossing(_Crossing):
@@ -287,10 +306,11 @@ class FieldCrossing(_Crossing):
             user.scalar, user.sum, user.hidden, items.scalar, items.sum, items.hidden, rows
         )
 
-    def logits(self, user_features: np.ndarray, item_rows: np.ndarray | None) -> np.ndarray:
-        """float32 logits [N] of one user's encoded row against item rows (None = all)."""
+    def head_inputs(
+        self, user_features: np.ndarray, item_rows: np.ndarray | None
+    ) -> tuple[HeadRows, torch.Tensor | None]:
         linear, hidden = self.cross(self.user_part(user_features), item_rows)
-        return (self._run_head(hidden) + torch.from_numpy(linear)).numpy()
+        return HeadRows((torch.from_numpy(hidden),)), torch.from_numpy(linear)
 
 
 class DCNCrossing(_Crossing):
@@ -318,10 +338,11 @@ class DCNCrossing(_Crossing):
             user.vectors, user.hidden, items.vectors, items.hidden, rows
         )
 
-    def logits(self, user_features: np.ndarray, item_rows: np.ndarray | None) -> np.ndarray:
-        """float32 logits [N] of one user's encoded row against item rows (None = all)."""
+    def head_inputs(
+        self, user_features: np.ndarray, item_rows: np.ndarray | None
+    ) -> tuple[HeadRows, torch.Tensor | None]:
         x0, x1 = self.cross(self.user_part(user_features), item_rows)
-        return self._run_head(x0, x1).numpy()
+        return HeadRows((torch.from_numpy(x0), torch.from_numpy(x1))), None
 
 
 def crossing_from_artifact(

@@ -3,18 +3,26 @@
 Nothing here knows about gRPC; the server converts messages to these calls. The item
 side of the model's input is gathered once when the model loads; a request only
 encodes its user once and indexes the item tables.
+
+Each call is prepare -> batch compute -> finish (recserve.batch_plan), so the server can
+run the middle part for several requests at once; ``rank``/``recommend`` run it for one.
+With a ``request_context`` the stages are timed: ``feature`` (validation, user encoding),
+``crossing`` (the C++ crossing kernel), ``head`` (the TorchScript head, or the whole
+``model`` program without a crossing block) and ``topk`` (selection).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from . import kernels
 from .artifact import Artifact
+from .batch_plan import SCORES_BACKEND, HeadRows, Prepared, run_head_rows, stage, timed_batch
 from .crossing import HEAD_DTYPES, crossing_from_artifact
 from .errors import InvalidRequest
 from .request_context import RequestContext
@@ -26,8 +34,9 @@ from .validation import check_candidates, check_k, check_recent, check_user_id
 # DCN-v2 artifact with a crossing block through the fused C++ crossing kernel and its head.
 RANKER_FAMILIES = ("mlp", "wide_deep", "deepfm", "dcnv2")
 DEFAULT_RECOMMEND_K = 10
-# The scores are on the host already; a round trip to a GPU would only add latency.
-SCORES_BACKEND = "cpu"
+# What prepare_scores returns: the request's batch work (None: none) and the function of
+# that work's output (None without work) that gives the candidates' scores.
+ScoresPlan = tuple[Any, Callable[[Any], np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -43,9 +52,10 @@ class CatalogPipeline:
 
     A subclass loads ``user_ids``, ``item_ids``, ``item_titles``, ``seen_indptr``,
     ``seen_items`` and ``limits``, and defines ``encode_user(user_id, context) ->
-    (user state, user row or -1)`` and ``score_rows(user state, item rows or None) ->
-    scores``; Rank is the same for every family: score the known candidates, select
-    with the C++ ``topk_scores``.
+    (user state, user row or -1)``, ``score_rows(user state, item rows or None) ->
+    scores``, ``prepare_recommend`` and, when it has batch work, ``prepare_scores`` and
+    ``compute_batch``. Rank is the same for every family: score the known candidates,
+    select with the C++ ``topk_scores``.
     """
 
     user_ids: np.ndarray
@@ -74,6 +84,67 @@ class CatalogPipeline:
             for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
         ]
 
+    # -- the three parts of a request (recserve.batch_plan) ---------------------------
+
+    def encode_user_timed(
+        self, user_id: int, context: Mapping[str, str], request_context: RequestContext | None
+    ) -> tuple[Any, int]:
+        """``encode_user`` timed as its stage(s)."""
+        with stage(request_context, "feature"):
+            return self.encode_user(user_id, context)
+
+    def prepare_scores(
+        self, user_state: Any, item_rows: np.ndarray, request_context: RequestContext | None
+    ) -> ScoresPlan:
+        """Per-request work before the scores of ``item_rows`` (default: scores at once)."""
+        return None, lambda _: self.score_rows(user_state, item_rows)
+
+    def compute_batch(self, batch: Sequence[Prepared]) -> list[Any]:
+        """The shared part of several prepared requests: one output per request."""
+        raise NotImplementedError(f"{type(self).__name__} has no batch work")
+
+    def run_one(self, prepared: Prepared) -> Ranking:
+        """A prepared request, unbatched: its batch computation on a batch of one."""
+        if prepared.work is None:
+            return prepared.finish(None)
+        if prepared.request_context is not None:
+            prepared.request_context.check_deadline("head")
+        return prepared.finish(self.compute_batch([prepared])[0])
+
+    def prepare_rank(
+        self,
+        user_id: int,
+        candidate_item_ids: Sequence[int],
+        k: int = 0,
+        context: Mapping[str, str] | None = None,
+        request_context: RequestContext | None = None,
+    ) -> Prepared:
+        """The per-request part of :meth:`rank` (raises InvalidRequest for a bad one)."""
+        rc = request_context
+        with stage(rc, "feature"):
+            candidates = check_candidates(candidate_item_ids, self.limits)
+            check_k(k, self.limits)
+            codes = encode_ids(self.item_ids, candidates)
+            known = codes > 0
+            rows = codes[known] - 1
+        user_state, user_row = self.encode_user_timed(user_id, context or {}, rc)
+        work, to_scores = self.prepare_scores(user_state, rows, rc)
+        k = rows.size if k == 0 else min(k, rows.size)
+
+        def finish(output: Any) -> Ranking:
+            with stage(rc, "head"):
+                scores = to_scores(output)
+            with stage(rc, "topk"):
+                values, order = kernels.topk_scores(scores, k, backend=SCORES_BACKEND)
+                keep = order >= 0  # NaN scores are never selected
+                return Ranking(
+                    items=self._to_items(rows[order[keep]], values[keep]),
+                    cold_start_user=user_row < 0,
+                    unknown_item_ids=candidates[~known].tolist(),
+                )
+
+        return Prepared(work, finish, rc)
+
     def rank(
         self,
         user_id: int,
@@ -82,23 +153,35 @@ class CatalogPipeline:
         context: Mapping[str, str] | None = None,
         request_context: RequestContext | None = None,
     ) -> Ranking:
-        if request_context is not None:
-            request_context.check_deadline("feature")
-        candidates = check_candidates(candidate_item_ids, self.limits)
-        check_k(k, self.limits)
-        user_state, user_row = self.encode_user(user_id, context or {})
-        codes = encode_ids(self.item_ids, candidates)
-        known = codes > 0
-        rows = codes[known] - 1
-        scores = self.score_rows(user_state, rows)
-        k = rows.size if k == 0 else min(k, rows.size)
-        values, order = kernels.topk_scores(scores, k, backend=SCORES_BACKEND)
-        keep = order >= 0  # NaN scores are never selected
-        best = rows[order[keep]]
-        return Ranking(
-            items=self._to_items(best, values[keep]),
-            cold_start_user=user_row < 0,
-            unknown_item_ids=candidates[~known].tolist(),
+        return self.run_one(
+            self.prepare_rank(user_id, candidate_item_ids, k, context, request_context)
+        )
+
+    def prepare_recommend(
+        self,
+        user_id: int,
+        k: int = 0,
+        recent_item_ids: Sequence[int] = (),
+        include_seen: bool = False,
+        context: Mapping[str, str] | None = None,
+        request_context: RequestContext | None = None,
+    ) -> Prepared:
+        """The per-request part of ``recommend`` (raises InvalidRequest for a bad one)."""
+        raise NotImplementedError
+
+    def recommend(
+        self,
+        user_id: int,
+        k: int = 0,
+        recent_item_ids: Sequence[int] = (),
+        include_seen: bool = False,
+        context: Mapping[str, str] | None = None,
+        request_context: RequestContext | None = None,
+    ) -> Ranking:
+        return self.run_one(
+            self.prepare_recommend(
+                user_id, k, recent_item_ids, include_seen, context, request_context
+            )
         )
 
 
@@ -189,27 +272,60 @@ class RankerPipeline(CatalogPipeline):
 
     # -- scoring and recommending -------------------------------------------------------
 
-    def score_rows(self, user_features: np.ndarray, item_rows: np.ndarray | None) -> np.ndarray:
-        """Scores (probabilities) of one user against item table rows (None = all items)."""
+    def head(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The head program on rows of one or several requests: logits [M]."""
         if self.crossing is not None:
-            if item_rows is not None and item_rows.size == 0:
-                return np.empty(0, dtype=np.float32)
-            logits = torch.from_numpy(self.crossing.logits(user_features, item_rows))
-            return torch.sigmoid(logits).numpy()
-        if item_rows is None:
-            items, multi = self._item_features, self._item_multi
-        else:
-            index = torch.from_numpy(item_rows)
-            items, multi = self._item_features[index], self._item_multi[index]
-        n = items.shape[0]
+            return self.crossing.head_logits(*inputs)
+        return self.module(*inputs).reshape(-1)
+
+    def prepare_scores(
+        self,
+        user_features: np.ndarray,
+        item_rows: np.ndarray | None,
+        request_context: RequestContext | None = None,
+    ) -> ScoresPlan:
+        """The head's input rows for one user against item rows (None = all items), and
+        the scores (probabilities) from the head's logits."""
+        n = self.num_items if item_rows is None else item_rows.size
         if n == 0:
-            return np.empty(0, dtype=np.float32)
-        user = torch.from_numpy(user_features).unsqueeze(0).expand(n, -1)
-        with torch.inference_mode():
-            logits = self.module(user, items, multi)
+            return None, lambda _: np.empty(0, dtype=np.float32)
+        linear = None
+        if self.crossing is not None:
+            with stage(request_context, "crossing"):
+                rows, linear = self.crossing.head_inputs(user_features, item_rows)
+        else:
+            with stage(request_context, "feature"):
+                if item_rows is None:
+                    items, multi = self._item_features, self._item_multi
+                else:
+                    index = torch.from_numpy(item_rows)
+                    items, multi = self._item_features[index], self._item_multi[index]
+                user = torch.from_numpy(user_features).unsqueeze(0).expand(n, -1)
+                rows = HeadRows((user, items, multi))
+
+        def to_scores(logits: torch.Tensor) -> np.ndarray:
+            if linear is not None:
+                logits = logits + linear
             return torch.sigmoid(logits).to(torch.float32).numpy()
 
-    def recommend(
+        return rows, to_scores
+
+    def run_head(self, works: Sequence[HeadRows]) -> list[torch.Tensor]:
+        """Logits [N_i] of each request's rows: the crossing head in one call on all of
+        them, the whole program per request (recserve.batch_plan says why)."""
+        return run_head_rows(self.head, works, shared=self.crossing is not None)
+
+    def compute_batch(self, batch: Sequence[Prepared]) -> list[torch.Tensor]:
+        """The head on the rows of every request of the batch."""
+        with timed_batch(batch, "head"):
+            return self.run_head([p.work for p in batch])
+
+    def score_rows(self, user_features: np.ndarray, item_rows: np.ndarray | None) -> np.ndarray:
+        """Scores (probabilities) of one user against item table rows (None = all items)."""
+        rows, to_scores = self.prepare_scores(user_features, item_rows)
+        return to_scores(None if rows is None else self.run_head([rows])[0])
+
+    def prepare_recommend(
         self,
         user_id: int,
         k: int = 0,
@@ -217,28 +333,32 @@ class RankerPipeline(CatalogPipeline):
         include_seen: bool = False,
         context: Mapping[str, str] | None = None,
         request_context: RequestContext | None = None,
-    ) -> Ranking:
-        if request_context is not None:
-            request_context.check_deadline("feature")
-        check_k(k, self.limits)
-        recent = check_recent(recent_item_ids, self.limits)
-        user_features, user_row = self.encode_user(user_id, context or {})
-        codes = encode_ids(self.item_ids, recent)
-        k = k or DEFAULT_RECOMMEND_K
+    ) -> Prepared:
+        rc = request_context
+        with stage(rc, "feature"):
+            check_k(k, self.limits)
+            recent = check_recent(recent_item_ids, self.limits)
+            codes = encode_ids(self.item_ids, recent)
+        user_features, user_row = self.encode_user_timed(user_id, context or {}, rc)
+        k = min(k or DEFAULT_RECOMMEND_K, self.num_items)
+        work, to_scores = self.prepare_scores(user_features, None, rc)
 
-        scores = self.score_rows(user_features, None)
-        exclude = None
-        if not include_seen:
-            exclude = [np.concatenate([self.seen_rows(user_row), codes[codes > 0] - 1])]
-        values, rows = kernels.topk_scores(
-            scores, min(k, self.num_items), exclude, backend=SCORES_BACKEND
-        )
-        keep = rows >= 0
-        return Ranking(
-            items=self._to_items(rows[keep], values[keep]),
-            cold_start_user=user_row < 0,
-            unknown_item_ids=recent[codes == 0].tolist(),
-        )
+        def finish(output: Any) -> Ranking:
+            with stage(rc, "head"):
+                scores = to_scores(output)
+            with stage(rc, "topk"):
+                exclude = None
+                if not include_seen:
+                    exclude = [np.concatenate([self.seen_rows(user_row), codes[codes > 0] - 1])]
+                values, rows = kernels.topk_scores(scores, k, exclude, backend=SCORES_BACKEND)
+                keep = rows >= 0
+                return Ranking(
+                    items=self._to_items(rows[keep], values[keep]),
+                    cold_start_user=user_row < 0,
+                    unknown_item_ids=recent[codes == 0].tolist(),
+                )
+
+        return Prepared(work, finish, rc)
 
 
 def make_pipeline(

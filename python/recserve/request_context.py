@@ -3,7 +3,8 @@ the client's deadline, and the time spent in each stage.
 
 Stages are the ones the server reports (metrics and trailing metadata): ``queue``
 (waiting for a batch), ``feature`` (validation and user encoding), ``crossing`` (the fused
-C++ crossing kernel), ``head`` (the TorchScript program), ``topk`` (selection).
+C++ crossing kernel), ``head`` (the TorchScript program), ``topk`` (selection) and
+``explain`` (field attributions, when asked for).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .errors import DeadlineExceeded
 
-STAGES = ("queue", "feature", "crossing", "head", "topk")
+STAGES = ("queue", "feature", "crossing", "head", "topk", "explain")
 
 
 @dataclass

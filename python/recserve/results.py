@@ -6,10 +6,35 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class FieldContribution:
+    """How much one input field moved a logit (log-odds; positive pushes the item up)."""
+
+    feature: str
+    contribution: float
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why an item got its score: ``logit = baseline + Σ contributions`` (recserve.explain).
+
+    ``baseline`` is the logit with every field unknown; ``fields`` has one entry per
+    input field, in the model's feature order.
+    """
+
+    baseline: float
+    fields: list[FieldContribution]
+
+    @property
+    def logit(self) -> float:
+        return self.baseline + sum(f.contribution for f in self.fields)
+
+
+@dataclass(frozen=True)
 class ScoredItem:
     item_id: int
     score: float
     title: str = ""
+    explanation: Explanation | None = None  # set when the request asked for one
 
 
 @dataclass(frozen=True)

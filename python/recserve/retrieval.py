@@ -20,17 +20,23 @@ Cold start: a user with no vector (an unknown user id and, for ``sequence`` and
 ``generator``, no known recent item) gets the catalog by training popularity (the
 ``popularity`` table, the share of training interactions per item); the answer says
 ``cold_start_user`` whenever the user id is unknown.
+
+Batching (recserve.batch_plan): Recommend's batch work, for ``embedding`` and
+``sequence``, is the top-k inner product, run for a batch's user vectors at once; the
+``encoder`` and ``generator`` programs run per request (timed as the ``head`` stage).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from . import kernels
 from .artifact import Artifact
+from .batch_plan import InnerProductQuery, Prepared, run_inner_products, stage, timed_batch
 from .errors import InvalidRequest
 from .pipeline import DEFAULT_RECOMMEND_K, SCORES_BACKEND, CatalogPipeline, Limits
 from .request_context import RequestContext
@@ -48,9 +54,12 @@ class RetrievalPipeline(CatalogPipeline):
     """Rank and Recommend for a model that gives one vector per user (see the module).
 
     The vector is scored against ``item_vectors`` by inner product; a family without
-    item vectors (``generator``) overrides :meth:`score_rows` and :meth:`top_k`."""
+    item vectors (``generator``) overrides :meth:`score_rows`, and its Recommend selects
+    from the user "vector" (the generated scores) per request."""
 
     uses_item_vectors = True
+    # A program turns the user's items into their vector: timed as the head stage.
+    user_program = False
 
     family = ""
 
@@ -91,14 +100,9 @@ class RetrievalPipeline(CatalogPipeline):
         """float32 [d], or None when the model knows nothing of the user."""
         raise NotImplementedError
 
-    def encode_user(
-        self,
-        user_id: int,
-        context: Mapping[str, str],
-        recent_rows: np.ndarray | None = None,
-    ) -> tuple[np.ndarray | None, int]:
-        """The user's vector (None: cold start, served by popularity) and table row
-        (-1 for an unknown user id)."""
+    def user_row(self, user_id: int, context: Mapping[str, str]) -> int:
+        """The user's table row (-1 for an unknown user id), after checking the request's
+        user fields."""
         check_user_id(user_id)
         for name in context:
             if name == "user_id":
@@ -107,9 +111,30 @@ class RetrievalPipeline(CatalogPipeline):
                 f"unknown user feature {name!r}; this model takes no user features "
                 "(send user_id and, for sequence models, recent_item_ids)"
             )
-        row = int(encode_ids(self.user_ids, [user_id])[0]) - 1
+        return int(encode_ids(self.user_ids, [user_id])[0]) - 1
+
+    def encode_user(
+        self,
+        user_id: int,
+        context: Mapping[str, str],
+        recent_rows: np.ndarray | None = None,
+    ) -> tuple[np.ndarray | None, int]:
+        """The user's vector (None: cold start, served by popularity) and table row
+        (-1 for an unknown user id)."""
+        return self.encode_user_timed(user_id, context, None, recent_rows)
+
+    def encode_user_timed(
+        self,
+        user_id: int,
+        context: Mapping[str, str],
+        request_context: RequestContext | None,
+        recent_rows: np.ndarray | None = None,
+    ) -> tuple[np.ndarray | None, int]:
+        with stage(request_context, "feature"):
+            row = self.user_row(user_id, context)
         recent = np.empty(0, dtype=np.int64) if recent_rows is None else recent_rows
-        return self.user_vector(row, recent), row
+        with stage(request_context, "head" if self.user_program else "feature"):
+            return self.user_vector(row, recent), row
 
     # -- scoring ---------------------------------------------------------------------
 
@@ -123,15 +148,12 @@ class RetrievalPipeline(CatalogPipeline):
         vectors = self.item_vectors if item_rows is None else self.item_vectors[item_rows]
         return vectors @ user_vector
 
-    def top_k(
-        self, user_vector: np.ndarray, k: int, exclude: list[np.ndarray] | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows) of the user's best k items of the catalog, ``exclude`` left out."""
-        return kernels.topk_inner_product(
-            user_vector, self.item_vectors, k, exclude, backend=SCORES_BACKEND
-        )
+    def compute_batch(self, batch: Sequence[Prepared]) -> list[Any]:
+        """The top-k inner products of the batch's user vectors, stacked."""
+        with timed_batch(batch, "topk"):
+            return run_inner_products(self.item_vectors, [p.work for p in batch])
 
-    def recommend(
+    def prepare_recommend(
         self,
         user_id: int,
         k: int = 0,
@@ -139,28 +161,38 @@ class RetrievalPipeline(CatalogPipeline):
         include_seen: bool = False,
         context: Mapping[str, str] | None = None,
         request_context: RequestContext | None = None,
-    ) -> Ranking:
-        if request_context is not None:
-            request_context.check_deadline("feature")
-        check_k(k, self.limits)
-        recent = check_recent(recent_item_ids, self.limits)
-        codes = encode_ids(self.item_ids, recent)
-        recent_rows = codes[codes > 0] - 1
-        vector, user_row = self.encode_user(user_id, context or {}, recent_rows)
+    ) -> Prepared:
+        rc = request_context
+        with stage(rc, "feature"):
+            check_k(k, self.limits)
+            recent = check_recent(recent_item_ids, self.limits)
+            codes = encode_ids(self.item_ids, recent)
+            recent_rows = codes[codes > 0] - 1
+        vector, user_row = self.encode_user_timed(user_id, context or {}, rc, recent_rows)
         k = min(k or DEFAULT_RECOMMEND_K, self.num_items)
         exclude = None
         if not include_seen:
-            exclude = [np.concatenate([self.seen_rows(user_row), recent_rows])]
-        if vector is None:
-            values, rows = kernels.topk_scores(self.popularity, k, exclude, backend=SCORES_BACKEND)
-        else:
-            values, rows = self.top_k(vector, k, exclude)
-        keep = rows >= 0
-        return Ranking(
-            items=self._to_items(rows[keep], values[keep]),
-            cold_start_user=user_row < 0,
-            unknown_item_ids=recent[codes == 0].tolist(),
-        )
+            exclude = np.concatenate([self.seen_rows(user_row), recent_rows])
+        work = None
+        if vector is not None and self.uses_item_vectors:
+            work = InnerProductQuery(vector, k, exclude)
+
+        def finish(output: tuple[np.ndarray, np.ndarray] | None) -> Ranking:
+            with stage(rc, "topk"):
+                if output is not None:
+                    values, rows = output
+                else:
+                    scores = self.popularity if vector is None else vector
+                    excluded = None if exclude is None else [exclude]
+                    values, rows = kernels.topk_scores(scores, k, excluded, backend=SCORES_BACKEND)
+                keep = rows >= 0
+                return Ranking(
+                    items=self._to_items(rows[keep], values[keep]),
+                    cold_start_user=user_row < 0,
+                    unknown_item_ids=recent[codes == 0].tolist(),
+                )
+
+        return Prepared(work, finish, rc)
 
 
 class EmbeddingPipeline(RetrievalPipeline):
@@ -185,6 +217,7 @@ class SequencePipeline(RetrievalPipeline):
     """Family ``sequence``: the ``encoder`` program over history + recent items."""
 
     family = SEQUENCE_FAMILY
+    user_program = True
 
     def __init__(self, artifact: Artifact, limits: Limits | None = None) -> None:
         super().__init__(artifact, limits)
@@ -220,6 +253,7 @@ class GeneratorPipeline(RetrievalPipeline):
 
     family = GENERATOR_FAMILY
     uses_item_vectors = False
+    user_program = True
 
     def __init__(self, artifact: Artifact, limits: Limits | None = None) -> None:
         super().__init__(artifact, limits)
@@ -242,11 +276,6 @@ class GeneratorPipeline(RetrievalPipeline):
         if user_vector is None:
             return super().score_rows(None, item_rows)
         return user_vector if item_rows is None else user_vector[item_rows]
-
-    def top_k(
-        self, user_vector: np.ndarray, k: int, exclude: list[np.ndarray] | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        return kernels.topk_scores(user_vector, k, exclude, backend=SCORES_BACKEND)
 
 
 def _check_csr(indptr: np.ndarray, items: np.ndarray, n_rows: int, n_items: int, what: str) -> None:

@@ -43,19 +43,13 @@ def client(cascade_server: RunningServer) -> Iterator[Client]:
 
 
 def cascade(client: Client, user: int, k: int, **fields):
-    """The raw response: the typed Answer has no ranked_by."""
-    from recserve.v1 import recserve_pb2 as pb
-
-    request = pb.RecommendRequest(
-        user_id=user, k=k, rank_with=pb.ModelSpec(name="deepfm"), **fields
-    )
-    return client._call(client._stub.Recommend, request)
+    return client.recommend(user, k, model="gru4rec", rank_with="deepfm", **fields)
 
 
 def test_cascade_equals_retrieve_then_rank(client: Client) -> None:
     response = cascade(client, 3, 5, retrieve_n=40)
-    assert (response.model.name, response.ranked_by.name) == ("gru4rec", "deepfm")
-    assert response.ranked_by.version == 1 and len(response.items) == 5
+    assert (response.model_name, response.ranked_by_name) == ("gru4rec", "deepfm")
+    assert response.ranked_by_version == 1 and len(response.items) == 5
     retrieved = client.recommend(3, k=40, model="gru4rec")
     ranked = client.rank(3, [i.item_id for i in retrieved.items], k=5, model="deepfm")
     assert [(i.item_id, i.score) for i in response.items] == [
@@ -96,9 +90,7 @@ def test_bad_cascades_are_invalid_argument(client: Client, fields, message: str)
 
 
 def test_rank_with_a_retrieval_model_is_invalid(client: Client) -> None:
-    from recserve.v1 import recserve_pb2 as pb
-
-    request = pb.RecommendRequest(user_id=1, k=5, rank_with=pb.ModelSpec(name="gru4rec"))
     with pytest.raises(RecserveError, match="not a ranker") as err:
-        client._call(client._stub.Recommend, request)
+        client.recommend(1, 5, rank_with="gru4rec")
     assert err.value.code.name == "INVALID_ARGUMENT"
+    assert not client.recommend(1, 5).ranked_by_name  # no cascade, no ranker

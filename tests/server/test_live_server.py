@@ -122,7 +122,7 @@ def test_unexpected_failure_is_internal_with_a_generic_message(
     def broken(*args, **kwargs):
         raise RuntimeError("secret detail")
 
-    monkeypatch.setattr(pipeline, "recommend", broken)
+    monkeypatch.setattr(pipeline, "prepare_recommend", broken)
     with pytest.raises(RecserveError) as err:
         client.recommend(1)
     assert err.value.code == grpc.StatusCode.INTERNAL

@@ -35,7 +35,7 @@ def test_a_failed_request_is_logged_with_its_request_id(live_server, monkeypatch
     def broken(*args, **kwargs):
         raise RuntimeError("secret detail")
 
-    monkeypatch.setattr(pipeline, "recommend", broken)
+    monkeypatch.setattr(pipeline, "prepare_recommend", broken)
     with grpc.insecure_channel(f"127.0.0.1:{live_server.port}") as channel:
         stub = pb_grpc.RecommenderStub(channel)
         with pytest.raises(grpc.RpcError):

@@ -48,6 +48,8 @@ def test_json_config_and_config_from_env(tmp_path: Path) -> None:
         ({"RECSERVE_LOG_FORMAT": "xml"}, "", "log_format must be one of text, json"),
         ({}, "prot = 1\n", "unknown option(s) prot"),
         ({}, "max_k = 'many'\n", "expected int for max_k"),
+        ({"RECSERVE_KEEP_VERSIONS": "0"}, "", "--keep-versions must be at least 1; got 0"),
+        ({}, "max_batch_delay_ms = -1.0\n", "--max-batch-delay-ms must not be negative"),
     ],
 )
 def test_bad_values_name_their_source(

@@ -1,0 +1,155 @@
+"""A request's work in three parts, so that concurrent requests can share the middle one.
+
+1. *prepare*, per request: validate, encode the user, run the C++ crossing kernel. A bad
+   request fails here, alone.
+2. *batch compute*, shared by a batch of requests of one model: the head program on the
+   requests' rows concatenated (:func:`run_head_rows`), or, for embedding and sequence
+   retrieval, the fused top-k inner product over the catalog with the requests' user
+   vectors stacked (:func:`run_inner_products`).
+3. *finish*, per request: scores from the head's output, top-k selection, the Ranking.
+
+A pipeline's ``prepare_rank``/``prepare_recommend`` return a :class:`Prepared` and its
+``compute_batch`` runs part 2 for several of them; ``rank``/``recommend`` are the three
+parts with a batch of one. The server's batcher (recserve.server.batching) runs part 2
+for many requests at once.
+
+Batch composition never changes a request's answer, bit for bit:
+
+- The head's matrix products (MKL/oneDNN GEMM) handle a row count that is not a
+  multiple of the micro-kernel width with other code, so without care a row's last bit
+  depends on how many rows share the call (measured: about 1 row in 100 differs). The
+  rows are therefore zero-padded to a multiple of :data:`HEAD_ROW_MULTIPLE`, which every
+  common micro-kernel width (4, 6, 8, 16) divides; every row then goes through the same
+  code whatever its batch-mates (checked bitwise in tests/python/test_batch_plan.py).
+  A ranker's whole ``model`` program (no crossing block) instead runs once per request
+  on exactly its rows, as the trained model would: its served scores then stay equal to
+  the trained model's forward bit for bit (tests/python/test_artifact.py), which no
+  padding keeps; such a batch shares the queue and the worker but not the call.
+- The top-k inner product uses the same per-query arithmetic for every batch smaller
+  than ``_core.topk_small_batch()`` (see recserve.kernels), so queries run in chunks
+  below it; a batch of one is such a chunk too. Each chunk selects the largest k of its
+  queries and each query keeps its first k: ties go to the smaller index, so that prefix
+  is exactly the query's own top-k.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _core, kernels
+from .request_context import RequestContext
+from .results import Ranking
+
+HEAD_ROW_MULTIPLE = 48
+# Selection runs on the host: the scores are there, and a GPU round trip only adds latency.
+SCORES_BACKEND = "cpu"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One request after its per-request work.
+
+    ``work`` is its share of the batch computation (None: it has none, e.g. a cold-start
+    user answered by popularity) and ``finish`` turns that share's output (None when
+    there is no work) into the answer."""
+
+    work: Any
+    finish: Callable[[Any], Ranking]
+    request_context: RequestContext | None = None
+
+
+@dataclass(frozen=True)
+class HeadRows:
+    """Rows for a head program: its inputs, each ``[N, ...]`` with the same N > 0."""
+
+    inputs: tuple[torch.Tensor, ...]
+
+    @property
+    def rows(self) -> int:
+        return int(self.inputs[0].shape[0])
+
+
+@dataclass(frozen=True)
+class InnerProductQuery:
+    """One user vector ``[d]`` for the catalog's top ``k`` by inner product, with item rows
+    ``exclude`` never returned (None: nothing excluded)."""
+
+    vector: np.ndarray
+    k: int
+    exclude: np.ndarray | None = None
+
+
+def stage(request_context: RequestContext | None, name: str) -> Any:
+    """``request_context.stage(name)`` (deadline check, then timing), or nothing."""
+    return nullcontext() if request_context is None else request_context.stage(name)
+
+
+@contextmanager
+def timed_batch(batch: Sequence[Prepared], name: str) -> Iterator[None]:
+    """Adds the block's wall time to stage ``name`` of every request of the batch: each
+    of them waited for it."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds = time.perf_counter() - start
+        for prepared in batch:
+            if prepared.request_context is not None:
+                prepared.request_context.add_time(name, seconds)
+
+
+def run_head_rows(
+    program: Callable[..., torch.Tensor], works: Sequence[HeadRows], shared: bool = True
+) -> list[torch.Tensor]:
+    """The program's outputs ``[N_i]`` for each work.
+
+    ``program`` maps inputs ``[M, ...]`` to ``[M]``. With ``shared`` it is called once,
+    on the works' rows concatenated and zero-padded to a multiple of HEAD_ROW_MULTIPLE
+    rows (see the module: a row's result then never depends on the other rows);
+    otherwise once per work, on exactly its rows."""
+    if not shared:
+        with torch.inference_mode():
+            return [program(*work.inputs).reshape(-1) for work in works]
+    sizes = [work.rows for work in works]
+    total = sum(sizes)
+    padded = -(-total // HEAD_ROW_MULTIPLE) * HEAD_ROW_MULTIPLE
+    inputs = []
+    for column in zip(*(work.inputs for work in works), strict=True):
+        buffer = torch.zeros((padded, *column[0].shape[1:]), dtype=column[0].dtype)  # [M, ...]
+        start = 0
+        for part, size in zip(column, sizes, strict=True):
+            buffer[start : start + size] = part
+            start += size
+        inputs.append(buffer)
+    with torch.inference_mode():
+        out = program(*inputs).reshape(-1)  # [M]
+    return list(out[:total].split(sizes))
+
+
+def run_inner_products(
+    items: np.ndarray, queries: Sequence[InnerProductQuery]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(scores [k], item rows [k]) of each query's top-k over ``items`` [I, d], following
+    recserve.kernels' contract; bitwise what a query gets alone (see the module)."""
+    chunk = max(1, _core.topk_small_batch() - 1)
+    results: list[tuple[np.ndarray, np.ndarray]] = []
+    for start in range(0, len(queries), chunk):
+        part = queries[start : start + chunk]
+        k = max(q.k for q in part)
+        vectors = np.stack([q.vector for q in part])  # [b, d]
+        exclude = None
+        if any(q.exclude is not None for q in part):
+            empty = np.empty(0, dtype=np.int64)
+            exclude = [empty if q.exclude is None else q.exclude for q in part]
+        values, rows = kernels.topk_inner_product(
+            vectors, items, k, exclude, backend=SCORES_BACKEND
+        )  # [b, k] each
+        results += [(values[i, : q.k], rows[i, : q.k]) for i, q in enumerate(part)]
+    return results

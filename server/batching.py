@@ -1,0 +1,243 @@
+"""Dynamic batching: concurrent requests for one model share its head and top-k calls.
+
+A request is prepare -> batch compute -> finish (recserve.batch_plan). The caller's
+thread prepares its own request (a bad one fails there, alone, with its own
+InvalidRequest), puts its share of the batch computation on the model's queue and waits;
+one worker thread per model takes up to ``max_batch_size`` queued requests, runs the
+computation once for all of them, and wakes their callers, who finish their own answers.
+A request with no batch work (a cold-start user answered by popularity, a retrieval
+model's Rank) is finished by its caller at once, without queueing.
+
+When the worker waits for company (the adaptive delay):
+
+- A request that finds nothing else queued, running or being prepared runs at once: a
+  lone request never waits.
+- While a batch runs, arrivals queue up; the worker takes them as soon as it is free
+  (the running batch was their delay).
+- The worker waits for more, at most until the oldest queued request has waited
+  ``max_delay_s``, only while the batch is not full and another caller is preparing a
+  request (it enqueues within its prepare time): the evidence of concurrent load. A
+  prepare that fails, or needs no batch work, ends the wait as well.
+
+A request whose deadline passes while it is queued is dropped, not computed: its caller
+gets DeadlineExceeded. The time from enqueue to the batch's start is the request's
+``queue`` stage. An exception in the batch computation reaches every caller of that batch
+as a :class:`BatchFailed` (INTERNAL, the cause chained) and the worker carries on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from recserve.batch_plan import Prepared
+from recserve.errors import DeadlineExceeded, ModelUnavailable
+from recserve.pipeline import CatalogPipeline
+from recserve.request_context import RequestContext
+from recserve.results import Ranking
+
+log = logging.getLogger("recserve.server")
+
+__all__ = ["BatchFailed", "Batcher", "runner_factory"]
+
+
+class BatchFailed(RuntimeError):
+    """The batch computation a request was part of raised (a server fault: INTERNAL)."""
+
+
+@dataclass(eq=False)
+class _Queued:
+    """A prepared request on the queue; the worker fills ``output`` or ``error``."""
+
+    prepared: Prepared
+    enqueued: float  # time.perf_counter()
+    started: float = 0.0
+    output: Any = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class Batcher:
+    """Answers ``rank``/``recommend`` for one pipeline, batching concurrent requests.
+
+    ``on_batch(size)`` is called after each executed batch. ``max_batch_size == 1``
+    turns batching off: calls go straight to the pipeline. :meth:`close` stops the
+    worker once everything accepted has been answered."""
+
+    def __init__(
+        self,
+        pipeline: CatalogPipeline,
+        max_batch_size: int,
+        max_delay_s: float,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1; got {max_batch_size}")
+        if max_delay_s < 0:
+            raise ValueError(f"max_delay_s must be non-negative; got {max_delay_s}")
+        self.pipeline = pipeline
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self._on_batch = on_batch
+        self._queue: deque[_Queued] = deque()
+        self._cond = threading.Condition()
+        self._preparing = 0  # callers inside prepare: requests about to be queued
+        self._closed = False
+        self._worker: threading.Thread | None = None
+        if max_batch_size > 1:
+            name = getattr(getattr(pipeline, "artifact", None), "name", "model")
+            self._worker = threading.Thread(target=self._work, name=f"batch-{name}", daemon=True)
+            self._worker.start()
+
+    # -- the pipeline's signatures -----------------------------------------------------
+
+    def rank(
+        self,
+        user_id: int,
+        candidate_item_ids: Sequence[int],
+        k: int = 0,
+        context: Mapping[str, str] | None = None,
+        request_context: RequestContext | None = None,
+    ) -> Ranking:
+        args = (user_id, candidate_item_ids, k, context, request_context)
+        if self._worker is None:
+            return self.pipeline.rank(*args)
+        return self._serve(functools.partial(self.pipeline.prepare_rank, *args))
+
+    def recommend(
+        self,
+        user_id: int,
+        k: int = 0,
+        recent_item_ids: Sequence[int] = (),
+        include_seen: bool = False,
+        context: Mapping[str, str] | None = None,
+        request_context: RequestContext | None = None,
+    ) -> Ranking:
+        args = (user_id, k, recent_item_ids, include_seen, context, request_context)
+        if self._worker is None:
+            return self.pipeline.recommend(*args)  # type: ignore[attr-defined]
+        return self._serve(functools.partial(self.pipeline.prepare_recommend, *args))
+
+    def close(self) -> None:
+        """Refuses new requests, answers the accepted ones, then stops the worker."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join()
+
+    # -- callers -----------------------------------------------------------------------
+
+    def _serve(self, prepare: Callable[[], Prepared]) -> Ranking:
+        with self._cond:
+            if self._closed:
+                raise ModelUnavailable("this model version was unloaded; retry the request")
+            self._preparing += 1
+        queued = None
+        try:
+            prepared = prepare()
+            if prepared.work is not None:
+                queued = _Queued(prepared, time.perf_counter())
+        finally:
+            # One step, so the worker never sees the request neither preparing nor queued.
+            with self._cond:
+                self._preparing -= 1
+                if queued is not None:
+                    self._queue.append(queued)
+                self._cond.notify_all()
+        if queued is None:
+            return prepared.finish(None)
+        queued.done.wait()
+        if prepared.request_context is not None:
+            prepared.request_context.add_time("queue", queued.started - queued.enqueued)
+        if queued.error is not None:
+            raise queued.error
+        return prepared.finish(queued.output)
+
+    # -- the worker --------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            self._execute(batch)
+
+    def _next_batch(self) -> list[_Queued] | None:
+        """The next batch (see the module for when it waits); None once closed and idle."""
+        with self._cond:
+            while not self._queue:
+                if self._closed and self._preparing == 0:
+                    return None
+                self._cond.wait()
+            oldest = self._queue[0].enqueued
+            while len(self._queue) < self.max_batch_size and self._preparing > 0:
+                left = oldest + self.max_delay_s - time.perf_counter()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return [
+                self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch_size))
+            ]
+
+    def _execute(self, batch: list[_Queued]) -> None:
+        started = time.perf_counter()
+        now = time.monotonic()
+        live = []
+        for queued in batch:
+            queued.started = started
+            context = queued.prepared.request_context
+            if context is not None and context.deadline is not None and now >= context.deadline:
+                queued.error = DeadlineExceeded(
+                    "the deadline passed while the request waited for its batch; nothing "
+                    "was computed"
+                )
+                queued.done.set()
+            else:
+                live.append(queued)
+        if not live:
+            return
+        try:
+            outputs = self.pipeline.compute_batch([q.prepared for q in live])
+            for queued, output in zip(live, outputs, strict=True):
+                queued.output = output
+        except Exception as exc:  # noqa: BLE001 - reaches the callers, never ends the worker
+            for queued in live:
+                queued.error = BatchFailed(f"a batch of {len(live)} requests failed: {exc!r}")
+                queued.error.__cause__ = exc
+        finally:
+            for queued in live:
+                queued.done.set()
+        if self._on_batch is not None:
+            try:
+                self._on_batch(len(live))
+            except Exception:
+                log.exception("recording a batch of %d failed", len(live))
+
+
+def runner_factory(
+    max_batch_size: int,
+    max_delay_s: float,
+    observe_batch: Callable[[str, int], None] | None = None,
+) -> Callable[[CatalogPipeline], CatalogPipeline | Batcher]:
+    """The repository's ``make_runner``: a Batcher per loaded version, or the pipeline
+    itself when ``max_batch_size`` is 1; ``observe_batch(model name, size)`` per batch."""
+    if max_batch_size < 1:
+        raise ValueError(
+            f"--max-batch-size must be at least 1 (1: no batching); got {max_batch_size}"
+        )
+    if max_delay_s < 0:
+        raise ValueError(f"--max-batch-delay-ms must be non-negative; got {max_delay_s * 1000:g}")
+
+    def make_runner(pipeline: CatalogPipeline) -> CatalogPipeline | Batcher:
+        if max_batch_size == 1:
+            return pipeline
+        on_batch = None
+        if observe_batch is not None:
+            on_batch = functools.partial(observe_batch, pipeline.artifact.name)  # type: ignore[attr-defined]
+        return Batcher(pipeline, max_batch_size, max_delay_s, on_batch)
+
+    return make_runner

@@ -1,0 +1,463 @@
+"""Hot reload of the model repository, against live loopback servers: new versions swap
+in under load, broken ones are refused while the old one serves, retired versions are
+unloaded once their requests finish and their memory is returned."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from recserve import Client
+from recserve.client import RecserveError, VersionEvent
+from recserve.errors import ModelNotFound
+from recserve.pipeline import Limits
+from recserve.server.app import RunningServer, ServeOptions, build_server
+from recserve.server.repository import ModelRepository
+from recserve.v1 import recserve_pb2 as pb
+from recserve.v1 import recserve_pb2_grpc as pb_grpc
+
+LOADED, REFUSED, UNLOADED = (
+    pb.VersionEvent.LOADED,
+    pb.VersionEvent.REFUSED,
+    pb.VersionEvent.UNLOADED,
+)
+
+
+# -- publishing versions ---------------------------------------------------------------
+
+
+def _add_table(version_dir: Path, manifest: dict[str, Any], key: str, table: np.ndarray) -> None:
+    path = version_dir / f"{key}.npy"
+    np.save(path, table, allow_pickle=False)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest["files"][path.name] = {"kind": "table", "key": key, "sha256": sha}
+
+
+def publish(
+    source: Path,
+    model_dir: Path,
+    version: int,
+    *,
+    padding_bytes: int = 0,
+    damage: Callable[[Path], None] | None = None,
+) -> Path:
+    """Publishes a copy of the version directory ``source`` as ``version`` of
+    ``model_dir``, atomically as save_artifact does: written into a hidden directory of
+    the model, then renamed. ``padding_bytes``: an extra table, so a version weighs
+    something; ``damage``: alters the copy after its manifest was written."""
+    staging = model_dir / f".staging-{version}"
+    shutil.copytree(source, staging)
+    manifest = json.loads((staging / "manifest.json").read_text())
+    manifest.update(name=model_dir.name, version=version)
+    if padding_bytes:
+        _add_table(staging, manifest, "padding", np.full(padding_bytes // 8, version, np.int64))
+    (staging / "manifest.json").write_text(json.dumps(manifest))
+    if damage is not None:
+        damage(staging)
+    os.rename(staging, model_dir / str(version))
+    return model_dir / str(version)
+
+
+def flip_a_byte(version_dir: Path, filename: str = "model.pt") -> None:
+    data = bytearray((version_dir / filename).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (version_dir / filename).write_bytes(bytes(data))
+
+
+@pytest.fixture
+def source(model_repo: Path) -> Path:
+    return model_repo / "deepfm" / "1"
+
+
+@pytest.fixture
+def repo(tmp_path: Path, source: Path) -> Path:
+    """A repository of its own, holding deepfm version 1."""
+    shutil.copytree(source, tmp_path / "repo" / "deepfm" / "1")
+    return tmp_path / "repo"
+
+
+@contextmanager
+def serving(repo: Path, **options: Any) -> Iterator[RunningServer]:
+    running = build_server(ServeOptions(model_repo=repo, port=0, metrics_port=-1, **options))
+    try:
+        running.repository.load_all()
+        running.set_serving(True)
+        yield running
+    finally:
+        running.stop(0)
+
+
+def reload_rpc(port: int) -> pb.ReloadModelsResponse:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        return stub.ReloadModels(pb.ReloadModelsRequest(), timeout=60)
+
+
+def events_of(response: pb.ReloadModelsResponse) -> list[tuple[int, int]]:
+    return [(e.action, e.model.version) for e in response.events]
+
+
+def serving_of(response: pb.ReloadModelsResponse) -> list[tuple[str, int]]:
+    return [(m.name, m.version) for m in response.serving]
+
+
+def items_of(repository: ModelRepository, n: int = 20) -> list[int]:
+    return repository.get().pipeline.item_ids[:n].tolist()
+
+
+def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def pipeline_ref(running: RunningServer, version: int) -> weakref.ref:
+    return weakref.ref(running.repository.get("deepfm", version).pipeline)
+
+
+def collected(ref: weakref.ref) -> bool:
+    gc.collect()
+    return ref() is None
+
+
+# -- under load --------------------------------------------------------------------------
+
+LOAD_SECONDS = 20.0
+TARGET_RATE = 320.0  # paced a little above the 200/s the test requires
+CLIENT_THREADS = 8
+
+
+@pytest.mark.slow
+def test_reload_under_continuous_load_fails_no_request(repo: Path, source: Path, caplog) -> None:
+    """8 client threads send Rank at 320/s for 20 s while three new versions are published:
+    v2 and v4 picked up by the ReloadModels RPC, v3 by the poller. No request fails,
+    each thread sees versions only move forward, and every old version is unloaded."""
+    model_dir = repo / "deepfm"
+    with serving(repo, poll_seconds=0.5) as running, Client(f"127.0.0.1:{running.port}") as c:
+        items = items_of(running.repository)
+        old = [pipeline_ref(running, 1)]
+        failures: list[str] = []
+        seen: list[list[int]] = [[] for _ in range(CLIENT_THREADS)]
+        stop_at = time.monotonic() + LOAD_SECONDS
+
+        def send(thread: int) -> None:
+            interval, next_at = CLIENT_THREADS / TARGET_RATE, time.monotonic()
+            while (now := time.monotonic()) < stop_at:
+                time.sleep(max(0.0, next_at - now))
+                next_at += interval
+                try:
+                    answer = c.rank(1 + thread, items, k=5)
+                except RecserveError as exc:
+                    failures.append(str(exc))
+                    continue
+                if len(answer.items) != 5:
+                    failures.append(f"{len(answer.items)} items from v{answer.model_version}")
+                seen[thread].append(answer.model_version)
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+            senders = [pool.submit(send, t) for t in range(CLIENT_THREADS)]
+            time.sleep(4)
+            publish(source, model_dir, 2)
+            response = reload_rpc(running.port)
+            # Scans are serialised, so the RPC's scan sees v2 even if the poller's got it.
+            assert events_of(response) in ([(LOADED, 2), (UNLOADED, 1)], [])
+            assert serving_of(response) == [("deepfm", 2)]
+            old.append(pipeline_ref(running, 2))
+            time.sleep(4)
+            publish(source, model_dir, 3)  # no RPC: the poller finds it
+            wait_for(lambda: running.repository.versions("deepfm") == [3], 10, "the poll")
+            old.append(pipeline_ref(running, 3))
+            time.sleep(4)
+            publish(source, model_dir, 4)
+            assert serving_of(reload_rpc(running.port)) == [("deepfm", 4)]
+            for sender in senders:
+                sender.result()
+        elapsed = time.monotonic() - started
+        answers = sum(len(s) for s in seen)
+        rate = answers / elapsed
+        print(f"\n{answers} answers in {elapsed:.1f}s: {rate:.0f}/s, {len(failures)} failed")
+        assert failures == []
+        assert rate >= 200
+        for versions in seen:
+            assert versions == sorted(versions), "a thread saw an older version after a newer"
+        assert {v for s in seen for v in s} == {1, 2, 3, 4}
+        assert all(s[-1] == 4 for s in seen)
+        wait_for(lambda: all(collected(ref) for ref in old), 10, "old versions to be freed")
+        for version in (1, 2, 3):
+            assert f"released deepfm/{version}: no request holds it" in caplog.text
+        with pytest.raises(RecserveError) as err:
+            c.rank(1, items, version=3)
+        assert err.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_poller_finds_a_new_version_and_stops_with_the_server(repo: Path, source: Path) -> None:
+    with serving(repo, poll_seconds=0.1) as running:
+        assert running.poller is not None and running.poller.polling
+        publish(source, repo / "deepfm", 2)
+        wait_for(lambda: running.repository.versions("deepfm") == [2], 10, "the poll")
+    assert not running.poller.polling
+
+
+# -- refusals ---------------------------------------------------------------------------
+
+
+def test_broken_versions_are_refused_while_the_old_one_serves(
+    repo: Path, source: Path, caplog
+) -> None:
+    """A file altered after its manifest was written, a version missing a file, and one
+    without a manifest are each refused once, with the reason in the log and in the RPC's
+    events; version 1 keeps answering. Completed later, they load on the next scan."""
+    model_dir = repo / "deepfm"
+    with serving(repo, poll_seconds=0) as running, Client(f"127.0.0.1:{running.port}") as c:
+        items = items_of(running.repository)
+        publish(source, model_dir, 2, damage=flip_a_byte)
+        publish(source, model_dir, 3, damage=lambda d: (d / "item_ids.npy").unlink())
+        publish(source, model_dir, 4, damage=lambda d: (d / "manifest.json").unlink())
+        response = reload_rpc(running.port)
+        assert events_of(response) == [(REFUSED, 4), (REFUSED, 3), (REFUSED, 2)]
+        reasons = [e.reason for e in response.events]
+        assert "no manifest.json" in reasons[0]
+        assert "file item_ids.npy listed in the manifest is missing" in reasons[1]
+        assert "checksum mismatch for model.pt" in reasons[2]
+        assert serving_of(response) == [("deepfm", 1)]
+        for version, reason in zip((4, 3, 2), reasons, strict=True):
+            assert f"not serving deepfm/{version}: {reason}" in caplog.text
+        assert c.rank(1, items, k=3).model_version == 1
+
+        again = reload_rpc(running.port)  # unchanged since: not retried, not logged again
+        assert events_of(again) == [] and serving_of(again) == [("deepfm", 1)]
+        assert caplog.text.count("not serving deepfm/3:") == 1
+        assert c.rank(1, items, k=3).model_version == 1
+
+        shutil.copy(source / "item_ids.npy", model_dir / "3")  # the copy completes
+        assert events_of(reload_rpc(running.port)) == [(LOADED, 3), (UNLOADED, 1)]
+        assert c.rank(1, items, k=3).model_version == 3
+        manifest = json.loads((source / "manifest.json").read_text())
+        (model_dir / "4" / "manifest.json").write_text(json.dumps({**manifest, "version": 4}))
+        assert events_of(reload_rpc(running.port)) == [(LOADED, 4), (UNLOADED, 3)]
+        assert c.rank(1, items, k=3).model_version == 4
+
+
+def test_a_version_that_fails_its_warm_up_is_refused(
+    repo: Path, source: Path, caplog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verified and built, but crashing on a real request: refused before any client
+    sees it, with the traceback in the log."""
+    from recserve.pipeline import RankerPipeline
+
+    with serving(repo, poll_seconds=0) as running:
+        served = running.repository.get().pipeline
+        real_rank = RankerPipeline.rank
+
+        def rank(self: RankerPipeline, *args: Any, **kwargs: Any) -> Any:
+            if self is not served:
+                raise IndexError("index 7 is out of bounds")
+            return real_rank(self, *args, **kwargs)
+
+        monkeypatch.setattr(RankerPipeline, "rank", rank)
+        publish(source, repo / "deepfm", 2)
+        response = reload_rpc(running.port)
+        assert events_of(response) == [(REFUSED, 2)]
+        assert "warm-up request failed: IndexError: index 7" in response.events[0].reason
+        assert "Traceback" in caplog.text
+        assert running.repository.versions("deepfm") == [1]
+
+
+def test_models_come_and_go_but_a_model_with_only_bad_versions_keeps_serving(
+    repo: Path, source: Path, caplog
+) -> None:
+    """A new model directory is loaded and a removed one unloaded; a model whose only
+    remaining version is bad keeps the version it served."""
+    with serving(repo, poll_seconds=0) as running:
+        publish(source, repo / "other", 1)
+        response = reload_rpc(running.port)
+        assert serving_of(response) == [("deepfm", 1), ("other", 1)]
+        shutil.rmtree(repo / "other")
+        with Client(f"127.0.0.1:{running.port}", timeout=60) as client:  # the typed client
+            events, served = client.reload_models()
+        assert served == [("deepfm", 1)]
+        assert events == [VersionEvent("other", 1, "unloaded")]
+
+        shutil.rmtree(repo / "deepfm" / "1")
+        publish(source, repo / "deepfm", 2, damage=flip_a_byte)
+        response = reload_rpc(running.port)
+        assert events_of(response) == [(REFUSED, 2)]
+        assert serving_of(response) == [("deepfm", 1)]
+        assert "no good version of deepfm" in caplog.text
+
+
+# -- pinning and in-flight requests -------------------------------------------------------
+
+
+def test_pinned_versions_with_keep_versions_two(repo: Path, source: Path) -> None:
+    publish(source, repo / "deepfm", 2)
+    with (
+        serving(repo, poll_seconds=0, keep_versions=2) as running,
+        Client(f"127.0.0.1:{running.port}") as c,
+    ):
+        items = items_of(running.repository)
+        assert c.rank(1, items, version=1).model_version == 1
+        assert c.rank(1, items, version=2).model_version == 2
+        assert c.rank(1, items).model_version == 2
+        assert c.model_info().loaded_versions == [2, 1]
+        publish(source, repo / "deepfm", 3)
+        assert events_of(reload_rpc(running.port)) == [(LOADED, 3), (UNLOADED, 1)]
+        with pytest.raises(RecserveError) as err:
+            c.rank(1, items, version=1)
+        assert err.value.code == grpc.StatusCode.NOT_FOUND
+        assert "loaded versions: 3, 2" in err.value.message
+        assert c.rank(1, items, version=2).model_version == 2
+        assert c.rank(1, items).model_version == 3
+
+
+class RecordingRunner:
+    """A runner in front of a pipeline that records whether it was closed."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+        self.closed = threading.Event()
+
+    def rank(self, *args: Any, **kwargs: Any) -> Any:
+        assert not self.closed.is_set(), "a closed runner got a request"
+        return self.pipeline.rank(*args, **kwargs)
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def test_an_old_version_is_unloaded_only_after_its_requests_finish(
+    repo: Path, source: Path
+) -> None:
+    repository = ModelRepository(repo, Limits(), make_runner=RecordingRunner)
+    repository.load_all()
+    items = items_of(repository)
+    with repository.acquire() as held:
+        publish(source, repo / "deepfm", 2)
+        assert [(e.action, e.version) for e in repository.reload()] == [
+            ("loaded", 2),
+            ("unloaded", 1),
+        ]
+        assert repository.get().version == 2
+        with pytest.raises(ModelNotFound, match="loaded versions: 2"):
+            repository.get(version=1)
+        time.sleep(0.2)
+        assert not held.runner.closed.is_set()  # still answering its request
+        assert len(held.runner.rank(1, items, k=3).items) == 3
+    closed, pipeline = held.runner.closed, weakref.ref(held.pipeline)
+    del held
+    assert closed.wait(5)
+    wait_for(lambda: collected(pipeline), 5, "version 1 to be freed")
+
+    newer = repository.get().runner
+    publish(source, repo / "deepfm", 3)
+    repository.reload()  # nobody holds version 2: closed before reload returns
+    assert newer.closed.is_set() and not repository.get().runner.closed.is_set()
+
+
+# -- SIGHUP and memory, in a `recserve serve` process --------------------------------------
+
+
+@contextmanager
+def serve_process(
+    repo: Path, port: int, log_path: Path, *options: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    command = [sys.executable, "-m", "recserve.cli", "serve", "--model-repo", str(repo)]
+    command += ["--port", str(port), "--metrics-port", "-1", "--poll-seconds", "0", *options]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=5) as c:
+            wait_for(lambda: c.is_serving() or process.poll() is not None, 120, "the server")
+        assert process.poll() is None, log_path.read_text()
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+
+
+def test_sighup_reloads_and_sigterm_exits_cleanly(
+    repo: Path, source: Path, tmp_path: Path, free_port: int
+) -> None:
+    log_path = tmp_path / "serve.log"
+    with (
+        serve_process(repo, free_port, log_path, "--log-format", "json") as process,
+        Client(f"127.0.0.1:{free_port}") as c,
+    ):
+        assert c.recommend(1, k=3).model_version == 1
+        publish(source, repo / "deepfm", 2)
+        time.sleep(0.5)
+        assert c.recommend(1, k=3).model_version == 1  # no polling: nothing moves by itself
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: c.recommend(1, k=3).model_version == 2, 30, "version 2 after SIGHUP")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, log_path.read_text()
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+    events = [(e["action"], e["model"], e["version"]) for e in lines if "action" in e]
+    assert events == [("loaded", "deepfm", 1), ("loaded", "deepfm", 2), ("unloaded", "deepfm", 1)]
+    assert any(e["message"] == "released deepfm/1: no request holds it" for e in lines)
+
+
+def resident_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/<pid>/status")
+
+
+PADDING_BYTES = 24 * 1024 * 1024  # per version: 20 versions kept by mistake are 480 MiB
+CYCLES = 20
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_memory_is_returned_over_reload_cycles(
+    repo: Path, source: Path, tmp_path: Path, free_port: int
+) -> None:
+    """Measured on a `recserve serve` subprocess, not in this test process (which holds
+    the other tests' models and servers): each cycle publishes a version carrying a
+    24 MiB table, reloads over the RPC, removes the replaced version's directory and
+    sends a few requests. Resident memory after 20 cycles must stay within 10% of
+    resident memory after the first."""
+    model_dir = repo / "deepfm"
+    shutil.rmtree(model_dir / "1")
+    publish(source, model_dir, 1, padding_bytes=PADDING_BYTES)
+    with (
+        serve_process(repo, free_port, tmp_path / "serve.log") as process,
+        Client(f"127.0.0.1:{free_port}") as c,
+    ):
+        items = [i.item_id for i in c.recommend(1, k=20, include_seen=True).items]
+        resident = []
+        for version in range(2, CYCLES + 2):
+            publish(source, model_dir, version, padding_bytes=PADDING_BYTES)
+            response = reload_rpc(free_port)
+            assert events_of(response) == [(LOADED, version), (UNLOADED, version - 1)]
+            shutil.rmtree(model_dir / str(version - 1))
+            for user in range(1, 11):
+                assert c.rank(user, items, k=5).model_version == version
+            resident.append(resident_bytes(process.pid))
+    first, last = resident[0], resident[-1]
+    mib = 2**20
+    print(f"\nresident after cycle 1: {first / mib:.1f} MiB, after {CYCLES}: {last / mib:.1f} MiB")
+    assert last <= 1.10 * first
