@@ -158,7 +158,7 @@ class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(
         self, request: kpb.ModelInferRequest, context: grpc.ServicerContext
     ) -> kpb.ModelInferResponse:
-        with self.recommender._call("ModelInfer", request.id, context) as call:
+        with self.recommender.call_scope("ModelInfer", request.id, context) as call:
             arrays = _input_arrays(request)
             version = _version(request.model_version)
             with self.repository.acquire(request.model_name, version) as model:

@@ -80,9 +80,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 self._idle.notify_all()
 
     @contextmanager
-    def _call(
+    def call_scope(
         self, rpc: str, request_id: str, context: grpc.ServicerContext, trailing: bool = True
     ) -> Iterator[_Call]:
+        """One RPC's bookkeeping: its request context, in-flight count, metrics, the log
+        line of a failure, and (``trailing``) the trailing metadata. Other services on
+        the same models (server/kserve.py) use it too."""
         call = _Call(request_id, context.time_remaining())
         code = grpc.StatusCode.OK
         self.metrics.in_flight.inc()
@@ -137,7 +140,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             return converters.rank_response(ranking, model, call.request.request_id)
 
     def Rank(self, request: pb.RankRequest, context: grpc.ServicerContext) -> pb.RankResponse:
-        with self._call("Rank", request.request_id, context) as call:
+        with self.call_scope("Rank", request.request_id, context) as call:
             return self._rank(request, call)
 
     def RankStream(
@@ -146,7 +149,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         # One request at a time per stream; concurrent streams share the batches.
         for request in requests:
             try:
-                with self._call("RankStream", request.request_id, context, trailing=False) as call:
+                with self.call_scope(
+                    "RankStream", request.request_id, context, trailing=False
+                ) as call:
                     response = self._rank(request, call)
             except Exception as exc:  # noqa: BLE001 - one bad request never ends the stream
                 code, message = status_for(exc)
@@ -163,7 +168,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     def Recommend(
         self, request: pb.RecommendRequest, context: grpc.ServicerContext
     ) -> pb.RecommendResponse:
-        with self._call("Recommend", request.request_id, context) as call:
+        with self.call_scope("Recommend", request.request_id, context) as call:
             if request.rank_with.name:
                 return self._cascade(request, call)
             with self.repository.acquire(request.model.name, request.model.version) as model:
@@ -227,7 +232,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext
     ) -> pb.ModelInfo:
-        with self._call("GetModelInfo", "", context) as call:
+        with self.call_scope("GetModelInfo", "", context) as call:
             model = self.repository.get(request.model.name, request.model.version)
             call.models.append(model)
             return converters.model_info(
@@ -237,7 +242,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
-        with self._call("ListModels", "", context):
+        with self.call_scope("ListModels", "", context):
             infos = []
             for name in self.repository.names():
                 model = self.repository.get(name)
@@ -248,6 +253,6 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self, request: pb.ReloadModelsRequest, context: grpc.ServicerContext
     ) -> pb.ReloadModelsResponse:
         """Rescans the repository now; answers when the new versions serve."""
-        with self._call("ReloadModels", "", context):
+        with self.call_scope("ReloadModels", "", context):
             events = self.repository.reload()
             return converters.reload_response(events, self.repository.served())
