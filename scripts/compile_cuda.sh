@@ -16,4 +16,14 @@ cmake -S . -B build/cuda -DRECSERVE_WITH_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
   -Dpybind11_DIR="$(python -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v python)" \
   -DCMAKE_CUDA_ARCHITECTURES="80;90" >/dev/null
 cmake --build build/cuda -j "$(nproc)"
-echo "compile_cuda: all CUDA sources compiled and linked into build/cuda"
+# Every .cu must have been compiled into the library: a file left out of the build could
+# break unnoticed.
+missing=0
+for cu in csrc/cuda/*.cu; do
+  if ! find build/cuda -name "$(basename "$cu").o" | grep -q .; then
+    echo "compile_cuda: $cu was not compiled (is it in CMakeLists.txt?)" >&2
+    missing=1
+  fi
+done
+[ "$missing" = 0 ] || exit 1
+echo "compile_cuda: all $(ls csrc/cuda/*.cu | wc -l) CUDA sources compiled and linked into build/cuda"

@@ -14,6 +14,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from recserve import kernels
 from recserve.errors import ModelNotFound
 from recserve.kserve import grpc_predict_v2_pb2_grpc as kserve_grpc
 from recserve.pipeline import Limits
@@ -75,6 +76,8 @@ class RunningServer:
 
 def build_server(options: ServeOptions) -> RunningServer:
     """Bind and start the server (health NOT_SERVING); models are loaded by the caller."""
+    # --device cuda where CUDA is not usable fails the start, before anything binds.
+    kernels.resolve_backend(options.device)
     # Security flags are checked before anything binds: a mistake leaves nothing listening.
     credentials = server_credentials(options)
     interceptors: list[grpc.ServerInterceptor] = [ExceptionToStatusInterceptor()]

@@ -58,6 +58,11 @@ class ServeOptions:
         "precision of the rankers' crossing heads (bf16: faster, scores to about 3 digits)",
         choices=("fp32", "bf16"),
     )
+    device: str = _opt(
+        "auto",
+        "where the C++ kernels run: cuda needs a CUDA build and a GPU (auto: cuda if usable)",
+        choices=("auto", "cpu", "cuda"),
+    )
     poll_seconds: float = _opt(
         10.0, "how often the repository is rescanned for new versions (0: only on SIGHUP/RPC)"
     )

@@ -26,10 +26,6 @@
 #include "recserve/simd.h"
 #include "recserve/topk.h"
 
-#ifdef RECSERVE_WITH_CUDA
-#include "cuda/topk_cuda.cuh"
-#endif
-
 #ifndef RECSERVE_VERSION
 #error "RECSERVE_VERSION must be defined by the build (CMakeLists.txt)"
 #endif
@@ -238,41 +234,6 @@ void check_exclude(const py::array& exclude_indptr, const py::array& exclude_ids
     checked_exclude(exclude_indptr, exclude_ids, fn, num_rows, num_items);
 }
 
-#ifdef RECSERVE_WITH_CUDA
-// CUDA entry points on raw device pointers (Python ints, e.g. torch's data_ptr()) and a
-// raw cudaStream_t (torch.cuda.current_stream().cuda_stream). Nothing here can check
-// that a pointer really addresses a device buffer of the stated shape: these are
-// private; recserve.kernels derives every argument from checked torch tensors and
-// checks the exclusion CSR on the host (check_exclude_csr) before uploading it.
-template <typename T>
-T* as_device_ptr(std::uintptr_t p) {
-    return reinterpret_cast<T*>(p);
-}
-
-void cuda_topk_scores(std::uintptr_t scores, int64_t B, int64_t N, int64_t k,
-                      std::uintptr_t exclude_indptr, std::uintptr_t exclude_ids, int64_t nnz,
-                      std::uintptr_t values, std::uintptr_t indices, std::uintptr_t stream) {
-    py::gil_scoped_release release;
-    recserve::cuda::topk_scores(as_device_ptr<const float>(scores), B, N, k,
-                                as_device_ptr<const int64_t>(exclude_indptr),
-                                as_device_ptr<const int64_t>(exclude_ids), nnz,
-                                as_device_ptr<float>(values), as_device_ptr<int64_t>(indices),
-                                reinterpret_cast<recserve::cuda::Stream>(stream));
-}
-
-void cuda_topk_inner_product(std::uintptr_t queries, std::uintptr_t items, int64_t B,
-                             int64_t N, int64_t D, int64_t k, std::uintptr_t exclude_indptr,
-                             std::uintptr_t exclude_ids, int64_t nnz, std::uintptr_t values,
-                             std::uintptr_t indices, std::uintptr_t stream) {
-    py::gil_scoped_release release;
-    recserve::cuda::topk_inner_product(
-            as_device_ptr<const float>(queries), as_device_ptr<const float>(items), B, N, D, k,
-            as_device_ptr<const int64_t>(exclude_indptr),
-            as_device_ptr<const int64_t>(exclude_ids), nnz, as_device_ptr<float>(values),
-            as_device_ptr<int64_t>(indices), reinterpret_cast<recserve::cuda::Stream>(stream));
-}
-#endif  // RECSERVE_WITH_CUDA
-
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -331,18 +292,7 @@ PYBIND11_MODULE(_core, m) {
     m.attr("__version__") = RECSERVE_VERSION;
 #ifdef RECSERVE_WITH_CUDA
     m.attr("HAS_CUDA") = true;
-    m.def("cuda_device_count", &recserve::cuda::device_count,
-          "Number of CUDA devices visible (0 when there is no driver or device).");
-    m.def("cuda_topk_scores", &cuda_topk_scores, py::arg("scores"), py::arg("B"),
-          py::arg("N"), py::arg("k"), py::arg("exclude_indptr"), py::arg("exclude_ids"),
-          py::arg("nnz"), py::arg("values"), py::arg("indices"), py::arg("stream"),
-          "Private: topk_scores on raw device pointers, enqueued on `stream`.");
-    m.def("cuda_topk_inner_product", &cuda_topk_inner_product, py::arg("queries"),
-          py::arg("items"), py::arg("B"), py::arg("N"), py::arg("D"), py::arg("k"),
-          py::arg("exclude_indptr"), py::arg("exclude_ids"), py::arg("nnz"),
-          py::arg("values"), py::arg("indices"), py::arg("stream"),
-          "Private: topk_inner_product on raw device pointers, enqueued on `stream`.");
-    m.attr("CUDA_MAX_K") = recserve::cuda::kMaxK;
+    recserve::bindings::bind_cuda(m);
 #else
     m.attr("HAS_CUDA") = false;
 #endif

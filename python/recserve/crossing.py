@@ -23,6 +23,12 @@ splits the same way, ``W0 x0 + b0 = h_U + h_I``; ``_core.crossing_dcn_first`` wr
 The block's kind (``recserve.artifact.CROSSING_ROLES``) says which terms exist. The head
 runs in float32, or opt-in in bfloat16 (``head_dtype="bfloat16"``, faster where the CPU
 has AVX512-BF16/AMX, at the cost of about 3 significant digits in the deep part).
+
+On a GPU (recserve built with CUDA): :meth:`_Crossing.to_device` uploads the item tables
+once (:class:`DeviceItemTables`), and :meth:`FieldCrossing.cross_on_device` /
+:meth:`DCNCrossing.cross_on_device` run the CUDA twin of the kernel on them, returning torch
+CUDA tensors the head (moved to the same device) consumes directly. Candidate rows stay host
+data from the request; they are checked on the host (``IndexError``) before any launch.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import _core
+from . import _core, kernels
 from .artifact import CROSSING_ROLES, Artifact, CrossingBlock
 from .batch_plan import HeadRows, run_head_rows
 
@@ -62,6 +68,113 @@ class ItemTables:
     sum: np.ndarray
     hidden: np.ndarray
     vectors: np.ndarray
+
+
+@dataclass(frozen=True)
+class DeviceItemTables:
+    """:class:`ItemTables` resident on a CUDA device (float32, contiguous): uploaded once,
+    when a model loads."""
+
+    scalar: torch.Tensor
+    sum: torch.Tensor
+    hidden: torch.Tensor
+    vectors: torch.Tensor
+
+    @classmethod
+    def upload(
+        cls, items: ItemTables, device: torch.device | str | None = None
+    ) -> DeviceItemTables:
+        """Copy the tables to ``device`` (default: the current CUDA device); raises
+        ``RuntimeError`` where CUDA is not usable (recserve.kernels.require_cuda)."""
+        kernels.require_cuda()
+        dev = torch.device("cuda", torch.cuda.current_device()) if device is None else device
+        dev = torch.device(dev)
+        if dev.type != "cuda":
+            raise ValueError(f"device tables live on a CUDA device, got {dev}")
+        scalar, sums, hidden, vectors = (
+            torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev)
+            for a in (items.scalar, items.sum, items.hidden, items.vectors)
+        )
+        num_items = scalar.shape[0]
+        for name, table in (("sum", sums), ("hidden", hidden), ("vectors", vectors)):
+            if table.ndim != 2 or table.shape[0] != num_items:
+                raise ValueError(
+                    f"item table {name!r} has shape {tuple(table.shape)}, expected "
+                    f"({num_items}, ...) like 'scalar'"
+                )
+        return cls(scalar, sums, hidden, vectors)
+
+    @property
+    def device(self) -> torch.device:
+        return self.hidden.device
+
+    @property
+    def num_items(self) -> int:
+        return int(self.hidden.shape[0])
+
+
+def _user_on(device: torch.device, vector: np.ndarray, size: int, name: str) -> torch.Tensor:
+    array = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
+    if array.size != size:
+        raise ValueError(f"{name} has {array.size} values, the item tables expect {size}")
+    return torch.from_numpy(array).to(device)
+
+
+def _rows(item_rows: np.ndarray | None) -> np.ndarray | None:
+    return None if item_rows is None else np.ascontiguousarray(item_rows, dtype=np.int64)
+
+
+def crossing_deepfm_cuda(
+    user_scalar: float,
+    user_sum: np.ndarray,
+    user_hidden: np.ndarray,
+    tables: DeviceItemTables,
+    item_rows: np.ndarray | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_core.crossing_deepfm`` on the GPU: (linear [N], relu(h_U + h_I) [N, H1]) as CUDA
+    tensors on the tables' device and torch's current stream. ``item_rows`` (host, None =
+    all) outside ``[0, I)`` raise ``IndexError`` before anything runs."""
+    dev = tables.device
+    D, H1 = tables.sum.shape[1], tables.hidden.shape[1]
+    usum = _user_on(dev, user_sum, D, "user_sum")
+    uhid = _user_on(dev, user_hidden, H1, "user_hidden")
+    rows = _rows(item_rows)
+    N = tables.num_items if rows is None else rows.shape[0]
+    linear = torch.empty(N, dtype=torch.float32, device=dev)
+    hidden = torch.empty((N, H1), dtype=torch.float32, device=dev)
+    with torch.cuda.device(dev):
+        _core.cuda_crossing_deepfm(
+            float(user_scalar), usum.data_ptr(), uhid.data_ptr(), tables.scalar.data_ptr(),
+            tables.sum.data_ptr(), tables.hidden.data_ptr(), tables.num_items, D, H1, rows,
+            linear.data_ptr(), hidden.data_ptr(), torch.cuda.current_stream().cuda_stream,
+        )  # fmt: skip
+    return linear, hidden
+
+
+def crossing_dcn_first_cuda(
+    user_x0: np.ndarray,
+    user_hidden: np.ndarray,
+    tables: DeviceItemTables,
+    item_rows: np.ndarray | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_core.crossing_dcn_first`` on the GPU: (x0 [N, D], x1 [N, D]) as CUDA tensors;
+    rows as for :func:`crossing_deepfm_cuda`."""
+    dev = tables.device
+    DI = tables.vectors.shape[1]
+    D = tables.hidden.shape[1]
+    ux0 = _user_on(dev, user_x0, D - DI, "user_x0")
+    uhid = _user_on(dev, user_hidden, D, "user_hidden")
+    rows = _rows(item_rows)
+    N = tables.num_items if rows is None else rows.shape[0]
+    x0 = torch.empty((N, D), dtype=torch.float32, device=dev)
+    x1 = torch.empty((N, D), dtype=torch.float32, device=dev)
+    with torch.cuda.device(dev):
+        _core.cuda_crossing_dcn_first(
+            ux0.data_ptr(), uhid.data_ptr(), tables.vectors.data_ptr(), tables.hidden.data_ptr(),
+            tables.num_items, D - DI, DI, rows, x0.data_ptr(), x1.data_ptr(),
+            torch.cuda.current_stream().cuda_stream,
+        )  # fmt: skip
+    return x0, x1
 
 
 def _terms(block: CrossingBlock) -> tuple[bool, bool, bool]:
@@ -233,6 +346,19 @@ class _Crossing:
             )
         )
 
+    device_items: DeviceItemTables | None = None
+
+    def to_device(self, device: torch.device | str | None = None) -> _Crossing:
+        """Upload the item tables to a CUDA device once (for :meth:`cross_on_device`);
+        raises ``RuntimeError`` where CUDA is not usable. The head is not moved."""
+        self.device_items = DeviceItemTables.upload(self.items, device)
+        return self
+
+    def _device_tables(self) -> DeviceItemTables:
+        if self.device_items is None:
+            raise RuntimeError("the item tables are not on a device; call to_device() first")
+        return self.device_items
+
     @property
     def num_items(self) -> int:
         return int(self.items.scalar.shape[0])
@@ -306,6 +432,14 @@ class FieldCrossing(_Crossing):
             user.scalar, user.sum, user.hidden, items.scalar, items.sum, items.hidden, rows
         )
 
+    def cross_on_device(
+        self, user: UserPart, item_rows: np.ndarray | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`cross` on the device tables (:meth:`to_device`): CUDA tensors."""
+        return crossing_deepfm_cuda(
+            user.scalar, user.sum, user.hidden, self._device_tables(), item_rows
+        )
+
     def head_inputs(
         self, user_features: np.ndarray, item_rows: np.ndarray | None
     ) -> tuple[HeadRows, torch.Tensor | None]:
@@ -337,6 +471,12 @@ class DCNCrossing(_Crossing):
         return _core.crossing_dcn_first(
             user.vectors, user.hidden, items.vectors, items.hidden, rows
         )
+
+    def cross_on_device(
+        self, user: UserPart, item_rows: np.ndarray | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`cross` on the device tables (:meth:`to_device`): CUDA tensors."""
+        return crossing_dcn_first_cuda(user.vectors, user.hidden, self._device_tables(), item_rows)
 
     def head_inputs(
         self, user_features: np.ndarray, item_rows: np.ndarray | None

@@ -29,8 +29,22 @@ norms) and pass it as ``items``; the CPU scan then reads half the bytes and the 
 still exactly the float32 one (see :class:`ItemMatrix`).
 
 Backends: ``"cpu"`` always; ``"cuda"`` when recserve was built with ``RECSERVE_WITH_CUDA=ON``
-and a GPU (and a CUDA build of PyTorch, which owns the device memory) is present. The CUDA
-path copies numpy inputs to the current torch device and the results back.
+and a GPU (and a CUDA build of PyTorch, which owns the device memory) is present.
+``backend="auto"`` picks CUDA then (for k <= ``CUDA_MAX_K``), else the CPU; ``"cuda"`` where it
+is absent raises ``RuntimeError`` saying why (:func:`resolve_backend`). Inputs and outputs:
+
+* numpy (or anything array-like) in, numpy out, on either backend: the CUDA path copies the
+  inputs to the current torch device and the results back;
+* torch CUDA tensors (or any object with ``__dlpack__`` on a CUDA device) in, torch CUDA
+  tensors out, on the input's device and torch's current stream, with no host copy (only the
+  exclusion lists, host data from a request, are checked on the host and uploaded);
+* a :class:`DeviceItemMatrix` holds a catalog resident on the device (float32 or bfloat16),
+  uploaded once when a model loads. On the GPU a bfloat16 table is scanned as is: scores are
+  those of the bfloat16 items (float32 arithmetic), not re-scored in float32 as the CPU's
+  :class:`ItemMatrix` path does.
+
+The CUDA kernels (``csrc/cuda/``) select in registers and shared memory (a block-select, as
+FAISS's BlockSelect) and never sort or materialise the ``[B, N]`` scores of an inner product.
 """
 
 from __future__ import annotations
@@ -49,12 +63,16 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "CUDA_MAX_K",
     "HAS_CUDA",
     "SIMD_LEVEL",
     "SUPPORTED_SIMD_LEVELS",
     "Backend",
+    "DeviceItemMatrix",
     "ItemMatrix",
     "available_backends",
+    "require_cuda",
+    "resolve_backend",
     "topk_inner_product",
     "topk_scores",
 ]
@@ -68,7 +86,11 @@ SIMD_LEVEL: str = str(_core.SIMD_LEVEL)
 SUPPORTED_SIMD_LEVELS: tuple[str, ...] = tuple(_core.SUPPORTED_SIMD_LEVELS)
 """Levels this CPU can run, from ``"scalar"`` up."""
 
+CUDA_MAX_K: int = int(getattr(_core, "CUDA_MAX_K", 0))
+"""Largest k the CUDA kernels take (0 without CUDA); ``"auto"`` uses the CPU above it."""
+
 Backend = Literal["auto", "cpu", "cuda"]
+BACKENDS: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 TopkResult = tuple[NDArray[np.float32], NDArray[np.int64]]
 
@@ -87,6 +109,36 @@ def _available_backends() -> tuple[str, ...]:
         if torch.cuda.is_available():
             return ("cpu", "cuda")
     return ("cpu",)
+
+
+def require_cuda() -> None:
+    """Raise ``RuntimeError`` saying why unless the CUDA backend is usable here."""
+    if not HAS_CUDA:
+        raise RuntimeError(
+            "recserve was built without CUDA; rebuild with RECSERVE_WITH_CUDA=ON "
+            "(pip install . -Ccmake.define.RECSERVE_WITH_CUDA=ON, or RECSERVE_WITH_CUDA=ON "
+            "in the environment) or use the CPU backend"
+        )
+    if "cuda" not in _available_backends():
+        raise RuntimeError(
+            "recserve was built with CUDA but there is no CUDA device usable here (it needs a "
+            "visible GPU and a CUDA build of PyTorch); use the CPU backend"
+        )
+
+
+def resolve_backend(backend: str) -> str:
+    """The backend ``backend`` (``"auto"``, ``"cpu"`` or ``"cuda"``) stands for here:
+    ``"cuda"`` or ``"cpu"``. ``"auto"`` is CUDA when recserve was built with it and a device
+    is usable, else the CPU; ``"cuda"`` where that is not so raises ``RuntimeError``
+    (:func:`require_cuda`); anything else raises ``ValueError``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto', 'cpu' or 'cuda', got {backend!r}")
+    if backend == "cuda":
+        require_cuda()
+        return "cuda"
+    if backend == "auto" and "cuda" in _available_backends():
+        return "cuda"
+    return "cpu"
 
 
 class ItemMatrix:
@@ -123,6 +175,55 @@ class ItemMatrix:
         return f"ItemMatrix(shape={self.shape}, storage={storage})"
 
 
+class DeviceItemMatrix:
+    """Item vectors ``[N, D]`` resident on a CUDA device, as float32 or bfloat16.
+
+    Build it once, when a model loads (the upload is the only host-to-device copy of the
+    catalog), and pass it as ``items`` to :func:`topk_inner_product`. ``items`` may be
+    array-like (copied to the device once) or a CUDA tensor / DLPack object (converted on the
+    device). ``dtype="bfloat16"`` rounds to nearest-even bfloat16 and halves the bytes the
+    scan reads; scores are then those of the rounded items. Raises ``RuntimeError`` where
+    CUDA is not usable (:func:`require_cuda`).
+    """
+
+    def __init__(
+        self,
+        items: object,
+        *,
+        dtype: Literal["float32", "bfloat16"] = "float32",
+        device: object = None,
+    ) -> None:
+        require_cuda()
+        import torch
+
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+        target = torch.float32 if dtype == "float32" else torch.bfloat16
+        tensor = _device_tensor(items)
+        if device is None:
+            device = tensor.device if tensor is not None else torch.cuda.current_device()
+        dev = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+        if dev.type != "cuda":
+            raise ValueError(f"a DeviceItemMatrix lives on a CUDA device, got {dev}")
+        if tensor is None:
+            tensor = torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32)).to(dev)
+        if tensor.ndim != 2:
+            raise ValueError(f"items must be 2-D [N, D], got shape {tuple(tensor.shape)}")
+        self.data: torch.Tensor = tensor.to(device=dev, dtype=target).contiguous()
+        self.dtype = dtype
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    def __repr__(self) -> str:
+        return f"DeviceItemMatrix(shape={self.shape}, dtype={self.dtype}, device={self.device})"
+
+
 def topk_scores(
     scores: ArrayLike,
     k: int,
@@ -144,8 +245,14 @@ def topk_scores(
         ``(values, indices)``: float32 and int64 arrays of shape ``[B, k]`` (``[k]`` for
         1-D input), following the module's result contract.
     """
-    matrix, one_row = _as_rows(scores, "scores")
     k = operator.index(k)
+    on_device = _device_tensor(scores)
+    if on_device is not None:
+        _device_backend(backend, "scores")
+        rows, one_row = _tensor_rows(on_device, "scores")
+        values_d, indices_d = _cuda_select_scores(rows, k, _exclude_csr(exclude, rows.shape[0]))
+        return (values_d[0], indices_d[0]) if one_row else (values_d, indices_d)
+    matrix, one_row = _as_rows(scores, "scores")
     indptr, ids = _exclude_csr(exclude, matrix.shape[0])
     if _use_cuda(backend, k):
         values, indices = _cuda_topk_scores(matrix, k, indptr, ids)
@@ -171,7 +278,8 @@ def topk_inner_product(
     Args:
         queries: ``[B, D]`` query vectors (or ``[D]`` for one query), converted to float32.
         items: ``[N, D]`` item vectors, converted to float32, or an :class:`ItemMatrix`
-            (with a bfloat16 copy, the CPU scan reads it; the result is the same).
+            (with a bfloat16 copy, the CPU scan reads it; the result is the same), or a
+            :class:`DeviceItemMatrix` / CUDA tensor (float32 or bfloat16) on the device.
         k: how many to return per query, ``>= 0``; ``k > N`` pads.
         exclude: ``None`` or, per query, item indices in ``[0, N)`` never to return
             (e.g. the items a user has already seen).
@@ -183,12 +291,15 @@ def topk_inner_product(
         ``(values, indices)``: float32 and int64 arrays of shape ``[B, k]`` (``[k]`` for
         1-D queries), following the module's result contract.
     """
+    k = operator.index(k)
+    queries_d = _device_tensor(queries)
+    if isinstance(items, DeviceItemMatrix) or queries_d is not None:
+        return _device_inner_product(queries, queries_d, items, k, exclude, backend)
     query_rows, one_row = _as_rows(queries, "queries")
     matrix = items if isinstance(items, ItemMatrix) else None
     item_rows = matrix.float32 if matrix is not None else np.ascontiguousarray(items, np.float32)
     if item_rows.ndim != 2:
         raise ValueError(f"items must be 2-D [N, D], got shape {item_rows.shape}")
-    k = operator.index(k)
     indptr, ids = _exclude_csr(exclude, query_rows.shape[0])
     if _use_cuda(backend, k):
         values, indices = _cuda_topk_inner_product(query_rows, item_rows, k, indptr, ids)
@@ -242,27 +353,50 @@ def _exclude_csr(
 
 
 def _use_cuda(backend: str, k: int) -> bool:
-    if backend == "cpu":
+    """For host inputs: whether to run on CUDA (``"auto"``: only for k <= CUDA_MAX_K)."""
+    if resolve_backend(backend) != "cuda":
         return False
-    if backend == "cuda":
-        if not HAS_CUDA:
-            raise RuntimeError(
-                "recserve was built without CUDA; rebuild with RECSERVE_WITH_CUDA=ON "
-                "or use backend='cpu'"
-            )
-        if "cuda" not in _available_backends():
-            raise RuntimeError(
-                "recserve was built with CUDA but no GPU is usable here (needs a device and "
-                "a CUDA build of PyTorch); use backend='cpu'"
-            )
-        return True
-    if backend == "auto":
-        return k <= _core_cuda_max_k() and "cuda" in _available_backends()
-    raise ValueError(f"backend must be 'auto', 'cpu' or 'cuda', got {backend!r}")
+    return backend == "cuda" or k <= CUDA_MAX_K
 
 
-def _core_cuda_max_k() -> int:
-    return int(getattr(_core, "CUDA_MAX_K", 0))
+def _device_backend(backend: str, name: str) -> None:
+    """Device inputs run on CUDA: ``backend`` must allow it."""
+    if resolve_backend(backend) == "cuda":
+        return
+    if backend == "cpu":
+        raise ValueError(
+            f"{name} is on a CUDA device but backend='cpu'; pass backend='auto' or 'cuda', "
+            f"or move {name} to the host (.cpu().numpy())"
+        )
+    require_cuda()  # "auto" without CUDA: say why
+
+
+def _device_tensor(x: object) -> torch.Tensor | None:
+    """``x`` as a torch tensor when it lives on a CUDA device (a torch tensor, or any object
+    with ``__dlpack__``; no copy), else None (host data: numpy, lists, CPU tensors)."""
+    if isinstance(x, np.ndarray) or not hasattr(x, "__dlpack_device__"):
+        return None
+    device_type = x.__dlpack_device__()[0]  # type: ignore[attr-defined]
+    if device_type not in (_DLPACK_CUDA, _DLPACK_CUDA_MANAGED):
+        return None
+    require_cuda()
+    import torch
+
+    return x if isinstance(x, torch.Tensor) else torch.from_dlpack(x)
+
+
+_DLPACK_CUDA = 2  # DLDeviceType kDLCUDA
+_DLPACK_CUDA_MANAGED = 13  # kDLCUDAManaged
+
+
+def _tensor_rows(x: torch.Tensor, name: str) -> tuple[torch.Tensor, bool]:
+    """float32 contiguous [B, M] on x's device; 1-D becomes one row (and is flagged)."""
+    import torch
+
+    if x.ndim not in (1, 2):
+        raise ValueError(f"{name} must be 1-D or 2-D, got shape {tuple(x.shape)}")
+    rows = x.to(torch.float32).contiguous()  # on the device: no host copy
+    return (rows.unsqueeze(0), True) if x.ndim == 1 else (rows, False)
 
 
 def _check_k(k: int) -> None:
@@ -270,22 +404,84 @@ def _check_k(k: int) -> None:
         raise ValueError(f"k must be >= 0, got k={k}")
 
 
+CSR = tuple["NDArray[np.int64]", "NDArray[np.int64]"] | tuple[None, None]
+
+
 def _cuda_exclude(
-    indptr: NDArray[np.int64] | None,
-    ids: NDArray[np.int64] | None,
-    num_rows: int,
-    num_items: int,
-    device: torch.device,
+    csr: CSR, num_rows: int, num_items: int, device: torch.device
 ) -> tuple[list[torch.Tensor], int, int, int]:
-    """Check the CSR on the host, upload it; returns (keep-alive, indptr, ids, nnz)."""
+    """Check the CSR on the host, sort each row (the kernels binary-search it), upload it;
+    returns (keep-alive, indptr pointer, ids pointer, nnz)."""
     import torch
 
+    indptr, ids = csr
     if indptr is None or ids is None or ids.size == 0:
         return [], 0, 0, 0
     _core.check_exclude_csr(indptr, ids, num_rows, num_items)
+    row_of = np.repeat(np.arange(num_rows, dtype=np.int64), np.diff(indptr))
+    ids = np.ascontiguousarray(ids[np.lexsort((ids, row_of))])
     indptr_d = torch.from_numpy(indptr).to(device)
     ids_d = torch.from_numpy(ids).to(device)
     return [indptr_d, ids_d], indptr_d.data_ptr(), ids_d.data_ptr(), int(ids.size)
+
+
+def _outputs(B: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    values = torch.empty((B, k), dtype=torch.float32, device=device)
+    indices = torch.empty((B, k), dtype=torch.int64, device=device)
+    return values, indices
+
+
+def _cuda_select_scores(
+    scores: torch.Tensor, k: int, csr: CSR
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of device scores [B, N] (float32, contiguous) -> device (values, indices)."""
+    import torch
+
+    _check_k(k)
+    device = scores.device
+    B, N = scores.shape
+    with torch.cuda.device(device):
+        alive, indptr_p, ids_p, nnz = _cuda_exclude(csr, B, N, device)
+        values, indices = _outputs(B, k, device)
+        _core.cuda_topk_scores(
+            scores.data_ptr(), B, N, k, indptr_p, ids_p, nnz,
+            values.data_ptr(), indices.data_ptr(), torch.cuda.current_stream().cuda_stream,
+        )  # fmt: skip
+    del alive  # freed in stream order: torch's allocator reuses it only after the kernel
+    return values, indices
+
+
+def _cuda_select_inner_product(
+    queries: torch.Tensor, items: torch.Tensor, k: int, csr: CSR
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of device queries [B, D] (float32) @ items [N, D].T (float32 or bfloat16)."""
+    import torch
+
+    _check_k(k)
+    if queries.device != items.device:
+        raise ValueError(f"queries are on {queries.device} but items on {items.device}")
+    if items.dtype not in (torch.float32, torch.bfloat16):
+        items = items.to(torch.float32)
+    items = items.contiguous()
+    if items.ndim != 2 or queries.shape[1] != items.shape[1]:
+        raise ValueError(
+            "queries and items must have the same dimension D, got "
+            f"queries {tuple(queries.shape)} and items {tuple(items.shape)}"
+        )
+    device = queries.device
+    (B, D), N = queries.shape, items.shape[0]
+    with torch.cuda.device(device):
+        alive, indptr_p, ids_p, nnz = _cuda_exclude(csr, B, N, device)
+        values, indices = _outputs(B, k, device)
+        _core.cuda_topk_inner_product(
+            queries.data_ptr(), items.data_ptr(), B, N, D, k, indptr_p, ids_p, nnz,
+            values.data_ptr(), indices.data_ptr(), torch.cuda.current_stream().cuda_stream,
+            items.dtype == torch.bfloat16,
+        )  # fmt: skip
+    del alive
+    return values, indices
 
 
 def _cuda_topk_scores(
@@ -294,23 +490,12 @@ def _cuda_topk_scores(
     indptr: NDArray[np.int64] | None,
     ids: NDArray[np.int64] | None,
 ) -> TopkResult:
+    """Host scores on the GPU: upload, select, copy the results back."""
     import torch
 
-    _check_k(k)
-    device = torch.device("cuda", torch.cuda.current_device())
-    B, N = scores.shape
-    scores_d = torch.from_numpy(scores).to(device)
-    alive, indptr_p, ids_p, nnz = _cuda_exclude(indptr, ids, B, N, device)
-    values = torch.empty((B, k), dtype=torch.float32, device=device)
-    indices = torch.empty((B, k), dtype=torch.int64, device=device)
-    stream = torch.cuda.current_stream(device).cuda_stream
-    _core.cuda_topk_scores(
-        scores_d.data_ptr(), B, N, k, indptr_p, ids_p, nnz,
-        values.data_ptr(), indices.data_ptr(), stream,
-    )  # fmt: skip
-    result = values.cpu().numpy(), indices.cpu().numpy()  # synchronises the stream
-    del alive, scores_d
-    return result
+    scores_d = torch.from_numpy(scores).to(torch.device("cuda", torch.cuda.current_device()))
+    values, indices = _cuda_select_scores(scores_d, k, (indptr, ids))  # type: ignore[arg-type]
+    return values.cpu().numpy(), indices.cpu().numpy()  # synchronises the stream
 
 
 def _cuda_topk_inner_product(
@@ -320,26 +505,52 @@ def _cuda_topk_inner_product(
     indptr: NDArray[np.int64] | None,
     ids: NDArray[np.int64] | None,
 ) -> TopkResult:
+    """Host queries and items on the GPU: upload both, select, copy the results back."""
     import torch
 
-    _check_k(k)
     if queries.shape[1] != items.shape[1]:
         raise ValueError(
             "queries and items must have the same dimension D, got "
             f"queries {queries.shape} and items {items.shape}"
         )
     device = torch.device("cuda", torch.cuda.current_device())
-    (B, D), N = queries.shape, items.shape[0]
     queries_d = torch.from_numpy(queries).to(device)
     items_d = torch.from_numpy(items).to(device)
-    alive, indptr_p, ids_p, nnz = _cuda_exclude(indptr, ids, B, N, device)
-    values = torch.empty((B, k), dtype=torch.float32, device=device)
-    indices = torch.empty((B, k), dtype=torch.int64, device=device)
-    stream = torch.cuda.current_stream(device).cuda_stream
-    _core.cuda_topk_inner_product(
-        queries_d.data_ptr(), items_d.data_ptr(), B, N, D, k, indptr_p, ids_p, nnz,
-        values.data_ptr(), indices.data_ptr(), stream,
-    )  # fmt: skip
-    result = values.cpu().numpy(), indices.cpu().numpy()  # synchronises the stream
-    del alive, queries_d, items_d
-    return result
+    values, indices = _cuda_select_inner_product(queries_d, items_d, k, (indptr, ids))  # type: ignore[arg-type]
+    return values.cpu().numpy(), indices.cpu().numpy()  # synchronises the stream
+
+
+def _device_inner_product(
+    queries: object,
+    queries_d: torch.Tensor | None,
+    items: object,
+    k: int,
+    exclude: Sequence[ArrayLike] | None,
+    backend: str,
+) -> TopkResult | tuple[torch.Tensor, torch.Tensor]:
+    """topk_inner_product with device items or device queries: results on the device for
+    device queries, numpy for host queries."""
+    import torch
+
+    _device_backend(backend, "items" if queries_d is None else "queries")
+    if isinstance(items, DeviceItemMatrix):
+        items_d = items.data
+    else:
+        items_d = _device_tensor(items)
+        if items_d is None:
+            raise ValueError(
+                "queries are on a CUDA device, so items must be too: pass a DeviceItemMatrix "
+                "(uploaded once) or a CUDA tensor"
+            )
+    host = queries_d is None
+    if host:
+        rows_np, one_row = _as_rows(queries, "queries")
+        rows = torch.from_numpy(rows_np).to(items_d.device)
+    else:
+        rows, one_row = _tensor_rows(queries_d, "queries")
+    values, indices = _cuda_select_inner_product(
+        rows, items_d, k, _exclude_csr(exclude, rows.shape[0])
+    )
+    if host:
+        values, indices = values.cpu().numpy(), indices.cpu().numpy()  # type: ignore[assignment]
+    return (values[0], indices[0]) if one_row else (values, indices)  # type: ignore[return-value]
