@@ -77,7 +77,7 @@ class RunningServer:
 def build_server(options: ServeOptions) -> RunningServer:
     """Bind and start the server (health NOT_SERVING); models are loaded by the caller."""
     # --device cuda where CUDA is not usable fails the start, before anything binds.
-    kernels.resolve_backend(options.device)
+    device = kernels.resolve_backend(options.device)
     # Security flags are checked before anything binds: a mistake leaves nothing listening.
     credentials = server_credentials(options)
     interceptors: list[grpc.ServerInterceptor] = [ExceptionToStatusInterceptor()]
@@ -94,6 +94,7 @@ def build_server(options: ServeOptions) -> RunningServer:
         options.head_dtype,
         metrics=metrics,
         keep_versions=options.keep_versions,
+        device=device,
         make_runner=runner_factory(
             options.max_batch_size, options.max_batch_delay, metrics.observe_batch
         ),

@@ -87,6 +87,7 @@ class ModelRepository:
         make_runner: RunnerFactory | None = None,
         metrics: Metrics | None = None,
         keep_versions: int = 1,
+        device: str = "cpu",
     ) -> None:
         if keep_versions < 1:
             raise ValueError(f"keep_versions must be at least 1; got {keep_versions}")
@@ -94,6 +95,7 @@ class ModelRepository:
         self._make_runner = make_runner
         self.limits = limits
         self.head_dtype = head_dtype  # of the rankers' crossing heads
+        self.device = device  # where each loaded version's tables and head live
         self.keep_versions = keep_versions
         self._metrics = metrics
         self._default = default_model
@@ -201,7 +203,7 @@ class ModelRepository:
     def _load(self, version_dir: Path) -> LoadedModel:
         """Verify (every checksum), build the pipeline, warm it up; nothing is locked."""
         artifact = load_artifact(version_dir)
-        pipeline = make_pipeline(artifact, self.limits, self.head_dtype)
+        pipeline = make_pipeline(artifact, self.limits, self.head_dtype, self.device)
         warm_up(pipeline)
         runner = self._make_runner(pipeline) if self._make_runner else None
         return LoadedModel(artifact.name, artifact.version, pipeline, runner)

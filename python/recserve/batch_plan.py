@@ -48,8 +48,10 @@ from .request_context import RequestContext
 from .results import Ranking
 
 HEAD_ROW_MULTIPLE = 48
-# Selection runs on the host: the scores are there, and a GPU round trip only adds latency.
+# Selection over a request's own scores runs on the host: they are small, and a GPU round
+# trip only adds latency. The catalog scan of retrieval models runs where its items are.
 SCORES_BACKEND = "cpu"
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,9 @@ def run_head_rows(
     padded = -(-total // HEAD_ROW_MULTIPLE) * HEAD_ROW_MULTIPLE
     inputs = []
     for column in zip(*(work.inputs for work in works), strict=True):
-        buffer = torch.zeros((padded, *column[0].shape[1:]), dtype=column[0].dtype)  # [M, ...]
+        buffer = torch.zeros(  # [M, ...], where the rows are (host or device)
+            (padded, *column[0].shape[1:]), dtype=column[0].dtype, device=column[0].device
+        )
         start = 0
         for part, size in zip(column, sizes, strict=True):
             buffer[start : start + size] = part
@@ -134,10 +138,12 @@ def run_head_rows(
 
 
 def run_inner_products(
-    items: np.ndarray, queries: Sequence[InnerProductQuery]
+    items: np.ndarray | kernels.DeviceItemMatrix, queries: Sequence[InnerProductQuery]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(scores [k], item rows [k]) of each query's top-k over ``items`` [I, d], following
-    recserve.kernels' contract; bitwise what a query gets alone (see the module)."""
+    """(scores [k], item rows [k]) of each query's top-k over ``items`` [I, d] (host, or
+    resident on a CUDA device), following recserve.kernels' contract; on the host bitwise
+    what a query gets alone (see the module)."""
+    backend = "cuda" if isinstance(items, kernels.DeviceItemMatrix) else SCORES_BACKEND
     chunk = max(1, _core.topk_small_batch() - 1)
     results: list[tuple[np.ndarray, np.ndarray]] = []
     for start in range(0, len(queries), chunk):
@@ -149,7 +155,7 @@ def run_inner_products(
             empty = np.empty(0, dtype=np.int64)
             exclude = [empty if q.exclude is None else q.exclude for q in part]
         values, rows = kernels.topk_inner_product(
-            vectors, items, k, exclude, backend=SCORES_BACKEND
-        )  # [b, k] each
+            vectors, items, k, exclude, backend=backend
+        )  # [b, k] each, numpy
         results += [(values[i, : q.k], rows[i, : q.k]) for i, q in enumerate(part)]
     return results

@@ -395,6 +395,12 @@ class _Crossing:
         head's input rows, and the linear part [N] its logits add up with (None: none)."""
         raise NotImplementedError
 
+    def head_inputs_on_device(
+        self, user_features: np.ndarray, item_rows: np.ndarray | None
+    ) -> tuple[HeadRows, torch.Tensor | None]:
+        """:meth:`head_inputs` from the device tables (:meth:`to_device`): CUDA tensors."""
+        raise NotImplementedError
+
     def logits(self, user_features: np.ndarray, item_rows: np.ndarray | None) -> np.ndarray:
         """float32 logits [N] of one user's encoded row against item rows (None = all)."""
         rows, linear = self.head_inputs(user_features, item_rows)
@@ -446,6 +452,13 @@ class FieldCrossing(_Crossing):
         linear, hidden = self.cross(self.user_part(user_features), item_rows)
         return HeadRows((torch.from_numpy(hidden),)), torch.from_numpy(linear)
 
+    def head_inputs_on_device(
+        self, user_features: np.ndarray, item_rows: np.ndarray | None
+    ) -> tuple[HeadRows, torch.Tensor | None]:
+        """:meth:`head_inputs` from the device tables: CUDA tensors."""
+        linear, hidden = self.cross_on_device(self.user_part(user_features), item_rows)
+        return HeadRows((hidden,)), linear
+
 
 class DCNCrossing(_Crossing):
     """Scores one user against catalog item rows of a stacked DCN-v2 (block kind
@@ -483,6 +496,13 @@ class DCNCrossing(_Crossing):
     ) -> tuple[HeadRows, torch.Tensor | None]:
         x0, x1 = self.cross(self.user_part(user_features), item_rows)
         return HeadRows((torch.from_numpy(x0), torch.from_numpy(x1))), None
+
+    def head_inputs_on_device(
+        self, user_features: np.ndarray, item_rows: np.ndarray | None
+    ) -> tuple[HeadRows, torch.Tensor | None]:
+        """:meth:`head_inputs` from the device tables: CUDA tensors."""
+        x0, x1 = self.cross_on_device(self.user_part(user_features), item_rows)
+        return HeadRows((x0, x1)), None
 
 
 def crossing_from_artifact(

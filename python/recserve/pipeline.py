@@ -22,7 +22,15 @@ import torch
 
 from . import kernels
 from .artifact import Artifact
-from .batch_plan import SCORES_BACKEND, HeadRows, Prepared, run_head_rows, stage, timed_batch
+from .batch_plan import (
+    DEVICES,
+    SCORES_BACKEND,
+    HeadRows,
+    Prepared,
+    run_head_rows,
+    stage,
+    timed_batch,
+)
 from .crossing import HEAD_DTYPES, crossing_from_artifact
 from .errors import InvalidRequest
 from .request_context import RequestContext
@@ -64,6 +72,17 @@ class CatalogPipeline:
     seen_indptr: np.ndarray
     seen_items: np.ndarray
     limits: Limits
+
+    device = "cpu"
+
+    def place_on(self, device: str) -> CatalogPipeline:
+        """Moves what the catalog scan and the head read to ``device`` ("cpu" or "cuda"),
+        once, when the model loads; a subclass uploads its tables. Requests and answers
+        stay on the host."""
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
+        self.device = device
+        return self
 
     @property
     def num_items(self) -> int:
@@ -270,6 +289,22 @@ class RankerPipeline(CatalogPipeline):
                 raise InvalidRequest(str(exc)) from None
         return features, row
 
+    def place_on(self, device: str) -> RankerPipeline:
+        """On "cuda": the crossing item tables and the head (or the whole program and the
+        item feature tables, without a crossing block) move to the device once; each
+        request then crosses and runs the head there and brings back only its logits."""
+        super().place_on(device)
+        if device == "cuda":
+            kernels.require_cuda()
+            if self.crossing is not None:
+                self.crossing.to_device()
+                self.crossing.head = self.crossing.head.to("cuda")
+            else:
+                self.module = self.module.to("cuda")
+                self._item_features = self._item_features.to("cuda")
+                self._item_multi = self._item_multi.to("cuda")
+        return self
+
     # -- scoring and recommending -------------------------------------------------------
 
     def head(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -290,23 +325,27 @@ class RankerPipeline(CatalogPipeline):
         if n == 0:
             return None, lambda _: np.empty(0, dtype=np.float32)
         linear = None
+        on_device = self.device == "cuda"
         if self.crossing is not None:
             with stage(request_context, "crossing"):
-                rows, linear = self.crossing.head_inputs(user_features, item_rows)
+                if on_device:
+                    rows, linear = self.crossing.head_inputs_on_device(user_features, item_rows)
+                else:
+                    rows, linear = self.crossing.head_inputs(user_features, item_rows)
         else:
             with stage(request_context, "feature"):
                 if item_rows is None:
                     items, multi = self._item_features, self._item_multi
                 else:
-                    index = torch.from_numpy(item_rows)
+                    index = torch.from_numpy(item_rows).to(self._item_features.device)
                     items, multi = self._item_features[index], self._item_multi[index]
-                user = torch.from_numpy(user_features).unsqueeze(0).expand(n, -1)
+                user = torch.from_numpy(user_features).to(items.device).unsqueeze(0).expand(n, -1)
                 rows = HeadRows((user, items, multi))
 
         def to_scores(logits: torch.Tensor) -> np.ndarray:
             if linear is not None:
                 logits = logits + linear
-            return torch.sigmoid(logits).to(torch.float32).numpy()
+            return torch.sigmoid(logits).to(torch.float32).cpu().numpy()
 
         return rows, to_scores
 
@@ -362,16 +401,19 @@ class RankerPipeline(CatalogPipeline):
 
 
 def make_pipeline(
-    artifact: Artifact, limits: Limits | None = None, head_dtype: str = "float32"
+    artifact: Artifact,
+    limits: Limits | None = None,
+    head_dtype: str = "float32",
+    device: str = "cpu",
 ) -> CatalogPipeline:
     """The pipeline that serves an artifact's family (``head_dtype``: of a ranker's
-    crossing head, see RankerPipeline)."""
+    crossing head, see RankerPipeline), placed on ``device`` ("cpu" or "cuda")."""
     from .retrieval import RETRIEVAL_FAMILIES, make_retrieval_pipeline  # imports this module
 
     if artifact.family in RANKER_FAMILIES:
-        return RankerPipeline(artifact, limits, head_dtype=head_dtype)
+        return RankerPipeline(artifact, limits, head_dtype=head_dtype).place_on(device)
     if artifact.family in RETRIEVAL_FAMILIES:
-        return make_retrieval_pipeline(artifact, limits)
+        return make_retrieval_pipeline(artifact, limits).place_on(device)
     raise ValueError(
         f"{artifact.path}: model family {artifact.family!r} cannot be served by this recserve "
         f"(it serves: {', '.join(RANKER_FAMILIES + RETRIEVAL_FAMILIES)})"

@@ -148,10 +148,21 @@ class RetrievalPipeline(CatalogPipeline):
         vectors = self.item_vectors if item_rows is None else self.item_vectors[item_rows]
         return vectors @ user_vector
 
+    device_items: kernels.DeviceItemMatrix | None = None
+
+    def place_on(self, device: str) -> RetrievalPipeline:
+        """On "cuda": the item vectors are uploaded once and the catalog scan of Recommend
+        runs on the device (Rank's few candidates stay on the host)."""
+        super().place_on(device)
+        if device == "cuda" and self.uses_item_vectors:
+            self.device_items = kernels.DeviceItemMatrix(self.item_vectors)
+        return self
+
     def compute_batch(self, batch: Sequence[Prepared]) -> list[Any]:
         """The top-k inner products of the batch's user vectors, stacked."""
+        items = self.device_items if self.device_items is not None else self.item_vectors
         with timed_batch(batch, "topk"):
-            return run_inner_products(self.item_vectors, [p.work for p in batch])
+            return run_inner_products(items, [p.work for p in batch])
 
     def prepare_recommend(
         self,
