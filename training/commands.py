@@ -11,6 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from . import distributed
 from .checkpoint import checkpoint_path, load_checkpoint
 from .data import (
     SCHEMA_SUFFIXES,
@@ -88,15 +89,39 @@ def _run_dir(args: argparse.Namespace, model: str) -> Path:
     return Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _check_workers(entry: ModelEntry) -> distributed.Workers:
+    """This process's place among the workers torchrun launched; refuses what cannot run."""
+    workers = distributed.current()
+    launched = distributed.requested_world_size()
+    if launched > 1 and not workers.grouped:
+        raise SystemExit(
+            f"this process is one of {launched} (WORLD_SIZE={launched}) but joined no process "
+            "group, so every worker would train alone and write the same files; launch "
+            "`torchrun --nproc-per-node N -m recserve.training ...` (docs/distributed.md)"
+        )
+    if workers.world_size > 1 and entry.task != "ctr":
+        rankers = ", ".join(name for name, e in MODELS.items() if e.task == "ctr")
+        raise SystemExit(
+            f"{entry.name} trains on one process only; training on several processes "
+            f"supports the CTR rankers ({rankers}). Run it with --nproc-per-node 1 or "
+            f"`recserve train --model {entry.name}`"
+        )
+    return workers
+
+
 def train_command(args: argparse.Namespace) -> int:
     entry = MODELS.get(args.model)
     if entry is None:
         raise SystemExit(f"unknown model {args.model!r}; available: {', '.join(sorted(MODELS))}")
+    workers = _check_workers(entry)
+    report = print_stderr if workers.is_main else _silent
     overrides = {"epochs": args.epochs, "seed": args.seed}
     resume = getattr(args, "resume", False)
     run = None
     if entry.checkpoints:
-        run = RunOptions(_run_dir(args, entry.name), resume, args.data, str(args.data_dir))
+        # worker 0's choice (a default run dir is named by the clock)
+        run_dir = distributed.broadcast_object(_run_dir(args, entry.name), workers)
+        run = RunOptions(run_dir, resume, args.data, str(args.data_dir))
     elif resume:
         raise SystemExit(
             f"{entry.name} does not write checkpoints (it trains in one pass); "
@@ -116,15 +141,22 @@ def train_command(args: argparse.Namespace) -> int:
         run = dataclasses.replace(run, data=args.data, data_dir=str(args.data_dir))
     else:
         config = read_config(entry.config_type, args.config, overrides)
+    # the first worker of each machine loads (and fetches) the data before the others
+    if workers.grouped and workers.local_rank != 0:
+        distributed.barrier()
     data = load_data(args.data, args.data_dir)
-    print_stderr(
-        f"training {entry.name} on {data.name}: {data.user_id.size:,} interactions, "
+    if workers.grouped and workers.local_rank == 0:
+        distributed.barrier()
+    group = f" on {workers.world_size} processes ({workers.device})" if workers.grouped else ""
+    report(
+        f"training {entry.name} on {data.name}{group}: {data.user_id.size:,} interactions, "
         f"{data.users.user_id.size:,} users, {data.items.item_id.size:,} items"
         + (f"; run dir {run.run_dir}" + (" (resuming)" if resume else "") if run else "")
     )
     extra = (run,) if run is not None else ()
+    progress = sys.stderr.isatty() and workers.is_main
     try:
-        trained = entry.train(data, config, print_stderr, sys.stderr.isatty(), *extra)
+        trained = entry.train(data, config, report, progress, *extra)
     except ValueError as error:  # the data cannot train this model; the message says why
         raise SystemExit(f"error: {error}") from None
     except RuntimeError as error:
@@ -134,10 +166,16 @@ def train_command(args: argparse.Namespace) -> int:
             f"error: the checkpoint in {run.run_dir} does not fit this model and data "
             f"({str(error).splitlines()[0]}); start a new run without --resume"
         ) from None
-    _print_headline(entry, trained.metrics)
-    path = trained.export(args.model_repo, args.name or entry.name, data.name)
-    print(f"exported {path}")
+    if workers.is_main:  # one artifact; the others wait until it is written
+        _print_headline(entry, trained.metrics)
+        path = trained.export(args.model_repo, args.name or entry.name, data.name)
+        print(f"exported {path}")
+    distributed.barrier()
     return 0
+
+
+def _silent(message: str) -> None:
+    pass
 
 
 def _print_headline(entry: ModelEntry, m: dict[str, float]) -> None:

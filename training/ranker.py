@@ -16,6 +16,7 @@ from torch import nn
 from recserve.artifact import Artifact
 from recserve.crossing import crossing_from_artifact
 
+from . import distributed
 from .data import InteractionData
 from .export import export_ranker
 from .features import EncodedData, encode_movielens, random_split
@@ -49,8 +50,9 @@ def _metrics(
     model: nn.Module, inputs: RankerInputs, rows: tuple[np.ndarray, ...], history: list[EpochLog]
 ) -> dict[str, float]:
     _, val_rows, test_rows = rows
-    val = evaluate(model, inputs, val_rows)
-    test = evaluate(model, inputs, test_rows)
+    workers = distributed.current()  # in a process group: scored in parts, gathered
+    val = evaluate(model, inputs, val_rows, workers)
+    test = evaluate(model, inputs, test_rows, workers)
     best = max(history, key=lambda h: h.val_auc) if history else None
     return {
         "test_auc": test["auc"],

@@ -5,6 +5,11 @@ are one dataclass per model (``TrainConfig`` and its subclasses). With a run dir
 every epoch writes a checkpoint (``training.checkpoint``) and the training curves
 (``training.curves``), and ``resume=True`` continues from the checkpoint to the same
 weights as an uninterrupted run.
+
+Under ``torchrun`` (``python -m recserve.training``) ``fit`` trains the model wrapped in
+``DistributedDataParallel``, each worker on its part of every global batch; the rules are
+in ``training.distributed`` and docs/distributed.md. Without a process group nothing of
+that runs and the result is the one-process result.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoint import (
     CURVES,
     checkpoint_path,
@@ -169,19 +175,35 @@ class RankerInputs:
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module, inputs: RankerInputs, rows: np.ndarray, batch: int = 8192
+    model: nn.Module,
+    inputs: RankerInputs,
+    rows: np.ndarray,
+    batch: int = 8192,
+    workers: distributed.Workers | None = None,
 ) -> np.ndarray:
-    """Probabilities for interaction rows, in row order."""
+    """Probabilities for interaction rows, in row order. With ``workers`` of a process
+    group, each worker scores its part of ``rows`` and every worker gets them all."""
+    if workers is not None and workers.grouped:
+        part = predict(model, inputs, distributed.split_rows(rows, workers), batch)
+        return distributed.gather_rows(part, rows.size, workers)
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for start in range(0, rows.size, batch):
-        user, item, multi, _ = inputs.batch(torch.from_numpy(rows[start : start + batch]))
-        out.append(torch.sigmoid(model(user, item, multi)).numpy())
+        index = torch.from_numpy(rows[start : start + batch])
+        user, item, multi, _ = (t.to(device) for t in inputs.batch(index))
+        out.append(torch.sigmoid(model(user, item, multi)).cpu().numpy())
     return np.concatenate(out) if out else np.empty(0, dtype=np.float32)
 
 
-def evaluate(model: nn.Module, inputs: RankerInputs, rows: np.ndarray) -> dict[str, float]:
-    probabilities = predict(model, inputs, rows)
+def evaluate(
+    model: nn.Module,
+    inputs: RankerInputs,
+    rows: np.ndarray,
+    workers: distributed.Workers | None = None,
+) -> dict[str, float]:
+    """AUC and LogLoss of ``rows``; with ``workers``, scored in parts (see ``predict``)."""
+    probabilities = predict(model, inputs, rows, workers=workers)
     labels = inputs.labels[torch.from_numpy(rows)].numpy()
     return {"auc": roc_auc(labels, probabilities), "logloss": log_loss(labels, probabilities)}
 
@@ -216,9 +238,14 @@ def fit(
     ``config.embedding_l2 > 0``. With ``run_dir``, each epoch writes
     ``checkpoint.pt`` (with ``run_info``, e.g. the model name and data set, stored
     beside the state) and ``curves.png``; ``resume`` continues from that checkpoint.
+
+    In a process group (``training.distributed``) every worker calls ``fit``; worker 0
+    alone writes the run directory and calls ``on_epoch``.
     """
+    workers = distributed.current()
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
+    model.to(workers.device)
     optimizer = make_optimizer(model, config)
     loss_fn = nn.BCEWithLogitsLoss()
     train_index = torch.from_numpy(train_rows)
@@ -241,9 +268,12 @@ def fit(
         if stale >= config.patience:
             first_epoch = config.epochs + 1  # it had stopped early; nothing left to do
 
+    train_model = _data_parallel(model, workers)
     started = time.perf_counter()
     for epoch in range(first_epoch, config.epochs + 1):
         model.train()
+        if workers.rank > 0:  # worker 0 keeps the one-process (checkpointed) stream
+            torch.manual_seed(distributed.worker_seed(config.seed, workers.rank, epoch))
         start = time.perf_counter()
         order = train_index[torch.randperm(train_index.numel(), generator=generator)]
         batches = order.split(config.batch_size)
@@ -256,19 +286,33 @@ def fit(
         )
         total_loss, seen = 0.0, 0
         for index in bar:
-            user, item, multi, labels = inputs.batch(index)
-            logits = model(user, item, multi)
+            part = distributed.shard(index, workers)  # all of it with one worker
+            rows = part.numel()
+            if rows == 0:  # a last batch smaller than the group: one row, weighted 0
+                part = index[:1]
+            user, item, multi, labels = (t.to(workers.device) for t in inputs.batch(part))
+            logits = train_model(user, item, multi)
             loss = loss_fn(logits, labels)
             if config.embedding_l2 > 0:
                 loss = loss + config.embedding_l2 * model.embedding_penalty(user, item, multi)
+            objective = loss
+            if workers.world_size > 1:  # DDP averages: weight by the share of the batch
+                objective = loss * distributed.share_weight(rows, index.numel(), workers)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             optimizer.step()
-            total_loss += loss.item() * index.numel()
-            seen += index.numel()
+            total_loss += loss.item() * rows
+            seen += rows
             elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", rows_per_s=f"{seen / elapsed:,.0f}")
-        val = evaluate(model, inputs, val_rows)
+            bar.set_postfix(
+                loss=f"{total_loss / max(seen, 1):.4f}", rows_per_s=f"{seen / elapsed:,.0f}"
+            )
+        total_loss, seen = distributed.all_reduce_sums([total_loss, seen], workers)
+        val = evaluate(model, inputs, val_rows, workers)
+        # worker 0's numbers decide for everyone, so early stopping cannot disagree
+        val["auc"], val["logloss"] = distributed.broadcast_floats(
+            [val["auc"], val["logloss"]], workers
+        )
         now = time.perf_counter()
         epochs_done = epoch - first_epoch + 1
         log = EpochLog(
@@ -287,9 +331,9 @@ def fit(
             stale += 1
         if stale >= config.patience:
             log.remaining = 0.0
-        if on_epoch:
+        if on_epoch and workers.is_main:
             on_epoch(log)
-        if run_dir is not None:
+        if run_dir is not None and workers.is_main:
             save_checkpoint(
                 {
                     **(run_info or {}),
@@ -311,8 +355,22 @@ def fit(
             plot_curves(
                 history, Path(run_dir) / CURVES, str((run_info or {}).get("model_name", ""))
             )
+        if run_dir is not None:
+            distributed.barrier()  # the others wait for worker 0's checkpoint
         if stale >= config.patience:
             break
     model.load_state_dict(best_state)
+    model.to("cpu")  # export and the artifact are CPU-side
     model.eval()
     return history
+
+
+def _data_parallel(model: nn.Module, workers: distributed.Workers) -> nn.Module:
+    """``model`` wrapped in ``DistributedDataParallel`` inside a process group, else itself.
+    The wrapper shares the model's parameters; checkpoints keep the unwrapped state."""
+    if not workers.grouped:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [workers.device.index] if workers.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
