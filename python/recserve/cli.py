@@ -184,7 +184,12 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default=DEFAULT_TARGET, help="server host:port")
+    parser.add_argument(
+        "--target",
+        default=DEFAULT_TARGET,
+        help="server host:port; or replicas, balanced round robin with health checks and "
+        "retries: several ip:port separated by commas, or dns:///NAME:PORT (docs/deploy.md)",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
     parser.add_argument(
         "--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES, help="largest reply accepted"
@@ -237,29 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     train = sub.add_parser("train", help="train a model and export it into a repository")
-    train.add_argument("--model", default="deepfm", help="model to train (default: deepfm)")
-    train.add_argument(
-        "--data",
-        default="ml-100k",
-        help="'ml-100k' (fetched when missing), 'ml-1m' (in --data-dir), 'synthetic', a schema file (.toml/.json) of a CSV/TSV log, or a directory",
-    )
-    train.add_argument("--data-dir", type=Path, default=Path("data"))
-    train.add_argument("--model-repo", type=Path, default=Path("model-repo"))
-    train.add_argument("--name", default="", help="model name in the repository (default: --model)")
-    train.add_argument("--config", type=Path, help="JSON file of training settings")
-    train.add_argument("--epochs", type=int, help="maximum epochs (overrides --config)")
-    train.add_argument("--seed", type=int, help="random seed (overrides --config)")
-    train.add_argument(
-        "--run-dir",
-        type=Path,
-        help="where checkpoint.pt and curves.png go (default: runs/<model>-<timestamp>)",
-    )
-    train.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --run-dir (default: the newest runs/<model>-*) from its "
-        "checkpoint; --epochs may raise the maximum",
-    )
+    from recserve.training.arguments import add_train_arguments
+
+    add_train_arguments(train)
     train.set_defaults(handler=_train)
 
     export = sub.add_parser("export", help="export the best state of a training run")

@@ -7,12 +7,20 @@ Example::
     with Client("127.0.0.1:50051") as client:
         for item in client.recommend(user_id=196, k=10).items:
             print(item.item_id, item.title, round(item.score, 3))
+
+Replicas (docs/deploy.md): ``Client(["10.0.0.5:50051", "10.0.0.6:50051"])`` or
+``Client("dns:///recserve.internal:50051")`` balances calls over every replica with grpc's
+own ``round_robin`` policy, skips replicas whose health check is not SERVING, and retries a
+call that failed with UNAVAILABLE (a replica that died or is draining) on another one
+(:data:`REPLICA_SERVICE_CONFIG`).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
 from collections import namedtuple
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +33,39 @@ from .v1 import recserve_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # the server's default; see `recserve serve --help`
+SERVICE_NAME = "recserve.v1.Recommender"
+# Read-only calls, safe to send again: a retry may reach another replica.
+RETRIED_METHODS = ("Rank", "Recommend", "GetModelInfo", "ListModels")
+
+# The service config of a channel over several replicas; language-neutral JSON
+# (https://github.com/grpc/grpc/blob/master/doc/service_config.md), the same in grpc-js,
+# grpc-go and grpc-java. round_robin spreads calls over every READY replica; client-side
+# health checking (grpc.health.v1 Watch on the service's name) takes a replica out as
+# soon as it says NOT_SERVING (a graceful stop does that first); the retry policy resends
+# a call that failed with UNAVAILABLE (connection lost, replica draining or not loaded
+# yet), each attempt picked anew, so on another replica. Attempts share the call's
+# deadline; grpc never retries a call once the server has started answering it.
+# Throttling stops retries when most calls fail (every replica down), so retries cannot
+# multiply the load of an outage.
+REPLICA_SERVICE_CONFIG: dict[str, Any] = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": SERVICE_NAME},
+    "methodConfig": [
+        {
+            "name": [{"service": SERVICE_NAME, "method": m} for m in RETRIED_METHODS],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+    "retryThrottling": {"maxTokens": 100, "tokenRatio": 0.1},
+}
+# Target schemes whose name may stand for several servers.
+_MULTI_SCHEMES = ("dns:", "ipv4:", "ipv6:")
 
 
 class RecserveError(Exception):
@@ -142,6 +183,89 @@ def _read_file(path: str, argument: str) -> bytes:
         ) from None
 
 
+def _static_address(entry: str) -> tuple[str, str]:
+    """("ipv4" or "ipv6", the address as grpc's static resolvers take it) of host:port."""
+    host, sep, port = entry.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"target {entry!r}: expected host:port, e.g. 127.0.0.1:50051")
+    try:
+        address = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        raise ValueError(
+            f"target {entry!r}: a list of targets takes IP addresses (10.0.0.5:50051, "
+            "[::1]:50051); for host names use one DNS name that resolves to every replica, "
+            "e.g. dns:///recserve.internal:50051"
+        ) from None
+    if address.version == 4:
+        return "ipv4", f"{address}:{port}"
+    return "ipv6", f"[{address}]:{port}"
+
+
+def channel_target(target: str | Sequence[str]) -> tuple[str, bool]:
+    """The grpc target of ``target``, and whether it may name several servers.
+
+    ``target`` is ``host:port`` (one server, as always), a grpc target with a scheme
+    (``dns:///name:port``, ``ipv4:a:p,b:p``, ``unix:path``...), or several ``ip:port``
+    given as a list or one comma-separated string, which becomes grpc's static-list target
+    ``ipv4:a:p,b:p`` (or ``ipv6:``). Raises ValueError for an empty or malformed list."""
+    if isinstance(target, str):
+        if "," not in target or target.startswith(_MULTI_SCHEMES):
+            return target, target.startswith(_MULTI_SCHEMES)
+        entries = [e.strip() for e in target.split(",")]
+    else:
+        entries = [str(e).strip() for e in target]
+    if not entries or not all(entries):
+        raise ValueError(f"targets {target!r}: expected host:port entries separated by commas")
+    if len(entries) == 1:
+        return entries[0], False
+    parsed = [_static_address(e) for e in entries]
+    families = {family for family, _ in parsed}
+    if len(families) > 1:
+        raise ValueError(
+            f"targets {target!r}: grpc's static list takes IPv4 or IPv6 addresses, not both; "
+            "use a DNS name that resolves to every replica"
+        )
+    return f"{families.pop()}:{','.join(address for _, address in parsed)}", True
+
+
+def target_count(target: str | Sequence[str]) -> int:
+    """How many servers ``target`` lists: the entries of a list (or of an ``ipv4:`` /
+    ``ipv6:`` target), else 1 (one address, or one name that may resolve to several)."""
+    grpc_target, several = channel_target(target)
+    if several and grpc_target.startswith(("ipv4:", "ipv6:")):
+        return grpc_target.count(",") + 1
+    return 1
+
+
+def channel_options(
+    max_message_bytes: int = MAX_MESSAGE_BYTES, *, balance: bool = False
+) -> list[tuple[str, Any]]:
+    """grpc channel arguments of a recserve client; ``balance``: with
+    :data:`REPLICA_SERVICE_CONFIG` (round_robin, health checking, retries)."""
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    if balance:
+        options += [
+            ("grpc.service_config", json.dumps(REPLICA_SERVICE_CONFIG)),
+            ("grpc.enable_retries", 1),
+        ]
+    return options
+
+
+def resolve_channel(
+    target: str | Sequence[str],
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    balance: bool | None = None,
+) -> tuple[str, list[tuple[str, Any]]]:
+    """(grpc target, channel arguments) for ``target``; ``balance`` None: balance when the
+    target may name several servers (a list, ``dns:``, ``ipv4:``, ``ipv6:``)."""
+    grpc_target, several = channel_target(target)
+    balance = several if balance is None else balance
+    return grpc_target, channel_options(max_message_bytes, balance=balance)
+
+
 class _CallDetails(
     namedtuple(
         "_CallDetails",
@@ -182,10 +306,14 @@ class _BearerToken(
 
 
 class Client:
-    """Calls one recserve server. Use as a context manager or call ``close()``.
+    """Calls a recserve server, or balances over replicas. Use as a context manager or
+    call ``close()``.
 
     Args:
-        target: ``host:port`` of the server.
+        target: ``host:port`` of the server; or replicas: a list of ``ip:port`` (or one
+            comma-separated string), or a grpc target such as
+            ``dns:///recserve.internal:50051`` (every address the name resolves to,
+            re-resolved when connections fail). See :func:`channel_target`.
         timeout: deadline of each call in seconds.
         max_message_bytes: largest message sent or received; match the server's
             ``--max-message-bytes``.
@@ -196,13 +324,17 @@ class Client:
         token: bearer token for a server run with ``--auth-tokens-file``, sent with every
             call as ``authorization: Bearer <token>``. Without TLS it crosses the network
             in clear text.
+        balance: use :data:`REPLICA_SERVICE_CONFIG` (round_robin over the replicas,
+            client-side health checking, retries of UNAVAILABLE). Default (None): for
+            targets that may name several servers; a plain ``host:port`` keeps grpc's
+            defaults (one connection, no retries), as before.
 
-    Raises OSError when a PEM file cannot be read.
+    Raises OSError when a PEM file cannot be read, ValueError for a malformed target list.
     """
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         timeout: float = 10.0,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         *,
@@ -211,15 +343,14 @@ class Client:
         client_cert: str | None = None,
         client_key: str | None = None,
         token: str | None = None,
+        balance: bool | None = None,
     ) -> None:
         if bool(client_cert) != bool(client_key):
             raise ValueError("client_cert and client_key go together: pass both or neither")
-        self.target = target
+        self.target = target if isinstance(target, str) else ",".join(target)
         self.timeout = timeout
-        options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
+        target, options = resolve_channel(target, max_message_bytes, balance)
+        self.channel_target = target
         if tls or root_ca or client_cert:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=_read_file(root_ca, "root_ca") if root_ca else None,
@@ -325,7 +456,9 @@ class Client:
         return [_model_info(m) for m in response.models], response.default_model
 
     def is_serving(self) -> bool:
-        """True when the server's health check says SERVING."""
+        """True when the server's health check says SERVING (over replicas: the replica
+        the call reached; with client-side health checking, a call reaches only replicas
+        that say SERVING, so False means none does)."""
         try:
             reply = self._health.Check(health_pb2.HealthCheckRequest(), timeout=self.timeout)
         except grpc.RpcError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from recserve.client import DEFAULT_TARGET, MAX_MESSAGE_BYTES
+from recserve.client import DEFAULT_TARGET, MAX_MESSAGE_BYTES, channel_target
 
 RPCS = ("rank", "recommend", "stream")
 ARRIVALS = ("constant", "poisson")
@@ -45,6 +45,10 @@ class BenchOptions:
 
     def check(self) -> None:
         """Raises ValueError naming the flag when an option is out of range."""
+        try:
+            channel_target(self.target)
+        except ValueError as exc:
+            raise ValueError(f"--target: {exc}") from None
         if self.rpc not in RPCS:
             raise ValueError(f"--rpc must be one of {', '.join(RPCS)}; got {self.rpc!r}")
         if self.arrival not in ARRIVALS:
@@ -80,7 +84,13 @@ class BenchOptions:
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of `recserve bench`; :func:`options_from` reads them back."""
     d = BenchOptions()
-    parser.add_argument("--target", default=d.target, help="server host:port")
+    parser.add_argument(
+        "--target",
+        default=d.target,
+        help="server host:port; or replicas, balanced round robin with health checks and "
+        "retries: several ip:port separated by commas, or dns:///NAME:PORT "
+        "(docs/deploy.md)",
+    )
     parser.add_argument("--rpc", choices=RPCS, default=d.rpc, help="what to call (default: rank)")
     parser.add_argument("--model", default=d.model, help="model name (default: server's default)")
     load = parser.add_mutually_exclusive_group()

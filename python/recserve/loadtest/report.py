@@ -13,6 +13,8 @@ from typing import Any
 import grpc
 import numpy as np
 
+from recserve.client import target_count
+
 from .options import BenchOptions
 from .traffic import IdSpace
 from .workers import OK, Samples
@@ -122,6 +124,7 @@ def summarize(
         "mode": options.mode,
         "rpc": options.rpc,
         "target": options.target,
+        "targets": target_count(options.target),  # servers listed; a DNS name counts 1
         "model": {"name": space.model_name, "version": space.model_version},
         "processes": processes,
         "offered_rate_rps": options.rate,
@@ -173,6 +176,11 @@ def missed_objectives(summary: dict[str, Any]) -> list[dict]:
     return [o for o in summary.get("slo", []) if not o["met"]]
 
 
+def _targets(summary: dict[str, Any]) -> str:
+    count = summary.get("targets", 1)
+    return f"{count} targets ({summary['target']})" if count > 1 else summary["target"]
+
+
 def _processes(n: int) -> str:
     return f"{n} process" if n == 1 else f"{n} processes"
 
@@ -188,7 +196,7 @@ def format_text(summary: dict[str, Any]) -> str:
     lat = summary["latency_ms"]
     lines = [
         (
-            f"recserve bench: {summary['rpc']} against {summary['target']} (model "
+            f"recserve bench: {summary['rpc']} against {_targets(summary)} (model "
             f"{model['name']} v{model['version']}), {load}, {_processes(summary['processes'])}"
         ),
         (

@@ -14,6 +14,8 @@ from typing import TextIO
 
 import grpc
 
+from recserve.client import target_count
+
 from .options import BenchOptions
 from .report import format_text, missed_objectives, parse_slo, summarize, write_json, write_plot
 from .traffic import IdSpace, fetch_id_space
@@ -102,7 +104,9 @@ def _describe(options: BenchOptions) -> str:
     bound = f"{options.warmup:g} s warm-up + {options.duration:g} s"
     if options.requests:
         bound += f" or {options.requests} requests"
-    return f"bench: {options.rpc} at {options.target}, {load}, {bound}"
+    targets = target_count(options.target)
+    at = f"{targets} targets ({options.target})" if targets > 1 else options.target
+    return f"bench: {options.rpc} at {at}, {load}, {bound}"
 
 
 def _check_outputs(options: BenchOptions) -> None:

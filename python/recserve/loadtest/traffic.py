@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
+from recserve.client import resolve_channel
 from recserve.v1 import recserve_pb2 as pb
 from recserve.v1 import recserve_pb2_grpc as pb_grpc
 
@@ -28,11 +29,8 @@ def fetch_id_space(
     """Asks the server (GetModelInfo with include_ids) which users and items its model knows.
 
     Raises grpc.RpcError when the call fails, ValueError when the model has no items."""
-    options = [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-    ]
-    with grpc.insecure_channel(target, options=options) as channel:
+    grpc_target, options = resolve_channel(target, max_message_bytes)
+    with grpc.insecure_channel(grpc_target, options=options) as channel:
         stub = pb_grpc.RecommenderStub(channel)
         request = pb.GetModelInfoRequest(model=pb.ModelSpec(name=model), include_ids=True)
         info = stub.GetModelInfo(request, timeout=timeout)

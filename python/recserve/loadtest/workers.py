@@ -26,6 +26,7 @@ import grpc
 import grpc.aio
 import numpy as np
 
+from recserve.client import resolve_channel
 from recserve.v1 import recserve_pb2_grpc as pb_grpc
 
 from .options import BenchOptions
@@ -259,11 +260,9 @@ class _Engine:
     async def run(self, conn: Connection) -> None:
         """Connects, says "ready", and runs from the start instant the parent sends."""
         options = self.options
-        channel_options = [
-            ("grpc.max_receive_message_length", options.max_message_bytes),
-            ("grpc.max_send_message_length", options.max_message_bytes),
-        ]
-        async with grpc.aio.insecure_channel(options.target, options=channel_options) as channel:
+        # Several targets: round_robin, health checks and retries, as the Client does.
+        target, channel_options = resolve_channel(options.target, options.max_message_bytes)
+        async with grpc.aio.insecure_channel(target, options=channel_options) as channel:
             stub = pb_grpc.RecommenderStub(channel)
             try:
                 await asyncio.wait_for(channel.channel_ready(), CONNECT_SECONDS)
