@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -34,9 +34,30 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error; the server log has the details"
 
 
+class _Undecodable:
+    """Stands for request bytes that are not the method's message (grpc itself would
+    answer INTERNAL, a server fault, for a client's mistake)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.message = f"the request is not a serialized message of this method ({error})"
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the client's
+            return _Undecodable(exc)
+
+    return deserialize
+
+
 class ExceptionToStatusInterceptor(grpc.ServerInterceptor):
     """Turns exceptions raised by unary handlers into statuses (the servicer logs them
-    with the request id)."""
+    with the request id), and undecodable request bytes into INVALID_ARGUMENT."""
 
     def intercept_service(
         self,
@@ -44,11 +65,17 @@ class ExceptionToStatusInterceptor(grpc.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = continuation(details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
+            return handler
+        if handler.stream_stream is not None:
+            return self._stream_stream(handler)
+        if handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            if isinstance(request, _Undecodable):
+                return context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
             try:
                 return inner(request, context)
             except Exception as exc:  # noqa: BLE001 - every error becomes a status, never a crash
@@ -57,6 +84,26 @@ class ExceptionToStatusInterceptor(grpc.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_lenient(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+
+    @staticmethod
+    def _stream_stream(handler: Any) -> Any:
+        """A stream whose next message does not decode ends with INVALID_ARGUMENT."""
+        inner = handler.stream_stream
+
+        def guarded(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            def decoded() -> Iterator[Any]:
+                for request in requests:
+                    if isinstance(request, _Undecodable):
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+                    yield request
+
+            return inner(decoded(), context)
+
+        return grpc.stream_stream_rpc_method_handler(
+            guarded,
+            request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )

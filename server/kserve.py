@@ -9,6 +9,8 @@ and ``recent_item_ids`` [M], all INT64; outputs ``item_ids`` INT64, ``scores`` F
 
 from __future__ import annotations
 
+import math
+
 import grpc
 import numpy as np
 
@@ -42,8 +44,10 @@ def _version(text: str) -> int:
     """A protocol version string ("" = newest) as recserve's version number."""
     if text == "":
         return 0
-    if not text.isdigit():
-        raise InvalidRequest(f"model_version must be a decimal number or empty; got {text!r}")
+    # ASCII digits only: str.isdigit() also accepts e.g. "²", which int() refuses; and
+    # int() refuses more than 4300 digits. An int64 has at most 19 significant digits.
+    if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > 19:
+        raise InvalidRequest(f"model_version must be a decimal number or empty; got {text[:40]!r}")
     return int(text)
 
 
@@ -66,7 +70,7 @@ def _input_arrays(request: kpb.ModelInferRequest) -> dict[str, np.ndarray]:
             raise InvalidRequest(f"input {tensor.name!r} must be INT64, not {tensor.datatype}")
         if any(d < 0 for d in tensor.shape):
             raise InvalidRequest(f"input {tensor.name!r} has a negative dimension")
-        size = int(np.prod(tensor.shape, dtype=np.int64))
+        size = math.prod(tensor.shape)  # exact: np.prod wraps around at 2**63
         if request.raw_input_contents:
             raw = request.raw_input_contents[index]
             if len(raw) != 8 * size:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,6 +32,16 @@ log = logging.getLogger("recserve.server")
 
 CASCADE_MIN_RETRIEVE = 100
 CASCADE_RETRIEVE_FACTOR = 10
+# gRPC metadata values are printable ASCII: a client's request_id with anything else
+# (a control character, non-ASCII text) is percent-encoded in the trailing metadata,
+# else gRPC fails the whole call with INTERNAL "Invalid metadata".
+_METADATA_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def metadata_value(text: str) -> str:
+    """``text`` as a valid gRPC metadata value: unchanged when printable ASCII without
+    '%', else percent-encoded (UTF-8)."""
+    return urllib.parse.quote(text, safe=_METADATA_SAFE)
 
 
 class _Call:
@@ -46,7 +57,7 @@ class _Call:
         timings["total"] = time.perf_counter() - self.started
         timing = ",".join(f"{stage}={seconds * 1000:.3f}" for stage, seconds in timings.items())
         metadata = [
-            ("recserve-request-id", self.request.request_id),
+            ("recserve-request-id", metadata_value(self.request.request_id)),
             ("recserve-timing-ms", timing),
         ]
         if self.models:
