@@ -71,6 +71,7 @@ class RunningServer:
         self.servicer.wait_until_idle(grace)
         remaining = max(0.0, deadline - time.monotonic())
         self.server.stop(remaining).wait(remaining + 1)
+        self.repository.close()
         self.metrics.stop()
 
 
@@ -177,6 +178,10 @@ def serve(options: ServeOptions) -> None:
         )
     try:
         loaded = running.repository.load_all()
+        if stopping.is_set():  # Ctrl-C or SIGTERM while loading: stop quietly
+            running.server.wait_for_termination()
+            log.info("stopped")
+            return
         if not loaded:
             raise FileNotFoundError(
                 f"no servable model in {options.model_repo}; train one with "

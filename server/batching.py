@@ -224,7 +224,9 @@ def runner_factory(
     observe_batch: Callable[[str, int], None] | None = None,
 ) -> Callable[[CatalogPipeline], CatalogPipeline | Batcher]:
     """The repository's ``make_runner``: a Batcher per loaded version, or the pipeline
-    itself when ``max_batch_size`` is 1; ``observe_batch(model name, size)`` per batch."""
+    itself when ``max_batch_size`` is 1 or the pipeline has no batch work to merge (a
+    ranker without a crossing block, a generator); ``observe_batch(model name, size)`` per
+    batch."""
     if max_batch_size < 1:
         raise ValueError(
             f"--max-batch-size must be at least 1 (1: no batching); got {max_batch_size}"
@@ -233,8 +235,8 @@ def runner_factory(
         raise ValueError(f"--max-batch-delay-ms must be non-negative; got {max_delay_s * 1000:g}")
 
     def make_runner(pipeline: CatalogPipeline) -> CatalogPipeline | Batcher:
-        if max_batch_size == 1:
-            return pipeline
+        if max_batch_size == 1 or not pipeline.shares_batch_work:
+            return pipeline  # nothing to merge: each request runs on its own thread
         on_batch = None
         if observe_batch is not None:
             on_batch = functools.partial(observe_batch, pipeline.artifact.name)  # type: ignore[attr-defined]

@@ -113,7 +113,19 @@ class ModelRepository:
     def load_all(self) -> list[LoadedModel]:
         """The first scan; returns the served versions. Raises FileNotFoundError without
         a repository, ModelNotFound when the default model did not load."""
-        if not self.root.is_dir():
+        try:
+            exists = self.root.is_dir()
+            readable = not exists or os.access(self.root, os.R_OK | os.X_OK)
+        except PermissionError:  # a folder above it is closed to this account
+            exists, readable = True, False
+        if not readable:
+            uid = f" (uid {os.getuid()})" if hasattr(os, "getuid") else ""
+            raise PermissionError(
+                f"model repository {self.root} is not readable by the account running the "
+                f"server{uid}; give that account read access to it and the folders above it "
+                f"(e.g. chmod -R a+rX {self.root}), or run as the user that owns it"
+            )
+        if not exists:
             raise FileNotFoundError(
                 f"model repository {self.root} does not exist; train a model first with "
                 "`recserve train --model-repo " + str(self.root) + "`"
@@ -135,7 +147,8 @@ class ModelRepository:
         caller arriving during a scan waits for it, then scans itself, so a version
         published before the call is always seen. A refused version is not retried
         until its directory's contents change. A model whose versions are all bad keeps
-        what it served; a model directory that is gone (or has no versions) is unloaded.
+        what it served, as does one whose directory holds no version any more (nothing good
+        replaces it); a model directory that is gone is unloaded.
         """
         with self._scan_lock:
             if self._draining:
@@ -188,17 +201,18 @@ class ModelRepository:
             self._refused.pop((name, version), None)
         for key in [k for k in self._refused if k[0] == name and k[1] not in versions]:
             del self._refused[key]
-        if not keep and served and versions:
+        if not keep and served:
+            # No good replacement (every version bad, or the directory emptied): keep the
+            # good version in memory. Only removing the model's directory unloads it.
             log.warning(
-                "no good version of %s in %s; still serving version(s) %s",
+                "no good version of %s in %s; still serving version(s) %s from memory",
                 name,
                 model_dir,
                 ", ".join(str(v) for v in sorted(served, reverse=True)),
                 extra={"model": name},
             )
             return events
-        why = "replaced by newer versions" if keep else "no version left in its directory"
-        return events + self._swap(name, keep, why)
+        return events + self._swap(name, keep, "replaced by newer versions")
 
     def _load(self, version_dir: Path) -> LoadedModel:
         """Verify (every checksum), build the pipeline, warm it up; nothing is locked."""
@@ -328,6 +342,17 @@ class ModelRepository:
         """From now on every request gets UNAVAILABLE and scans do nothing (stopping)."""
         with self._lock:
             self._draining = True
+
+    def close(self) -> None:
+        """After the server stopped: closes every version's runner (batch threads) and
+        drops the models, so an embedding process gets its threads and memory back."""
+        with self._lock:
+            self._draining = True
+            models = [m for versions in self._models.values() for m in versions.values()]
+            models += list(self._retired.values())
+            self._models, self._retired = {}, {}
+        for model in models:
+            self._close(model)
 
     @contextmanager
     def acquire(self, name: str = "", version: int = 0) -> Iterator[LoadedModel]:

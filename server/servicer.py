@@ -20,8 +20,10 @@ from recserve import explain
 from recserve.errors import InvalidRequest
 from recserve.pipeline import DEFAULT_RECOMMEND_K, RANKER_FAMILIES
 from recserve.request_context import RequestContext
+from recserve.results import Ranking
 from recserve.v1 import recserve_pb2 as pb
 from recserve.v1 import recserve_pb2_grpc as pb_grpc
+from recserve.validation import check_k
 
 from . import converters
 from .interceptors import status_for
@@ -30,6 +32,7 @@ from .repository import LoadedModel, ModelRepository
 
 log = logging.getLogger("recserve.server")
 
+MAX_REQUEST_ID_CHARS = 128
 CASCADE_MIN_RETRIEVE = 100
 CASCADE_RETRIEVE_FACTOR = 10
 # gRPC metadata values are printable ASCII: a client's request_id with anything else
@@ -97,11 +100,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         """One RPC's bookkeeping: its request context, in-flight count, metrics, the log
         line of a failure, and (``trailing``) the trailing metadata. Other services on
         the same models (server/kserve.py) use it too."""
-        call = _Call(request_id, context.time_remaining())
+        too_long = len(request_id) > MAX_REQUEST_ID_CHARS
+        call = _Call("" if too_long else request_id, context.time_remaining())
         code = grpc.StatusCode.OK
         self.metrics.in_flight.inc()
         self._track(+1)
         try:
+            if too_long:  # it would be echoed in metadata and logs
+                raise InvalidRequest(
+                    f"request_id has {len(request_id)} characters; at most "
+                    f"{MAX_REQUEST_ID_CHARS} are allowed"
+                )
             yield call
         except Exception as exc:
             code, message = status_for(exc)
@@ -208,6 +217,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     def _cascade(self, request: pb.RecommendRequest, call: _Call) -> pb.RecommendResponse:
         """Retrieve with ``model`` (no user features), rank with ``rank_with``."""
+        check_k(request.k, self.repository.limits)  # before any retrieval work
         retrieve_n = self._retrieve_n(request)
         with (
             self.repository.acquire(request.model.name, request.model.version) as retriever,
@@ -227,13 +237,16 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 include_seen=request.include_seen,
                 request_context=call.request,
             )
-            ranking = ranker.runner.rank(
-                request.user_id,
-                [item.item_id for item in retrieved.items],
-                k=request.k or DEFAULT_RECOMMEND_K,
-                context=dict(request.user_features),
-                request_context=call.request,
-            )
+            if retrieved.items:
+                ranking = ranker.runner.rank(
+                    request.user_id,
+                    [item.item_id for item in retrieved.items],
+                    k=request.k or DEFAULT_RECOMMEND_K,
+                    context=dict(request.user_features),
+                    request_context=call.request,
+                )
+            else:  # nothing left to rank (e.g. the user has seen the whole catalog)
+                ranking = Ranking(items=[], cold_start_user=retrieved.cold_start_user)
             return converters.cascade_response(
                 retrieved, ranking, retriever, ranker, call.request.request_id
             )
@@ -254,10 +267,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
         with self.call_scope("ListModels", "", context):
-            infos = []
-            for name in self.repository.names():
-                model = self.repository.get(name)
-                infos.append(converters.model_info(model, self.repository.versions(name)))
+            served = self.repository.served()  # one snapshot: a reload may run meanwhile
+            versions: dict[str, list[int]] = {}
+            for m in served:
+                versions.setdefault(m.name, []).append(m.version)
+            newest = {m.name: m for m in reversed(served)}  # newest first within a name
+            infos = [converters.model_info(newest[name], versions[name]) for name in sorted(newest)]
             return pb.ListModelsResponse(models=infos, default_model=self.repository.default_model)
 
     def ReloadModels(

@@ -105,14 +105,18 @@ def shapley_matrix(n: int) -> np.ndarray:
 def _logits(pipeline: RankerPipeline, inputs: np.ndarray, layout: _Layout) -> np.ndarray:
     """float64 logits of the whole ``model`` program on rows of ``[user | item | multi]``."""
     module = pipeline.artifact.modules["model"]
+    device = next(module.parameters()).device  # the GPU when the model was placed there
     a, b = layout.n_user, layout.n_user + layout.n_item
     out = np.empty(inputs.shape[0], dtype=np.float64)
     with torch.inference_mode():
         for start in range(0, inputs.shape[0], FORWARD_ROWS):
             chunk = inputs[start : start + FORWARD_ROWS]
             parts = (chunk[:, :a], chunk[:, a:b], chunk[:, b:])
-            user, item, multi = (torch.from_numpy(np.ascontiguousarray(p)) for p in parts)
-            out[start : start + chunk.shape[0]] = module(user, item, multi).to(torch.float64)
+            user, item, multi = (
+                torch.from_numpy(np.ascontiguousarray(p)).to(device) for p in parts
+            )
+            logits = module(user, item, multi).to(torch.float64).cpu()
+            out[start : start + chunk.shape[0]] = logits
     return out
 
 

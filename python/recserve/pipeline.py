@@ -74,6 +74,9 @@ class CatalogPipeline:
     limits: Limits
 
     device = "cpu"
+    # True when concurrent requests' batch work runs as one call (server/batching.py
+    # merges them); False when it would only run one after another on the batch thread.
+    shares_batch_work = True
 
     def place_on(self, device: str) -> CatalogPipeline:
         """Moves what the catalog scan and the head read to ``device`` ("cpu" or "cuda"),
@@ -348,6 +351,11 @@ class RankerPipeline(CatalogPipeline):
             return torch.sigmoid(logits).to(torch.float32).cpu().numpy()
 
         return rows, to_scores
+
+    @property
+    def shares_batch_work(self) -> bool:  # type: ignore[override]
+        """Only the crossing head runs batched; a whole program runs per request."""
+        return self.crossing is not None
 
     def run_head(self, works: Sequence[HeadRows]) -> list[torch.Tensor]:
         """Logits [N_i] of each request's rows: the crossing head in one call on all of

@@ -94,3 +94,11 @@ def test_rank_with_a_retrieval_model_is_invalid(client: Client) -> None:
         client.recommend(1, 5, rank_with="gru4rec")
     assert err.value.code.name == "INVALID_ARGUMENT"
     assert not client.recommend(1, 5).ranked_by_name  # no cascade, no ranker
+
+
+def test_a_cascade_with_nothing_left_to_retrieve_is_an_empty_answer(
+    client: Client, cascade_server: RunningServer
+) -> None:
+    every_item = cascade_server.repository.get("gru4rec").pipeline.item_ids.tolist()
+    answer = cascade(client, 3, 5, recent_item_ids=every_item)
+    assert answer.items == [] and answer.ranked_by_name == "deepfm"

@@ -219,3 +219,32 @@ def test_model_info_lists_ids_only_when_asked(stub, live_server) -> None:
     full = stub.GetModelInfo(pb.GetModelInfoRequest(include_ids=True), timeout=5)
     assert list(full.user_ids) == pipeline.user_ids.tolist()
     assert list(full.item_ids) == pipeline.item_ids.tolist()
+
+
+def test_a_request_id_over_128_characters_is_invalid(stub, live_server) -> None:
+    items = known_items(live_server, 5)
+    ok = stub.Rank(pb.RankRequest(user_id=1, candidate_item_ids=items, request_id="r" * 128))
+    assert ok.request_id == "r" * 128
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Rank(pb.RankRequest(user_id=1, candidate_item_ids=items, request_id="r" * 129))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 128" in err.value.details()
+
+
+def test_models_without_batch_work_are_not_put_behind_a_batcher() -> None:
+    from recserve.server.batching import Batcher, runner_factory
+
+    class Whole:  # a ranker without a crossing block: one program per request
+        shares_batch_work = False
+
+    class Crossing:
+        shares_batch_work = True
+
+        class artifact:
+            name = "x"
+
+    make_runner = runner_factory(8, 0.001)
+    assert isinstance(make_runner(Whole()), Whole)
+    runner = make_runner(Crossing())
+    assert isinstance(runner, Batcher)
+    runner.close()

@@ -1,0 +1,149 @@
+"""Helpers of the reliability tests (faults, overload, soak, security checks).
+
+Publishing versions and running `recserve serve` subprocesses reuse the helpers of
+tests/server/test_reload.py; what is added here: process figures read from /proc, and
+`recserve bench` runs whose JSON report the tests read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# tests/server holds the publishing and subprocess helpers (test_reload.py); pytest
+# imports its test modules by their base name with their folder on sys.path, so this
+# is the same module object pytest collects there.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
+
+from test_reload import (
+    events_of,
+    flip_a_byte,
+    publish,
+    reload_rpc,
+    resident_bytes,
+    serve_process,
+    serving,
+    serving_of,
+    wait_for,
+)
+
+__all__ = [
+    "MIB",
+    "SOAK_SECONDS_DEFAULT",
+    "ProcessFigures",
+    "bench",
+    "events_of",
+    "flip_a_byte",
+    "process_figures",
+    "publish",
+    "reload_rpc",
+    "resident_bytes",
+    "sampling",
+    "saturation_rate",
+    "serve_process",
+    "serving",
+    "serving_of",
+    "wait_for",
+]
+
+MIB = 2**20
+SOAK_SECONDS_DEFAULT = 600.0  # what CI runs; longer with --soak-seconds or the variable
+
+
+# -- process figures ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessFigures:
+    resident: int  # bytes
+    fds: int
+    threads: int
+
+
+def process_figures(pid: int) -> ProcessFigures:
+    """Resident memory, open file descriptors and threads of a live process (/proc)."""
+    threads = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            threads = int(line.split()[1])
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    return ProcessFigures(resident_bytes(pid), fds, threads)
+
+
+# -- load ----------------------------------------------------------------------------------
+
+
+def bench_command(target: str, json_path: Path, *flags: str) -> list[str]:
+    command = [sys.executable, "-m", "recserve.cli", "bench", "--target", target]
+    return [*command, "--json", str(json_path), "--no-progress", *flags]
+
+
+def bench(target: str, json_path: Path, *flags: str, timeout: float = 300) -> dict[str, Any]:
+    """Runs `recserve bench` to the end and returns its JSON report."""
+    done = subprocess.run(
+        bench_command(target, json_path, *flags),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if not json_path.exists():
+        raise AssertionError(f"recserve bench wrote no report:\n{done.stdout}\n{done.stderr}")
+    return json.loads(json_path.read_text())
+
+
+SATURATION_CONCURRENCY = 16
+SATURATION_SECONDS = 5.0
+
+
+def saturation_rate(target: str, json_path: Path, *flags: str) -> float:
+    """Answers per second of a closed loop that keeps SATURATION_CONCURRENCY Rank
+    requests (100 candidates) in flight: what the server finishes when never idle."""
+    report = bench(
+        target,
+        json_path,
+        "--concurrency",
+        str(SATURATION_CONCURRENCY),
+        "--duration",
+        str(SATURATION_SECONDS),
+        "--warmup",
+        "1",
+        "--seed",
+        "1",
+        *flags,
+    )
+    assert report["requests"]["errors"] == 0, report["errors_by_code"]
+    return float(report["throughput_rps"])
+
+
+@contextmanager
+def sampling(pid: int, every: float = 0.5) -> Iterator[list[tuple[float, ProcessFigures]]]:
+    """(seconds since the start, figures) of a process every ``every`` seconds, taken in a
+    thread while the block runs; the list fills as it goes."""
+    samples: list[tuple[float, ProcessFigures]] = []
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def sample() -> None:
+        while not stop.wait(every):
+            try:
+                samples.append((time.monotonic() - start, process_figures(pid)))
+            except OSError:  # the process is gone
+                return
+
+    thread = threading.Thread(target=sample, name="sampler", daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()

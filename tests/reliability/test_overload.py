@@ -1,0 +1,147 @@
+"""Overload: twice the measured saturation rate for 30 s against `recserve serve
+--max-in-flight 32`, then half of it: admitted requests answer within a bounded p99,
+the rest are RESOURCE_EXHAUSTED, the server recovers at once and its memory stays
+bounded (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from reliability_helpers import (
+    MIB,
+    SATURATION_CONCURRENCY,
+    bench,
+    process_figures,
+    sampling,
+    saturation_rate,
+    serve_process,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc"),
+]
+
+MAX_IN_FLIGHT = 32
+OVERLOAD_SECONDS = 30.0
+RECOVERY_SECONDS = 5.0
+# The generator sends with a 10 s deadline; admitted requests must do far better.
+TIMEOUT_SECONDS = 10.0
+
+
+def server_seconds(metrics_port: int) -> dict[float, float]:
+    """Cumulative buckets of the server's Rank latency (handler start to answer)."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    return {
+        float(s.labels["le"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "recserve_request_seconds_bucket" and s.labels.get("rpc") == "Rank"
+    }
+
+
+def test_twice_the_saturation_rate_is_shed_and_the_server_recovers_at_once(
+    repo: Path, tmp_path: Path, free_port: int
+) -> None:
+    """Saturation S: answers per second of a closed loop with 16 Rank requests (100
+    candidates) in flight. Then an open loop at 2 S for 30 s.
+
+    Bound on admitted latency in the server (its own histogram, from the handler's start),
+    from the in-flight limit: an admitted request waits
+    behind at most MAX_IN_FLIGHT - 1 others, which the server finishes at about S per
+    second, so its time in the server is at most MAX_IN_FLIGHT / S; the bound allows
+    twice that (the generator's own processes take CPU from the server on this machine,
+    which lowers the service rate under overload) plus 50 ms of client-side scheduling.
+    Memory: requests beyond the limit are refused before any work; resident memory must
+    level off (its peak over the second half of the overload within 5% of the first
+    half's), not climb with the requests sent."""
+    target = f"127.0.0.1:{free_port}"
+    metrics_port = free_port + 1 if free_port < 65535 else free_port - 1
+    flags = ["--max-in-flight", str(MAX_IN_FLIGHT), "--metrics-port", str(metrics_port)]
+    with serve_process(repo, free_port, tmp_path / "serve.log", *flags) as process:
+        rate = saturation_rate(target, tmp_path / "saturation.json")
+        after_saturation = process_figures(process.pid).resident
+        buckets_before = server_seconds(metrics_port)
+        with sampling(process.pid) as samples:
+            overload = bench(
+                target,
+                tmp_path / "overload.json",
+                "--rate",
+                f"{2 * rate:.1f}",
+                "--duration",
+                str(OVERLOAD_SECONDS),
+                "--warmup",
+                "1",
+                "--timeout",
+                str(TIMEOUT_SECONDS),
+                "--seed",
+                "2",
+                timeout=OVERLOAD_SECONDS + 120,
+            )
+        buckets_after = server_seconds(metrics_port)
+        recovery = bench(
+            target,
+            tmp_path / "recovery.json",
+            "--rate",
+            f"{0.5 * rate:.1f}",
+            "--duration",
+            str(RECOVERY_SECONDS),
+            "--warmup",
+            "0",
+            "--timeout",
+            str(TIMEOUT_SECONDS),
+            "--seed",
+            "3",
+        )
+        alive = process.poll() is None
+    bound_ms = 1000 * (2 * MAX_IN_FLIGHT / rate + 0.05)
+    sent = overload["requests"]["sent"]
+    errors = overload["errors_by_code"]
+    shed = errors.get("RESOURCE_EXHAUSTED", 0)
+    admitted_p99 = overload["latency_ms"]["p99"]
+    edge = min(e for e in buckets_after if e >= bound_ms / 1000)
+    handled = buckets_after[float("inf")] - buckets_before[float("inf")]
+    within = (buckets_after[edge] - buckets_before[edge]) / handled
+    peak = max(figures.resident for _, figures in samples)
+    half = samples[-1][0] / 2
+    first_half = max(f.resident for t, f in samples if t < half)
+    second_half = max(f.resident for t, f in samples if t >= half)
+    print(
+        f"\nsaturation (closed loop, {SATURATION_CONCURRENCY} in flight): {rate:.0f}/s; "
+        f"overload at {2 * rate:.0f}/s for {OVERLOAD_SECONDS:g} s: {sent} sent, "
+        f"{overload['requests']['completed']} answered ({overload['throughput_rps']:.0f}/s), "
+        f"{shed} RESOURCE_EXHAUSTED ({100 * shed / sent:.1f}%), other errors "
+        f"{ {k: v for k, v in errors.items() if k != 'RESOURCE_EXHAUSTED'} }; admitted p50 "
+        f"{overload['latency_ms']['p50']:.1f} ms, p99 {admitted_p99:.1f} ms (bound "
+        f"{bound_ms:.1f} ms), max {overload['latency_ms']['max']:.1f} ms; generator late "
+        f"sends {overload['generator']['late_sends']}; server-side: {handled:.0f} handled, "
+        f"{100 * within:.2f}% within {edge * 1000:g} ms\n"
+        f"recovery at {0.5 * rate:.0f}/s: {recovery['requests']['sent']} sent, "
+        f"{recovery['requests']['errors']} errors, p99 {recovery['latency_ms']['p99']:.1f} ms, "
+        f"first second {recovery['series'][0]}\n"
+        f"resident: {after_saturation / MIB:.1f} MiB after saturation, peak "
+        f"{peak / MIB:.1f} MiB during overload ({100 * (peak / after_saturation - 1):+.1f}%); "
+        f"peak of the first half {first_half / MIB:.1f} MiB, second half "
+        f"{second_half / MIB:.1f} MiB"
+    )
+    assert alive
+    # Shed: RESOURCE_EXHAUSTED by the in-flight bound, or CANCELLED by gRPC's core when
+    # calls pile up before the server's one accepting thread takes them (see
+    # docs/reliability.md); nothing else, in particular no DEADLINE_EXCEEDED or INTERNAL.
+    assert set(errors) <= {"RESOURCE_EXHAUSTED", "CANCELLED"}, overload["error_examples"]
+    assert shed > 0, "2x saturation was not shed: was saturation measured wrong?"
+    assert "Concurrent RPC limit exceeded" in overload["error_examples"]["RESOURCE_EXHAUSTED"]
+    assert within >= 0.99  # admitted requests' p99 in the server is within the bound
+    assert admitted_p99 < 1000 * TIMEOUT_SECONDS  # every admitted request answered
+    assert overload["throughput_rps"] >= 0.5 * rate  # shedding keeps the server working
+    assert recovery["requests"]["errors"] == 0, recovery["errors_by_code"]
+    assert recovery["series"][0]["errors"] == 0 and recovery["series"][0]["count"] > 0
+    assert recovery["latency_ms"]["p99"] < bound_ms
+    # Bounded: a plateau, not a climb; what the overload adds is the calls gRPC's core
+    # holds for the server (its pending-call backlog) and the admitted ones.
+    assert second_half <= 1.05 * first_half
