@@ -149,15 +149,17 @@ class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
     def ModelMetadata(
         self, request: kpb.ModelMetadataRequest, context: grpc.ServicerContext
     ) -> kpb.ModelMetadataResponse:
-        model = self.repository.get(request.name, _version(request.version))
-        tensor = kpb.ModelMetadataResponse.TensorMetadata
-        return kpb.ModelMetadataResponse(
-            name=model.name,
-            versions=[str(v) for v in self.repository.versions(model.name)],
-            platform=f"recserve_{model.pipeline.artifact.family}",
-            inputs=[tensor(name=n, datatype=t, shape=s) for n, (t, s) in INPUTS.items()],
-            outputs=[tensor(name=n, datatype=t, shape=s) for n, (t, s) in OUTPUTS.items()],
-        )
+        with self.recommender.call_scope("ModelMetadata", "", context) as call:
+            model = self.repository.get(request.name, _version(request.version))
+            call.models.append(model)
+            tensor = kpb.ModelMetadataResponse.TensorMetadata
+            return kpb.ModelMetadataResponse(
+                name=model.name,
+                versions=[str(v) for v in self.repository.versions(model.name)],
+                platform=f"recserve_{model.pipeline.artifact.family}",
+                inputs=[tensor(name=n, datatype=t, shape=s) for n, (t, s) in INPUTS.items()],
+                outputs=[tensor(name=n, datatype=t, shape=s) for n, (t, s) in OUTPUTS.items()],
+            )
 
     def ModelInfer(
         self, request: kpb.ModelInferRequest, context: grpc.ServicerContext
