@@ -156,6 +156,18 @@ def serve(options: ServeOptions) -> None:
     """Run in the foreground until SIGINT or SIGTERM, then stop gracefully."""
     running = build_server(options)
     stopping = threading.Event()
+    # The graceful stop runs on its own thread (a signal handler must return at once);
+    # the process exits only after it has finished, so no model, batch thread or C++
+    # object is torn down under it by the interpreter's exit.
+    stopper = threading.Thread(
+        target=running.stop, args=(options.grace_seconds,), name="graceful-stop"
+    )
+
+    def finish() -> None:
+        running.server.wait_for_termination()
+        if stopper.is_alive() or stopping.is_set():
+            stopper.join()
+        log.info("stopped")
 
     def on_signal(signum: int, _frame: object) -> None:
         if stopping.is_set():
@@ -166,7 +178,7 @@ def serve(options: ServeOptions) -> None:
             signal.Signals(signum).name,
             options.grace_seconds,
         )
-        threading.Thread(target=running.stop, args=(options.grace_seconds,), daemon=True).start()
+        stopper.start()
 
     # Installed before loading, so Ctrl-C while models load also stops cleanly.
     signal.signal(signal.SIGINT, on_signal)
@@ -179,8 +191,7 @@ def serve(options: ServeOptions) -> None:
     try:
         loaded = running.repository.load_all()
         if stopping.is_set():  # Ctrl-C or SIGTERM while loading: stop quietly
-            running.server.wait_for_termination()
-            log.info("stopped")
+            finish()
             return
         if not loaded:
             raise FileNotFoundError(
@@ -196,5 +207,4 @@ def serve(options: ServeOptions) -> None:
         log.info("serving %s on %s:%d", models, options.host, running.port)
         if running.metrics_port >= 0:
             log.info("metrics on http://%s:%d/metrics", options.metrics_host, running.metrics_port)
-    running.server.wait_for_termination()
-    log.info("stopped")
+    finish()
