@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
+from client_runs import require, run_client_test
 
 from recserve.server.app import RunningServer
 
@@ -39,33 +37,7 @@ def _missing_go_setup() -> str | None:
 
 
 def test_go_client_against_a_live_server(live_server: RunningServer) -> None:
-    missing = _missing_go_setup()
-    if missing is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the Go client test, but {missing}")
-        pytest.skip(missing)
-    env = {**os.environ, "RECSERVE_TARGET": f"127.0.0.1:{live_server.port}"}
-    env.pop("RECSERVE_PROTO_ROOT", None)  # test the .proto of this checkout
-    try:
-        done = subprocess.run(
-            ["bash", "build.sh", "test"],
-            cwd=GO_CLIENT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as timeout:
-        output = b"".join(
-            part if isinstance(part, bytes) else part.encode()
-            for part in (timeout.stdout, timeout.stderr)
-            if part
-        )
-        pytest.fail(
-            f"`bash build.sh test` in clients/go took over {TIMEOUT_S} s:\n"
-            f"{output.decode(errors='replace')}"
-        )
-    assert done.returncode == 0, (
-        f"`bash build.sh test` in clients/go exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    require(_missing_go_setup(), "Go client")
+    run_client_test(
+        ["bash", "build.sh", "test"], GO_CLIENT, live_server, TIMEOUT_S, "RECSERVE_PROTO_ROOT"
     )

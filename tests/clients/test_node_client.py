@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
+from client_runs import require, run_client_test
 
 from recserve.server.app import RunningServer
 
@@ -26,32 +24,5 @@ def _missing_node_setup() -> str | None:
 
 
 def test_node_client_against_a_live_server(live_server: RunningServer) -> None:
-    missing = _missing_node_setup()
-    if missing is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the Node.js client test, but {missing}")
-        pytest.skip(missing)
-    env = {**os.environ, "RECSERVE_TARGET": f"127.0.0.1:{live_server.port}"}
-    env.pop("RECSERVE_PROTO", None)  # test the .proto of this checkout
-    try:
-        done = subprocess.run(
-            ["npm", "test", "--silent"],
-            cwd=NODE_CLIENT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as timeout:
-        output = b"".join(
-            part if isinstance(part, bytes) else part.encode()
-            for part in (timeout.stdout, timeout.stderr)
-            if part
-        )
-        pytest.fail(
-            f"`npm test` in clients/node took over 120 s:\n{output.decode(errors='replace')}"
-        )
-    assert done.returncode == 0, (
-        f"`npm test` in clients/node exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    )
+    require(_missing_node_setup(), "Node.js client")
+    run_client_test(["npm", "test", "--silent"], NODE_CLIENT, live_server, 120, "RECSERVE_PROTO")
