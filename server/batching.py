@@ -225,8 +225,7 @@ def runner_factory(
 ) -> Callable[[CatalogPipeline], CatalogPipeline | Batcher]:
     """The repository's ``make_runner``: a Batcher per loaded version, or the pipeline
     itself when ``max_batch_size`` is 1 or the pipeline has no batch work to merge (a
-    ranker without a crossing block, a generator); ``observe_batch(model name, size)`` per
-    batch."""
+    ranker without a crossing block); ``observe_batch(model name, size)`` per batch."""
     if max_batch_size < 1:
         raise ValueError(
             f"--max-batch-size must be at least 1 (1: no batching); got {max_batch_size}"
