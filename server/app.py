@@ -30,6 +30,7 @@ from .reload import RepositoryPoller, reload_in_background
 from .repository import ModelRepository
 from .security import TokenAuthInterceptor, load_tokens, server_credentials
 from .servicer import RecommenderServicer
+from .torch_threads import adopt_torch_threads
 
 log = logging.getLogger("recserve.server")
 
@@ -101,7 +102,11 @@ def build_server(options: ServeOptions) -> RunningServer:
         ),
     )
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="rpc"),
+        futures.ThreadPoolExecutor(
+            max_workers=options.workers,
+            thread_name_prefix="rpc",
+            initializer=adopt_torch_threads,
+        ),
         interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", options.max_message_bytes),

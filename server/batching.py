@@ -42,6 +42,8 @@ from recserve.pipeline import CatalogPipeline
 from recserve.request_context import RequestContext
 from recserve.results import Ranking
 
+from .torch_threads import adopt_torch_threads
+
 log = logging.getLogger("recserve.server")
 
 __all__ = ["BatchFailed", "Batcher", "runner_factory"]
@@ -163,6 +165,7 @@ class Batcher:
     # -- the worker --------------------------------------------------------------------
 
     def _work(self) -> None:
+        adopt_torch_threads()
         while (batch := self._next_batch()) is not None:
             self._execute(batch)
 

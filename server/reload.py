@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from recserve.pipeline import CatalogPipeline
 
+from .torch_threads import adopt_torch_threads
+
 if TYPE_CHECKING:
     from .repository import ModelRepository
 
@@ -66,6 +68,7 @@ def release_memory() -> None:
 
 def reload_logged(repository: ModelRepository) -> None:
     """One scan; a failure is logged, never raised (triggers run in their own threads)."""
+    adopt_torch_threads()  # the scan warms new versions up with real requests
     try:
         repository.reload()
     except Exception:

@@ -461,3 +461,43 @@ def test_memory_is_returned_over_reload_cycles(
     mib = 2**20
     print(f"\nresident after cycle 1: {first / mib:.1f} MiB, after {CYCLES}: {last / mib:.1f} MiB")
     assert last <= 1.10 * first
+
+
+def thread_count(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads in /proc/<pid>/status")
+
+
+HANDLER_THREADS = 16
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_reloads_over_the_rpc_leave_no_thread_behind(
+    repo: Path, source: Path, tmp_path: Path, free_port: int
+) -> None:
+    """A reload warms the new version up in the handler thread that took the RPC. A
+    thread that had not adopted the server's torch thread count kept a matrix-product
+    team alive after it (one more thread per handler thread that ever reloaded, a
+    growth the soak saw). Between reloads, bursts of concurrent requests make the pool
+    create all its threads; after that the count must not move."""
+    model_dir = repo / "deepfm"
+    with (
+        serve_process(
+            repo, free_port, tmp_path / "serve.log", "--workers", str(HANDLER_THREADS)
+        ) as process,
+        Client(f"127.0.0.1:{free_port}", timeout=30) as c,
+        ThreadPoolExecutor(HANDLER_THREADS) as pool,
+    ):
+        items = [i.item_id for i in c.recommend(1, k=100, include_seen=True).items]
+        counts = []
+        for version in range(2, 10):
+            list(pool.map(lambda user: c.rank(user, items, k=10), range(4 * HANDLER_THREADS)))
+            publish(source, model_dir, version)
+            assert serving_of(reload_rpc(free_port)) == [("deepfm", version)]
+            time.sleep(0.3)  # the retired version's "unload" thread ends
+            counts.append(thread_count(process.pid))
+    print(f"\nthreads after each reload: {counts}")
+    assert max(counts[2:]) <= counts[1], counts
