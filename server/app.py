@@ -25,7 +25,7 @@ from . import kserve
 from .batching import runner_factory
 from .interceptors import ExceptionToStatusInterceptor
 from .metrics import Metrics
-from .options import ServeOptions
+from .options import ServeOptions, check_ranges
 from .reload import RepositoryPoller, reload_in_background
 from .repository import ModelRepository
 from .security import TokenAuthInterceptor, load_tokens, server_credentials
@@ -78,6 +78,7 @@ class RunningServer:
 
 def build_server(options: ServeOptions) -> RunningServer:
     """Bind and start the server (health NOT_SERVING); models are loaded by the caller."""
+    check_ranges(options)  # again: options built in code did not pass through the parser
     # --device cuda where CUDA is not usable fails the start, before anything binds.
     device = kernels.resolve_backend(options.device)
     # Security flags are checked before anything binds: a mistake leaves nothing listening.

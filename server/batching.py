@@ -68,9 +68,9 @@ class _Queued:
 class Batcher:
     """Answers ``rank``/``recommend`` for one pipeline, batching concurrent requests.
 
-    ``on_batch(size)`` is called after each executed batch. ``max_batch_size == 1``
-    turns batching off: calls go straight to the pipeline. :meth:`close` stops the
-    worker once everything accepted has been answered."""
+    ``on_batch(size)`` is called after each executed batch. :meth:`close` stops the
+    worker once everything accepted has been answered. No batching (``--max-batch-size
+    1``) is no Batcher: :func:`runner_factory` hands out the pipeline itself."""
 
     def __init__(
         self,
@@ -79,8 +79,8 @@ class Batcher:
         max_delay_s: float,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be at least 1; got {max_batch_size}")
+        if max_batch_size < 2:
+            raise ValueError(f"max_batch_size must be at least 2; got {max_batch_size}")
         if max_delay_s < 0:
             raise ValueError(f"max_delay_s must be non-negative; got {max_delay_s}")
         self.pipeline = pipeline
@@ -91,11 +91,9 @@ class Batcher:
         self._cond = threading.Condition()
         self._preparing = 0  # callers inside prepare: requests about to be queued
         self._closed = False
-        self._worker: threading.Thread | None = None
-        if max_batch_size > 1:
-            name = getattr(getattr(pipeline, "artifact", None), "name", "model")
-            self._worker = threading.Thread(target=self._work, name=f"batch-{name}", daemon=True)
-            self._worker.start()
+        name = getattr(getattr(pipeline, "artifact", None), "name", "model")
+        self._worker = threading.Thread(target=self._work, name=f"batch-{name}", daemon=True)
+        self._worker.start()
 
     # -- the pipeline's signatures -----------------------------------------------------
 
@@ -108,8 +106,6 @@ class Batcher:
         request_context: RequestContext | None = None,
     ) -> Ranking:
         args = (user_id, candidate_item_ids, k, context, request_context)
-        if self._worker is None:
-            return self.pipeline.rank(*args)
         return self._serve(functools.partial(self.pipeline.prepare_rank, *args))
 
     def recommend(
@@ -122,8 +118,6 @@ class Batcher:
         request_context: RequestContext | None = None,
     ) -> Ranking:
         args = (user_id, k, recent_item_ids, include_seen, context, request_context)
-        if self._worker is None:
-            return self.pipeline.recommend(*args)  # type: ignore[attr-defined]
         return self._serve(functools.partial(self.pipeline.prepare_recommend, *args))
 
     def close(self) -> None:
@@ -131,7 +125,7 @@ class Batcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if self._worker is not None and self._worker is not threading.current_thread():
+        if self._worker is not threading.current_thread():
             self._worker.join()
 
     # -- callers -----------------------------------------------------------------------
@@ -228,13 +222,8 @@ def runner_factory(
 ) -> Callable[[CatalogPipeline], CatalogPipeline | Batcher]:
     """The repository's ``make_runner``: a Batcher per loaded version, or the pipeline
     itself when ``max_batch_size`` is 1 or the pipeline has no batch work to merge (a
-    ranker without a crossing block); ``observe_batch(model name, size)`` per batch."""
-    if max_batch_size < 1:
-        raise ValueError(
-            f"--max-batch-size must be at least 1 (1: no batching); got {max_batch_size}"
-        )
-    if max_delay_s < 0:
-        raise ValueError(f"--max-batch-delay-ms must be non-negative; got {max_delay_s * 1000:g}")
+    ranker without a crossing block); ``observe_batch(model name, size)`` per batch. The
+    values were range-checked with the other options (``check_ranges``)."""
 
     def make_runner(pipeline: CatalogPipeline) -> CatalogPipeline | Batcher:
         if max_batch_size == 1 or not pipeline.shares_batch_work:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from recserve.server.app import build_server
 from recserve.server.options import ServeOptions, add_serve_arguments, options_from
 
 
@@ -59,6 +60,22 @@ def test_bad_values_name_their_source(
     path.write_text(config)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         options_from(parse("--config", str(path)), environ)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_batch_size", 0, "--max-batch-size must be at least 1; got 0"),
+        ("max_batch_delay_ms", -2.0, "--max-batch-delay-ms must not be negative; got -2.0"),
+        ("workers", 0, "--workers must be at least 1; got 0"),
+    ],
+)
+def test_options_built_in_code_are_range_checked_before_anything_binds(
+    tmp_path: Path, field: str, value: float, message: str
+) -> None:
+    options = ServeOptions(model_repo=tmp_path, port=0, metrics_port=-1, **{field: value})
+    with pytest.raises(ValueError, match=message):
+        build_server(options)
 
 
 def test_help_documents_every_option_with_default_and_variable(run_recserve) -> None:
