@@ -124,27 +124,35 @@ class InferenceServicer(kpb_grpc.GRPCInferenceServiceServicer):
         self.repository = repository
         self.recommender = recommender  # shares its metrics and request bookkeeping
 
+    # Every RPC goes through the Recommender's call scope: counted in the request metrics
+    # (probes too, as the Recommender's own), in-flight while it runs.
+
     def ServerLive(self, request, context: grpc.ServicerContext) -> kpb.ServerLiveResponse:
-        return kpb.ServerLiveResponse(live=True)
+        with self.recommender.call_scope("ServerLive", "", context):
+            return kpb.ServerLiveResponse(live=True)
 
     def ServerReady(self, request, context: grpc.ServicerContext) -> kpb.ServerReadyResponse:
-        try:
-            self.repository.get()
-        except (ModelUnavailable, ModelNotFound):
-            return kpb.ServerReadyResponse(ready=False)
-        return kpb.ServerReadyResponse(ready=True)
+        with self.recommender.call_scope("ServerReady", "", context):
+            try:
+                self.repository.get()
+            except (ModelUnavailable, ModelNotFound):
+                return kpb.ServerReadyResponse(ready=False)
+            return kpb.ServerReadyResponse(ready=True)
 
     def ModelReady(
         self, request: kpb.ModelReadyRequest, context: grpc.ServicerContext
     ) -> kpb.ModelReadyResponse:
-        try:
-            self.repository.get(request.name, _version(request.version))
-        except (ModelUnavailable, ModelNotFound):
-            return kpb.ModelReadyResponse(ready=False)
-        return kpb.ModelReadyResponse(ready=True)
+        with self.recommender.call_scope("ModelReady", "", context) as call:
+            try:
+                model = self.repository.get(request.name, _version(request.version))
+            except (ModelUnavailable, ModelNotFound):
+                return kpb.ModelReadyResponse(ready=False)
+            call.models.append(model)
+            return kpb.ModelReadyResponse(ready=True)
 
     def ServerMetadata(self, request, context: grpc.ServicerContext) -> kpb.ServerMetadataResponse:
-        return kpb.ServerMetadataResponse(name="recserve", version=__version__)
+        with self.recommender.call_scope("ServerMetadata", "", context):
+            return kpb.ServerMetadataResponse(name="recserve", version=__version__)
 
     def ModelMetadata(
         self, request: kpb.ModelMetadataRequest, context: grpc.ServicerContext

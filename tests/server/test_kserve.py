@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
+from test_operations import sample_value, scrape
 
 from recserve import Client
 from recserve.kserve import grpc_predict_v2_pb2 as kpb
@@ -69,6 +70,31 @@ def test_health_and_metadata(kserve, live_server) -> None:
         ("scores", "FP32"),
         ("unknown_item_ids", "INT64"),
     ]
+
+
+def test_probes_and_metadata_are_counted_in_the_request_metrics(kserve, live_server) -> None:
+    def count(rpc: str, **labels: str) -> float:
+        requests = scrape(live_server.metrics_port)["recserve_requests"]
+        return sample_value(requests, "recserve_requests_total", rpc=rpc, **labels)
+
+    calls = {
+        "ServerLive": lambda: kserve.ServerLive(kpb.ServerLiveRequest(), timeout=5),
+        "ServerReady": lambda: kserve.ServerReady(kpb.ServerReadyRequest(), timeout=5),
+        "ModelReady": lambda: kserve.ModelReady(kpb.ModelReadyRequest(name="deepfm"), timeout=5),
+        "ServerMetadata": lambda: kserve.ServerMetadata(kpb.ServerMetadataRequest(), timeout=5),
+    }
+    for rpc, call in calls.items():
+        before = count(rpc, code="OK")
+        call()
+        call()
+        assert count(rpc, code="OK") == before + 2, rpc
+    # the model a ModelReady named is a label; a bad version string is a counted refusal
+    assert count("ModelReady", model="deepfm", version="1") >= 2
+    refused = count("ModelReady", code="INVALID_ARGUMENT")
+    with pytest.raises(grpc.RpcError) as info:
+        kserve.ModelReady(kpb.ModelReadyRequest(name="deepfm", version="x"), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert count("ModelReady", code="INVALID_ARGUMENT") == refused + 1
 
 
 @pytest.mark.parametrize("raw", [True, False])
