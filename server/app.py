@@ -72,6 +72,7 @@ class RunningServer:
         self.servicer.wait_until_idle(grace)
         remaining = max(0.0, deadline - time.monotonic())
         self.server.stop(remaining).wait(remaining + 1)
+        self.servicer.stream_watch.close()
         self.repository.close()
         self.metrics.stop()
 
@@ -117,7 +118,9 @@ def build_server(options: ServeOptions) -> RunningServer:
         # grpc answers RESOURCE_EXHAUSTED at once instead of queueing.
         maximum_concurrent_rpcs=options.max_in_flight,
     )
-    servicer = RecommenderServicer(repository, metrics, options.max_explain_k)
+    servicer = RecommenderServicer(
+        repository, metrics, options.max_explain_k, options.stream_idle_seconds
+    )
     pb_grpc.add_RecommenderServicer_to_server(servicer, server)
     kserve_grpc.add_GRPCInferenceServiceServicer_to_server(
         kserve.InferenceServicer(repository, servicer), server

@@ -6,6 +6,7 @@ Names (all prefixed ``recserve_``):
   spent in each pipeline stage (queue, feature, crossing, head, topk).
 - ``batch_size{model}``: requests per executed batch.
 - ``in_flight``: requests being handled now.
+- ``idle_streams_cancelled_total``: RankStreams cancelled for waiting on their client.
 - ``model_loads_total{model, action}``: repository events (loaded, refused, unloaded);
   ``model_loaded{model, version}``: 1 for each served version.
 """
@@ -64,6 +65,11 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("recserve_in_flight", "Requests being handled now.", registry=r)
+        self.idle_streams = Counter(
+            "recserve_idle_streams_cancelled",
+            "RankStreams cancelled after waiting on their client for --stream-idle-seconds.",
+            registry=r,
+        )
         self.model_loads = Counter(
             "recserve_model_loads",
             "Model repository events: a version loaded, refused or unloaded.",

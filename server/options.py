@@ -46,6 +46,10 @@ class ServeOptions:
     max_in_flight: int = _opt(
         256, "requests in progress beyond which new ones get RESOURCE_EXHAUSTED at once"
     )
+    stream_idle_seconds: float = _opt(
+        60.0,
+        "a RankStream waiting this long on its client (to send or to read) is cancelled (0: never)",
+    )
     max_batch_size: int = _opt(32, "most requests merged into one batch (1: no batching)")
     max_batch_delay_ms: float = _opt(
         2.0, "longest a request waits for others to join its batch (less when the queue is short)"
@@ -185,7 +189,9 @@ _AT_LEAST_ONE = (
     "workers", "torch_threads", "max_candidates", "max_k", "max_explain_k",
     "max_message_bytes", "max_in_flight", "max_batch_size", "keep_versions",
 )  # fmt: skip
-_NOT_NEGATIVE = ("max_batch_delay_ms", "grace_seconds", "poll_seconds", "port")
+_NOT_NEGATIVE = (
+    "max_batch_delay_ms", "grace_seconds", "poll_seconds", "port", "stream_idle_seconds",
+)  # fmt: skip
 
 
 def check_ranges(options: ServeOptions) -> None:

@@ -29,6 +29,7 @@ from . import converters
 from .interceptors import status_for
 from .metrics import Metrics
 from .repository import LoadedModel, ModelRepository
+from .stream_watch import StreamWatch
 
 log = logging.getLogger("recserve.server")
 
@@ -75,10 +76,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         repository: ModelRepository,
         metrics: Metrics | None = None,
         max_explain_k: int = 100,
+        stream_idle_seconds: float = 0.0,
     ) -> None:
         self.repository = repository
         self.metrics = metrics or Metrics()
         self.max_explain_k = max_explain_k
+        self.stream_watch = StreamWatch(stream_idle_seconds, self.metrics.idle_streams.inc)
         self._active = 0  # requests being handled, for a graceful stop
         self._idle = threading.Condition()
 
@@ -166,22 +169,29 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     def RankStream(
         self, requests: Iterator[pb.RankRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.RankStreamResponse]:
-        # One request at a time per stream; concurrent streams share the batches.
-        for request in requests:
-            try:
-                with self.call_scope(
-                    "RankStream", request.request_id, context, trailing=False
-                ) as call:
-                    response = self._rank(request, call)
-            except Exception as exc:  # noqa: BLE001 - one bad request never ends the stream
-                code, message = status_for(exc)
-                yield pb.RankStreamResponse(
-                    request_id=call.request.request_id,
-                    error_code=code.value[0],
-                    error_message=message,
-                )
-                continue
-            yield pb.RankStreamResponse(request_id=response.request_id, response=response)
+        # One request at a time per stream; concurrent streams share the batches. The
+        # watch cancels the stream if it waits on its client for too long.
+        with self.stream_watch.watch(context) as watched:
+            for request in requests:
+                watched.working()
+                call = None  # stays None if the call scope refuses the request at once
+                try:
+                    with self.call_scope(
+                        "RankStream", request.request_id, context, trailing=False
+                    ) as call:
+                        response = self._rank(request, call)
+                    answer = pb.RankStreamResponse(
+                        request_id=response.request_id, response=response
+                    )
+                except Exception as exc:  # noqa: BLE001 - one bad request never ends the stream
+                    code, message = status_for(exc)
+                    answer = pb.RankStreamResponse(
+                        request_id=call.request.request_id if call is not None else "",
+                        error_code=code.value[0],
+                        error_message=message,
+                    )
+                watched.waiting()  # until the client has read it and sent the next request
+                yield answer
 
     # -- recommending ----------------------------------------------------------------
 

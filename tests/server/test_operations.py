@@ -83,6 +83,18 @@ def test_rank_stream_answers_each_request_by_id_and_survives_bad_ones(stub, live
         assert [i.item_id for i in streamed.response.items] == [i.item_id for i in unary.items]
 
 
+def test_rank_stream_refuses_a_too_long_request_id_and_goes_on(stub, live_server) -> None:
+    items = known_items(live_server, 10)
+    requests = [
+        pb.RankRequest(user_id=1, candidate_item_ids=items, k=2, request_id="x" * 129),
+        pb.RankRequest(user_id=1, candidate_item_ids=items, k=2, request_id="ok"),
+    ]
+    refused, answered = stub.RankStream(iter(requests), timeout=10)
+    assert refused.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert refused.request_id == "" and "129 characters" in refused.error_message
+    assert answered.error_code == 0 and answered.request_id == "ok"
+
+
 def test_metrics_are_scraped_and_parsed(stub, live_server) -> None:
     assert live_server.metrics_port > 0
     before = scrape(live_server.metrics_port)
