@@ -65,7 +65,7 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("recserve_in_flight", "Requests being handled now.", registry=r)
-        self.idle_streams = Counter(
+        self.idle_streams_cancelled = Counter(
             "recserve_idle_streams_cancelled",
             "RankStreams cancelled after waiting on their client for --stream-idle-seconds.",
             registry=r,

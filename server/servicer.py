@@ -81,7 +81,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.repository = repository
         self.metrics = metrics or Metrics()
         self.max_explain_k = max_explain_k
-        self.stream_watch = StreamWatch(stream_idle_seconds, self.metrics.idle_streams.inc)
+        self.stream_watch = StreamWatch(
+            stream_idle_seconds, self.metrics.idle_streams_cancelled.inc
+        )
         self._active = 0  # requests being handled, for a graceful stop
         self._idle = threading.Condition()
 

@@ -81,15 +81,26 @@ class StreamWatch:
                 for stream in self._streams:
                     since = stream.waiting_since  # read once: the handler may reset it
                     if since is not None and now - since > self.idle_seconds:
-                        idle.append((stream, now - since))
-                self._streams.difference_update(s for s, _ in idle)
-            for stream, waited in idle:
-                log.warning(
-                    "cancelled a RankStream from %s: it waited %.1f s on its client (no "
-                    "request sent, or no answer read); the limit is --stream-idle-seconds",
-                    stream.context.peer(),
-                    waited,
-                )
-                stream.context.cancel()
-                if self._on_cancel is not None:
-                    self._on_cancel()
+                        idle.append((stream, since))
+            for stream, since in idle:
+                # One that has moved since it was found idle is left alone.
+                if stream.waiting_since == since:
+                    self._cancel(stream, now - since)
+
+    def _cancel(self, stream: WatchedStream, waited: float) -> None:
+        with self._lock:
+            self._streams.discard(stream)  # cancelled once; its handler ends by itself
+        try:
+            if not stream.context.is_active():  # ending already
+                return
+            log.warning(
+                "cancelling a RankStream from %s: it waited %.1f s on its client (no request "
+                "sent, or no answer read); the limit is --stream-idle-seconds",
+                stream.context.peer(),
+                waited,
+            )
+            if self._on_cancel is not None:
+                self._on_cancel()  # first: a client may see CANCELLED and scrape at once
+            stream.context.cancel()
+        except Exception:  # the watch must outlive any one stream
+            log.exception("cancelling an idle RankStream failed")

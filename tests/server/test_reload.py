@@ -473,6 +473,34 @@ def thread_count(pid: int) -> int:
 HANDLER_THREADS = 16
 
 
+def fill_the_handler_pool(port: int, items: list[int]) -> None:
+    """Makes the server's pool create all its threads: HANDLER_THREADS streams open at
+    once, each answered once (so each holds a thread), then closed."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        releases = [threading.Event() for _ in range(HANDLER_THREADS)]
+
+        def held_open(release: threading.Event) -> Iterator[pb.RankRequest]:
+            yield pb.RankRequest(user_id=1, candidate_item_ids=items, k=3)
+            release.wait(30)
+
+        streams = [stub.RankStream(held_open(r), timeout=30) for r in releases]
+        for stream in streams:
+            next(stream)  # answered: its handler thread is taken until it closes
+        for release, stream in zip(releases, streams, strict=True):
+            release.set()
+            assert list(stream) == []
+
+
+def settled_thread_count(pid: int, at_most: int, seconds: float = 5.0) -> int:
+    """The thread count once it is at most ``at_most`` (a transient thread, e.g. the
+    retired version's "unload", has ended), or the last count after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while (count := thread_count(pid)) > at_most and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return count
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
 def test_reloads_over_the_rpc_leave_no_thread_behind(
@@ -481,8 +509,9 @@ def test_reloads_over_the_rpc_leave_no_thread_behind(
     """A reload warms the new version up in the handler thread that took the RPC. A
     thread that had not adopted the server's torch thread count kept a matrix-product
     team alive after it (one more thread per handler thread that ever reloaded, a
-    growth the soak saw). Between reloads, bursts of concurrent requests make the pool
-    create all its threads; after that the count must not move."""
+    growth the soak saw). With the pool full from the start, 8 reloads (each on some
+    handler thread) between bursts of concurrent requests must leave the count where
+    it was."""
     model_dir = repo / "deepfm"
     with (
         serve_process(
@@ -492,12 +521,14 @@ def test_reloads_over_the_rpc_leave_no_thread_behind(
         ThreadPoolExecutor(HANDLER_THREADS) as pool,
     ):
         items = [i.item_id for i in c.recommend(1, k=100, include_seen=True).items]
+        fill_the_handler_pool(free_port, items)
+        time.sleep(1.0)  # the streams' handlers return their threads to the pool
+        full = thread_count(process.pid)
         counts = []
         for version in range(2, 10):
             list(pool.map(lambda user: c.rank(user, items, k=10), range(4 * HANDLER_THREADS)))
             publish(source, model_dir, version)
             assert serving_of(reload_rpc(free_port)) == [("deepfm", version)]
-            time.sleep(0.3)  # the retired version's "unload" thread ends
-            counts.append(thread_count(process.pid))
-    print(f"\nthreads after each reload: {counts}")
-    assert max(counts[2:]) <= counts[1], counts
+            counts.append(settled_thread_count(process.pid, at_most=full))
+    print(f"\nthreads with the pool full: {full}; after each reload: {counts}")
+    assert max(counts) <= full, counts
