@@ -72,6 +72,7 @@ def _open_client(args: argparse.Namespace) -> Client:
         client_cert=args.tls_cert,
         client_key=args.tls_key,
         token=token or None,
+        server_name=args.tls_server_name,
     )
 
 
@@ -202,6 +203,12 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
         "--tls-cert", metavar="FILE", help="PEM client certificate chain, for mutual TLS"
     )
     tls.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    tls.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="name to check the servers' certificates against (default: the target's host; "
+        "needed for a list of several addresses)",
+    )
     tls.add_argument(
         "--token-file",
         metavar="FILE",

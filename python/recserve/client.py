@@ -228,6 +228,25 @@ def channel_target(target: str | Sequence[str]) -> tuple[str, bool]:
     return f"{families.pop()}:{','.join(address for _, address in parsed)}", True
 
 
+def tls_name(grpc_target: str, server_name: str | None = None) -> str | None:
+    """The name a TLS client checks the server certificates against, when grpc would not
+    find it in ``grpc_target`` itself: ``server_name``, or for a static list (``ipv4:`` /
+    ``ipv6:``) whose entries share one host, that host. None: grpc's own (the host of
+    ``host:port``, the name of ``dns:///name:port``). grpc would otherwise check the
+    whole list ("10.0.0.5:50051,10.0.0.6:50051") and refuse every replica.
+    Raises ValueError for a list of several hosts without ``server_name``."""
+    if server_name or not grpc_target.startswith(("ipv4:", "ipv6:")):
+        return server_name or None
+    entries = grpc_target.split(":", 1)[1].split(",")
+    hosts = {e.rpartition(":")[0].removeprefix("[").removesuffix("]") for e in entries}
+    if len(hosts) == 1:
+        return hosts.pop()
+    raise ValueError(
+        f"TLS over {len(hosts)} addresses checks one certificate name for all of them: "
+        "pass the name every replica's certificate carries (server_name=, --tls-server-name)"
+    )
+
+
 def target_count(target: str | Sequence[str]) -> int:
     """How many servers ``target`` lists: the entries of a list (or of an ``ipv4:`` /
     ``ipv6:`` target), else 1 (one address, or one name that may resolve to several)."""
@@ -324,6 +343,9 @@ class Client:
         token: bearer token for a server run with ``--auth-tokens-file``, sent with every
             call as ``authorization: Bearer <token>``. Without TLS it crosses the network
             in clear text.
+        server_name: with TLS, the name to check every server's certificate against
+            (default: the target's host; needed for a list of several addresses: the name
+            all replicas' certificates carry).
         balance: use :data:`REPLICA_SERVICE_CONFIG` (round_robin over the replicas,
             client-side health checking, retries of UNAVAILABLE). Default (None): for
             targets that may name several servers; a plain ``host:port`` keeps grpc's
@@ -343,6 +365,7 @@ class Client:
         client_cert: str | None = None,
         client_key: str | None = None,
         token: str | None = None,
+        server_name: str | None = None,
         balance: bool | None = None,
     ) -> None:
         if bool(client_cert) != bool(client_key):
@@ -352,6 +375,9 @@ class Client:
         target, options = resolve_channel(target, max_message_bytes, balance)
         self.channel_target = target
         if tls or root_ca or client_cert:
+            name = tls_name(target, server_name)
+            if name is not None:
+                options.append(("grpc.ssl_target_name_override", name))
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=_read_file(root_ca, "root_ca") if root_ca else None,
                 private_key=_read_file(client_key, "client_key") if client_key else None,

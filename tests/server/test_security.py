@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import socket
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from recserve import Client, RecserveError
-from recserve.client import _BearerToken
+from recserve.client import _BearerToken, tls_name
 from recserve.server.app import RunningServer, ServeOptions, build_server
 from recserve.server.security import TokenAuthInterceptor, load_tokens
 from recserve.v1 import recserve_pb2 as pb
@@ -237,6 +238,62 @@ def test_tls_port_refuses_a_client_that_cannot_verify_it(
     ):
         client.recommend(1, k=3)
     assert err.value.code == UNAVAILABLE
+
+
+@pytest.fixture(scope="module")
+def second_tls_server(model_repo: Path, pki: Pki) -> Iterator[RunningServer]:
+    with _serving(model_repo, tls_cert=str(pki.server_cert), tls_key=str(pki.server_key)) as s:
+        yield s
+
+
+def test_tls_over_a_list_of_replicas_checks_their_host(
+    tls_server: RunningServer, second_tls_server: RunningServer, pki: Pki
+) -> None:
+    """grpc would check the certificates against the whole list ("127.0.0.1:p,127.0.0.1:q")
+    and refuse every replica; the client checks the entries' common host, or the name it
+    is given."""
+    servers = (tls_server, second_tls_server)
+    replicas = [_target(server) for server in servers]
+
+    def answered_by_each() -> list[float]:  # every RPC: round_robin alternates per call
+        return [
+            sum(
+                sample.value
+                for family in server.metrics.registry.collect()
+                for sample in family.samples
+                if sample.name == "recserve_requests_total"
+            )
+            for server in servers
+        ]
+
+    for name in (None, "localhost"):  # the certificate names both
+        before = answered_by_each()
+        deadline = time.monotonic() + 10
+        with Client(replicas, timeout=10, root_ca=str(pki.ca), server_name=name) as client:
+            # round_robin uses a replica once its TLS connection is up: both must answer
+            while True:
+                _answers(client, tls_server)
+                answered = [a - b for a, b in zip(answered_by_each(), before, strict=True)]
+                if min(answered) > 0 or time.monotonic() > deadline:
+                    break
+        assert min(answered) > 0, f"answers per replica: {answered}"
+    with (
+        Client(replicas, timeout=5, root_ca=str(pki.ca), server_name="other.example") as client,
+        pytest.raises(RecserveError) as err,
+    ):
+        client.recommend(1, k=3)
+    assert err.value.code == UNAVAILABLE and "Hostname Verification" in err.value.message
+
+
+def test_tls_over_several_hosts_needs_the_certificate_name() -> None:
+    with pytest.raises(ValueError, match="server_name=, --tls-server-name"):
+        tls_name("ipv4:10.0.0.5:50051,10.0.0.6:50051")
+    assert tls_name("ipv4:10.0.0.5:50051,10.0.0.6:50051", "recserve.internal") == (
+        "recserve.internal"
+    )
+    assert tls_name("ipv6:[::1]:50051,[::1]:50052") == "::1"
+    assert tls_name("127.0.0.1:50051") is None  # grpc takes the host itself
+    assert tls_name("dns:///recserve.internal:50051") is None
 
 
 # --- mutual TLS -----------------------------------------------------------------------
@@ -493,6 +550,19 @@ def test_cli_client_with_tls_and_a_token(
     assert refused.returncode == 1
     assert "UNAUTHENTICATED: invalid token" in refused.stderr
     assert "--token-file" in refused.stderr
+
+
+def test_cli_client_names_the_certificate_of_tls_replicas(
+    tls_server: RunningServer, second_tls_server: RunningServer, pki: Pki, run_recserve
+) -> None:
+    replicas = f"{_target(tls_server)},{_target(second_tls_server)}"
+    common = ["recommend", "--target", replicas, "--user", "1", "-k", "2", "--json"]
+    common += ["--tls-ca", str(pki.ca), "--tls-server-name"]
+    done = run_recserve(*common, "localhost")
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["items"]) == 2
+    refused = run_recserve(*common, "other.example")
+    assert refused.returncode == 1 and "UNAVAILABLE" in refused.stderr
 
 
 # --- configuration --------------------------------------------------------------------
