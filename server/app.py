@@ -77,6 +77,22 @@ class RunningServer:
         self.metrics.stop()
 
 
+def grpc_server_options(options: ServeOptions) -> list[tuple[str, int]]:
+    """grpc's channel arguments of the server."""
+    arguments = [
+        ("grpc.max_receive_message_length", options.max_message_bytes),
+        ("grpc.max_send_message_length", options.max_message_bytes),
+    ]
+    if options.max_connection_age_seconds > 0:
+        # A GOAWAY once a connection is this old: the client opens a new one for its next
+        # calls (re-resolving a dns:/// name) while calls in progress, streams included,
+        # finish on the old one (grpc's grace: unlimited).
+        arguments.append(
+            ("grpc.max_connection_age_ms", round(options.max_connection_age_seconds * 1000))
+        )
+    return arguments
+
+
 def build_server(options: ServeOptions) -> RunningServer:
     """Bind and start the server (health NOT_SERVING); models are loaded by the caller."""
     check_ranges(options)  # again: options built in code did not pass through the parser
@@ -110,10 +126,7 @@ def build_server(options: ServeOptions) -> RunningServer:
             initializer=adopt_torch_threads,
         ),
         interceptors=interceptors,
-        options=[
-            ("grpc.max_receive_message_length", options.max_message_bytes),
-            ("grpc.max_send_message_length", options.max_message_bytes),
-        ],
+        options=grpc_server_options(options),
         # Beyond this many RPCs in progress (handled or waiting for a handler thread),
         # grpc answers RESOURCE_EXHAUSTED at once instead of queueing.
         maximum_concurrent_rpcs=options.max_in_flight,

@@ -46,6 +46,11 @@ class ServeOptions:
     max_in_flight: int = _opt(
         256, "requests in progress beyond which new ones get RESOURCE_EXHAUSTED at once"
     )
+    max_connection_age_seconds: float = _opt(
+        0.0,
+        "a client connection older than this is asked to reconnect, so DNS clients find "
+        "new replicas (0: never)",
+    )
     stream_idle_seconds: float = _opt(
         60.0,
         "a RankStream waiting this long on its client (to send or to read) is cancelled (0: never)",
@@ -191,6 +196,7 @@ _AT_LEAST_ONE = (
 )  # fmt: skip
 _NOT_NEGATIVE = (
     "max_batch_delay_ms", "grace_seconds", "poll_seconds", "port", "stream_idle_seconds",
+    "max_connection_age_seconds",
 )  # fmt: skip
 
 
