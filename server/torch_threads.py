@@ -3,8 +3,8 @@
 ``torch.set_num_threads`` in the main thread covers ATen's own parallel loops in every
 thread, but not the matrix products: MKL's (and OpenMP's) count is per thread, so a
 thread that never set it multiplies on a team of one thread per core and keeps that
-team alive as long as it lives. With 64 handler threads that is up to 64 more threads,
-spinning on cores the other requests need.
+team alive as long as it lives: with 64 handler threads, up to 64 threads more than
+``--torch-threads`` allows.
 """
 
 from __future__ import annotations
