@@ -116,7 +116,11 @@ def build_server(options: ServeOptions) -> RunningServer:
         keep_versions=options.keep_versions,
         device=device,
         make_runner=runner_factory(
-            options.max_batch_size, options.max_batch_delay, metrics.observe_batch
+            options.max_batch_size,
+            options.max_batch_delay,
+            metrics.observe_batch,
+            compute_threads=options.compute_thread_count,
+            max_queue_s=options.max_queue_ms / 1000.0,
         ),
     )
     server = grpc.server(

@@ -78,7 +78,10 @@ class Batcher:
         max_batch_size: int,
         max_delay_s: float,
         on_batch: Callable[[int], None] | None = None,
+        compute_threads: int = 1,
     ) -> None:
+        if compute_threads < 1:
+            raise ValueError(f"compute_threads must be at least 1; got {compute_threads}")
         if max_batch_size < 2:
             raise ValueError(f"max_batch_size must be at least 2; got {max_batch_size}")
         if max_delay_s < 0:
@@ -92,8 +95,12 @@ class Batcher:
         self._preparing = 0  # callers inside prepare: requests about to be queued
         self._closed = False
         name = getattr(getattr(pipeline, "artifact", None), "name", "model")
-        self._worker = threading.Thread(target=self._work, name=f"batch-{name}", daemon=True)
-        self._worker.start()
+        self._workers = [
+            threading.Thread(target=self._work, name=f"batch-{name}-{i}", daemon=True)
+            for i in range(compute_threads)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     # -- the pipeline's signatures -----------------------------------------------------
 
@@ -125,8 +132,9 @@ class Batcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        if self._worker is not threading.current_thread():
-            self._worker.join()
+        for worker in self._workers:
+            if worker is not threading.current_thread():
+                worker.join()
 
     # -- callers -----------------------------------------------------------------------
 
@@ -219,6 +227,8 @@ def runner_factory(
     max_batch_size: int,
     max_delay_s: float,
     observe_batch: Callable[[str, int], None] | None = None,
+    compute_threads: int = 1,
+    max_queue_s: float = 0.0,
 ) -> Callable[[CatalogPipeline], CatalogPipeline | Batcher]:
     """The repository's ``make_runner``: a Batcher per loaded version, or the pipeline
     itself when ``max_batch_size`` is 1 or the pipeline has no batch work to merge (a
@@ -231,6 +241,13 @@ def runner_factory(
         on_batch = None
         if observe_batch is not None:
             on_batch = functools.partial(observe_batch, pipeline.artifact.name)  # type: ignore[attr-defined]
-        return Batcher(pipeline, max_batch_size, max_delay_s, on_batch)
+        return Batcher(
+            pipeline,
+            max_batch_size,
+            max_delay_s,
+            on_batch,
+            compute_threads=compute_threads,
+            max_queue_s=max_queue_s,
+        )
 
     return make_runner

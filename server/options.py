@@ -37,6 +37,19 @@ class ServeOptions:
         64, "gRPC handler threads; a request holds one while it waits for its batch"
     )
     torch_threads: int = _opt(1, "intra-op threads of each TorchScript call (keep 1 on few cores)")
+    compute_threads: int = _opt(
+        0,
+        "threads per model that run batched model compute (head, top-k) "
+        "(0: the cores this process may use)",
+    )
+    max_queue_ms: float = _opt(
+        50.0,
+        "a request that cannot start its model compute within this many milliseconds is "
+        "refused at once with RESOURCE_EXHAUSTED (0: no limit)",
+    )
+    processes: int = _opt(
+        1, "serving processes sharing the port (SO_REUSEPORT); each loads every model"
+    )
     max_candidates: int = _opt(10_000, "most candidate (or recent) item ids in one request")
     max_k: int = _opt(1_000, "largest k a request may ask for")
     max_explain_k: int = _opt(100, "largest k of a Rank request with explain = true")
@@ -97,9 +110,21 @@ class ServeOptions:
         return {"fp32": "float32", "bf16": "bfloat16"}[self.head_precision]
 
     @property
+    def compute_thread_count(self) -> int:
+        """--compute-threads, with 0 resolved to the cores this process may use."""
+        return self.compute_threads or available_cores()
+
+    @property
     def max_batch_delay(self) -> float:
         """The batching delay in seconds."""
         return self.max_batch_delay_ms / 1000.0
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers narrow)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _flag(f: dataclasses.Field) -> str:
@@ -192,11 +217,11 @@ def options_from(
 # Options that must be at least 1 (or 0 where zero means "off" / "any").
 _AT_LEAST_ONE = (
     "workers", "torch_threads", "max_candidates", "max_k", "max_explain_k",
-    "max_message_bytes", "max_in_flight", "max_batch_size", "keep_versions",
+    "max_message_bytes", "max_in_flight", "max_batch_size", "keep_versions", "processes",
 )  # fmt: skip
 _NOT_NEGATIVE = (
     "max_batch_delay_ms", "grace_seconds", "poll_seconds", "port", "stream_idle_seconds",
-    "max_connection_age_seconds",
+    "max_connection_age_seconds", "compute_threads", "max_queue_ms",
 )  # fmt: skip
 
 
