@@ -12,31 +12,48 @@ Each stage against what a user would run instead:
   DeepFM only.
 - whole ranking, logits of N candidates: recserve crossing + TorchScript head against
   the model's whole TorchScript forward (its inputs gathered by torch indexing in both).
-- whole, bf16 head: the same with the opt-in bfloat16 head (head_dtype="bfloat16"),
-  against the same float32 forward.
+- whole, bf16 head / whole, int8 head: the same with the opt-in bfloat16 head
+  (head_dtype="bfloat16") or int8 head (head_dtype="int8", recserve.int8_head), against
+  the same float32 forward.
 
     python bench/crossing.py                      # 1k and 10k candidates of 20k items
     python bench/crossing.py --candidates 1000 --repeats 200
+    python bench/crossing.py --models deepfm --candidates 1000   # short
 
 Prints the median of --repeats timed calls for each (timed in alternating blocks) and
 baseline/recserve (above 1:
 recserve is faster), the memory of the precomputed item tables, and the largest
 relative difference between the two paths' scores.
+
+Then the head precisions side by side, named with the CPU and its SIMD level: the head
+alone (as served: rows padded by recserve.batch_plan) and the whole ranking, in fp32,
+bf16 and int8, each with its speed-up over fp32 (all timed in interleaved blocks), the
+largest logit difference from fp32, and whether a row's logit is the same alone as among
+N rows. For reference (not served), torch.ao.quantization.quantize_dynamic's int8 head
+(one activation scale per call) on each quantized engine this PyTorch has.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import platform
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from recserve import kernels
 from recserve.artifact import load_artifact, torchscript_deprecation_silenced
+from recserve.batch_plan import HeadRows, run_head_rows
+from recserve.int8_head import eager_head
 from recserve.pipeline import RankerPipeline
 from recserve.training.data import make_synthetic_movielens
 from recserve.training.models.deepfm import DeepFM, FieldEmbedding
@@ -84,6 +101,38 @@ def paired_medians(
     return statistics.median(times[0]), statistics.median(times[1])
 
 
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], repeats: int, rounds: int = 5
+) -> dict[str, float]:
+    """:func:`paired_medians` for any number of functions: median seconds of each."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            fn()
+            for _ in range(max(1, repeats // rounds)):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def cpu_description() -> str:
+    """The CPU's name, recserve's SIMD level and the CPU's int8/bf16 instructions."""
+    name, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    wanted = ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+    found = [f for f in wanted if f in flags] or ["none of " + "/".join(wanted)]
+    return (
+        f"{name}; recserve SIMD level {kernels.SIMD_LEVEL}; int8/bf16 instructions: "
+        f"{' '.join(found)}; torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()})"
+    )
+
+
 def run_crossing(args: argparse.Namespace) -> list[dict[str, object]]:
     """One row per (model, stage, candidates): times in seconds, ratio, agreement; see main()."""
     torch.manual_seed(0)
@@ -117,7 +166,8 @@ def run_model(args: argparse.Namespace, name: str, trained) -> list[dict[str, ob
     crossing = pipeline.crossing
     assert crossing is not None, "the exported artifact has no crossing block"
     bf16 = RankerPipeline(artifact, head_dtype="bfloat16").crossing
-    assert bf16 is not None
+    int8 = RankerPipeline(artifact, head_dtype="int8").crossing
+    assert bf16 is not None and int8 is not None
     stage = None
     if name == "deepfm":
         with torchscript_deprecation_silenced():
@@ -152,6 +202,9 @@ def run_model(args: argparse.Namespace, name: str, trained) -> list[dict[str, ob
         def ours_bf16(rows: np.ndarray = rows) -> object:
             return bf16.logits(user, rows)
 
+        def ours_int8(rows: np.ndarray = rows) -> object:
+            return int8.logits(user, rows)
+
         outputs = ours_stage()
 
         head_inputs = [torch.from_numpy(o) for o in (outputs if name == "dcnv2" else outputs[1:])]
@@ -166,6 +219,7 @@ def run_model(args: argparse.Namespace, name: str, trained) -> list[dict[str, ob
         stages = [
             ("whole ranking", ours_whole, ours_whole()),
             ("whole, bf16 head", ours_bf16, ours_bf16()),
+            ("whole, int8 head", ours_int8, ours_int8()),
         ]
         if stage is not None:
             stages.insert(0, ("crossing stage", ours_stage, ours_whole()))
@@ -175,6 +229,7 @@ def run_model(args: argparse.Namespace, name: str, trained) -> list[dict[str, ob
             score_rel, logit_rel = agreement(got, expected)
             rows_out.append(
                 dict(
+                    table="crossing",
                     model=name,
                     stage=stage_name,
                     candidates=n,
@@ -190,7 +245,78 @@ def run_model(args: argparse.Namespace, name: str, trained) -> list[dict[str, ob
                     test_auc=trained.metrics["test_auc"],
                 )
             )
+        heads = {"fp32": crossing, "bf16": bf16, "int8": int8}
+        rows_out += precision_rows(args, name, artifact, heads, user, rows, head_inputs)
     return rows_out
+
+
+def ao_dynamic_heads(artifact) -> dict[str, Callable[..., torch.Tensor]]:
+    """torch.ao.quantization.quantize_dynamic's int8 head ({nn.Linear}, qint8 weights) on
+    each quantized engine this PyTorch has, set explicitly around each call."""
+    eager = eager_head(artifact.crossing.head)
+    out: dict[str, Callable[..., torch.Tensor]] = {}
+    for engine in ("x86", "fbgemm", "onednn"):
+        if engine not in torch.backends.quantized.supported_engines:
+            continue
+        torch.backends.quantized.engine = engine
+        with warnings.catch_warnings():  # torch.ao.quantization is deprecated in PyTorch 2.13
+            warnings.simplefilter("ignore")
+            quantized = torch.ao.quantization.quantize_dynamic(
+                copy.deepcopy(eager), {nn.Linear}, dtype=torch.qint8
+            )
+
+        def head(*inputs: torch.Tensor, quantized=quantized, engine=engine) -> torch.Tensor:
+            torch.backends.quantized.engine = engine
+            with torch.inference_mode():
+                return quantized(*inputs).reshape(-1)
+
+        out[f"int8 per call ({engine}, torch.ao)"] = head
+    return out
+
+
+def precision_rows(
+    args: argparse.Namespace,
+    name: str,
+    artifact,
+    heads: dict,
+    user: np.ndarray,
+    rows: np.ndarray,
+    head_inputs: list[torch.Tensor],
+) -> list[dict[str, object]]:
+    """fp32, bf16 and int8 heads (and the torch.ao reference) on the same candidates: the
+    head alone as served, the whole ranking, logit differences, row independence."""
+    work = HeadRows(tuple(head_inputs))
+    first = HeadRows(tuple(t[:47] for t in head_inputs))
+    programs: dict[str, Callable[..., torch.Tensor]] = {p: c.head_logits for p, c in heads.items()}
+    programs.update(ao_dynamic_heads(artifact))
+    head_fns = {p: lambda f=f: run_head_rows(f, [work]) for p, f in programs.items()}
+    whole_fns = {p: lambda c=c: c.logits(user, rows) for p, c in heads.items()}
+    timed = interleaved_medians(
+        {**{("head", p): f for p, f in head_fns.items()},
+         **{("whole", p): f for p, f in whole_fns.items()}},
+        args.repeats,
+    )  # fmt: skip
+    reference = run_head_rows(programs["fp32"], [work])[0]
+    out = []
+    for precision, program in programs.items():
+        logits = run_head_rows(program, [work])[0]
+        alone = run_head_rows(program, [first])[0]
+        whole = timed.get(("whole", precision))
+        out.append(
+            dict(
+                table="precision",
+                model=name,
+                precision=precision,
+                candidates=int(rows.size),
+                head_s=timed[("head", precision)],
+                head_x=timed[("head", "fp32")] / timed[("head", precision)],
+                whole_s=whole,
+                whole_x=None if whole is None else timed[("whole", "fp32")] / whole,
+                logit_diff=float((logits - reference).abs().max()),
+                row_independent=bool(torch.equal(alone, logits[:47])),
+            )
+        )
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def print_crossing(rows: list[dict[str, object]], repeats: int) -> None:
+def print_crossing(all_rows: list[dict[str, object]], repeats: int) -> None:
+    rows = [r for r in all_rows if r["table"] == "crossing"]
     first = rows[0]
     print(
         f"d=16, MLP 256-128-64 (DCN-v2: 3 cross layers first), trained {first['epochs']} "
@@ -233,12 +360,37 @@ def print_crossing(rows: list[dict[str, object]], repeats: int) -> None:
             f"the float32 head alone takes {r['head_s'] * 1e3:.3f} ms, so a float32 path is "
             f"at most {r['torchscript_s'] / r['head_s']:.1f}x faster than the full forward"
         )
-    f32 = [r for r in rows if r["stage"] != "whole, bf16 head"]
+    f32 = [r for r in rows if r["stage"] not in ("whole, bf16 head", "whole, int8 head")]
     worst = max(r["score_rel"] for r in f32)
     print(
         f"float32 scores agree within 1e-5 relative: {'yes' if worst <= 1e-5 else 'NO'} "
-        f"({worst:.1e}); the bfloat16 head is opt-in and not held to 1e-5"
+        f"({worst:.1e}); the bfloat16 and int8 heads are opt-in and not held to 1e-5"
     )
+    print_precision([r for r in all_rows if r["table"] == "precision"], repeats)
+
+
+def print_precision(rows: list[dict[str, object]], repeats: int) -> None:
+    print()
+    print(f"head precision: {cpu_description()}")
+    print(
+        f"one thread, median of {repeats} calls in 5 interleaved rounds; x fp32: fp32 time / "
+        "this time (above 1: faster); rows alone = a row's logit is the same alone (47 "
+        "rows) as among all N"
+    )
+    header = (
+        f"{'model':<10} {'head':<33} {'N':>6} {'head ms':>8} {'x fp32':>7} "
+        f"{'whole ms':>9} {'x fp32':>7} {'max |d logit|':>14} {'rows alone':>11}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        whole = "-" if r["whole_s"] is None else f"{r['whole_s'] * 1e3:.3f}"
+        whole_x = "-" if r["whole_x"] is None else f"{r['whole_x']:.2f}x"
+        print(
+            f"{r['model']:<10} {r['precision']:<33} {r['candidates']:>6} "
+            f"{r['head_s'] * 1e3:>8.3f} {r['head_x']:>6.2f}x {whole:>9} {whole_x:>7} "
+            f"{r['logit_diff']:>14.2e} {'same' if r['row_independent'] else 'DIFFERS':>11}"
+        )
 
 
 def main() -> None:

@@ -3,8 +3,9 @@
 A request is prepare -> batch compute -> finish (recserve.batch_plan). The caller's
 thread prepares its own request (a bad one fails there, alone, with its own
 InvalidRequest), puts its share of the batch computation on the model's queue and waits;
-one worker thread per model takes up to ``max_batch_size`` queued requests, runs the
-computation once for all of them, and wakes their callers, who finish their own answers.
+``compute_threads`` worker threads per model (the server's --compute-threads: by default
+one per core) each take up to ``max_batch_size`` queued requests, run the computation once
+for all of them, and wake their callers, who finish their own answers.
 A request with no batch work (a cold-start user answered by popularity, a retrieval
 model's Rank) is finished by its caller at once, without queueing.
 
@@ -18,6 +19,18 @@ When the worker waits for company (the adaptive delay):
   ``max_delay_s``, only while the batch is not full and another caller is preparing a
   request (it enqueues within its prepare time): the evidence of concurrent load. A
   prepare that fails, or needs no batch work, ends the wait as well.
+
+Admission is by time, not by count (``max_queue_s``, the server's --max-queue-ms). The
+batcher measures how long requests wait for a compute thread: a new request is expected
+to wait as long as the latest ones did (a moving average of their queue times), or at
+least as long as the oldest request still queued has already waited; with nothing queued
+it joins the next batch, so it waits at most for a running batch to end. A request expected
+to wait longer than ``max_queue_s`` is refused before it is prepared, with Overloaded
+(RESOURCE_EXHAUSTED) saying which limit it hit; one whose deadline falls before its
+expected turn gets DeadlineExceeded at once. A request that waited past ``max_queue_s``
+all the same (the load rose faster than the average) is refused when its batch starts,
+without computing it. So the server never keeps a queue it cannot serve in time: under
+overload the excess is refused at once and admitted requests keep their latency.
 
 A request whose deadline passes while it is queued is dropped, not computed: its caller
 gets DeadlineExceeded. The time from enqueue to the batch's start is the request's
@@ -37,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recserve.batch_plan import Prepared
-from recserve.errors import DeadlineExceeded, ModelUnavailable
+from recserve.errors import DeadlineExceeded, ModelUnavailable, Overloaded
 from recserve.pipeline import CatalogPipeline
 from recserve.request_context import RequestContext
 from recserve.results import Ranking
@@ -47,6 +60,10 @@ from .torch_threads import adopt_torch_threads
 log = logging.getLogger("recserve.server")
 
 __all__ = ["BatchFailed", "Batcher", "runner_factory"]
+
+# Weight of one request's queue time in the moving average admission uses: about the
+# last 20 requests count, so the estimate follows a change of load within a batch or two.
+QUEUE_AVERAGE_WEIGHT = 0.05
 
 
 class BatchFailed(RuntimeError):
@@ -79,9 +96,12 @@ class Batcher:
         max_delay_s: float,
         on_batch: Callable[[int], None] | None = None,
         compute_threads: int = 1,
+        max_queue_s: float = 0.0,
     ) -> None:
         if compute_threads < 1:
             raise ValueError(f"compute_threads must be at least 1; got {compute_threads}")
+        if max_queue_s < 0:
+            raise ValueError(f"max_queue_s must be non-negative; got {max_queue_s}")
         if max_batch_size < 2:
             raise ValueError(f"max_batch_size must be at least 2; got {max_batch_size}")
         if max_delay_s < 0:
@@ -94,7 +114,11 @@ class Batcher:
         self._cond = threading.Condition()
         self._preparing = 0  # callers inside prepare: requests about to be queued
         self._closed = False
+        self.max_queue_s = max_queue_s
+        self.compute_threads = compute_threads
+        self.queue_seconds = 0.0  # moving average of the latest requests' queue times
         name = getattr(getattr(pipeline, "artifact", None), "name", "model")
+        self.name = name
         self._workers = [
             threading.Thread(target=self._work, name=f"batch-{name}-{i}", daemon=True)
             for i in range(compute_threads)
@@ -113,7 +137,7 @@ class Batcher:
         request_context: RequestContext | None = None,
     ) -> Ranking:
         args = (user_id, candidate_item_ids, k, context, request_context)
-        return self._serve(functools.partial(self.pipeline.prepare_rank, *args))
+        return self._serve(functools.partial(self.pipeline.prepare_rank, *args), request_context)
 
     def recommend(
         self,
@@ -125,7 +149,9 @@ class Batcher:
         request_context: RequestContext | None = None,
     ) -> Ranking:
         args = (user_id, k, recent_item_ids, include_seen, context, request_context)
-        return self._serve(functools.partial(self.pipeline.prepare_recommend, *args))
+        return self._serve(
+            functools.partial(self.pipeline.prepare_recommend, *args), request_context
+        )
 
     def close(self) -> None:
         """Refuses new requests, answers the accepted ones, then stops the worker."""
@@ -138,10 +164,41 @@ class Batcher:
 
     # -- callers -----------------------------------------------------------------------
 
-    def _serve(self, prepare: Callable[[], Prepared]) -> Ranking:
+    def expected_wait(self) -> float:
+        """Seconds a request queued now is expected to wait for a compute thread."""
+        with self._cond:
+            return self._expected_wait()
+
+    def _expected_wait(self) -> float:
+        if not self._queue:  # the next batch takes it: at most a running batch's time
+            return 0.0
+        return max(self.queue_seconds, time.perf_counter() - self._queue[0].enqueued)
+
+    def _admit(self, request_context: RequestContext | None) -> None:
+        """Refuses a request the queue cannot start in time (called with the lock held)."""
+        wait = self._expected_wait()
+        if self.max_queue_s and wait > self.max_queue_s:
+            raise Overloaded(
+                f"server over capacity: requests for model {self.name!r} wait about "
+                f"{wait * 1000:.0f} ms for a compute thread ({len(self._queue)} queued), more "
+                f"than the server's --max-queue-ms ({self.max_queue_s * 1000:g}); retry later "
+                "(with backoff) or add replicas"
+            )
+        remaining = None if request_context is None else request_context.remaining()
+        if remaining is not None and remaining < wait:
+            raise DeadlineExceeded(
+                f"the deadline ({max(remaining, 0.0) * 1000:.0f} ms left) cannot be met: "
+                f"about {wait * 1000:.0f} ms of queued compute is ahead of this request; "
+                "nothing was computed"
+            )
+
+    def _serve(
+        self, prepare: Callable[[], Prepared], request_context: RequestContext | None
+    ) -> Ranking:
         with self._cond:
             if self._closed:
                 raise ModelUnavailable("this model version was unloaded; retry the request")
+            self._admit(request_context)
             self._preparing += 1
         queued = None
         try:
@@ -184,9 +241,32 @@ class Batcher:
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            return [
+            batch = [
                 self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch_size))
             ]
+            now = time.perf_counter()
+            for queued in batch:  # each request's queue time moves the average a little
+                self.queue_seconds += QUEUE_AVERAGE_WEIGHT * (
+                    now - queued.enqueued - self.queue_seconds
+                )
+            return batch
+
+    def _refusal(self, queued: _Queued, now: float) -> Exception | None:
+        """Why a request taken from the queue is not computed (None: it is)."""
+        context = queued.prepared.request_context
+        if context is not None and context.deadline is not None and now >= context.deadline:
+            return DeadlineExceeded(
+                "the deadline passed while the request waited for its batch; nothing was computed"
+            )
+        waited = queued.started - queued.enqueued
+        if self.max_queue_s and waited > self.max_queue_s:
+            return Overloaded(
+                f"server over capacity: the request waited {waited * 1000:.0f} ms for a "
+                f"compute thread of model {self.name!r}, more than the server's "
+                f"--max-queue-ms ({self.max_queue_s * 1000:g}); nothing was computed; "
+                "retry later (with backoff) or add replicas"
+            )
+        return None
 
     def _execute(self, batch: list[_Queued]) -> None:
         started = time.perf_counter()
@@ -194,15 +274,14 @@ class Batcher:
         live = []
         for queued in batch:
             queued.started = started
-            context = queued.prepared.request_context
-            if context is not None and context.deadline is not None and now >= context.deadline:
-                queued.error = DeadlineExceeded(
-                    "the deadline passed while the request waited for its batch; nothing "
-                    "was computed"
-                )
+            queued.error = self._refusal(queued, now)
+            if queued.error is not None:
                 queued.done.set()
             else:
                 live.append(queued)
+        self._compute(live)
+
+    def _compute(self, live: list[_Queued]) -> None:
         if not live:
             return
         try:

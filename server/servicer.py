@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import grpc
@@ -86,6 +86,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         )
         self._active = 0  # requests being handled, for a graceful stop
         self._idle = threading.Condition()
+        # Called once a ReloadModels scan ends: with --processes N it asks the supervisor
+        # to have the other processes rescan too (server/supervisor.py).
+        self.after_reload: Callable[[], None] | None = None
 
     def wait_until_idle(self, timeout: float) -> bool:
         """Waits until no request is being handled; False if ``timeout`` passed first."""
@@ -292,5 +295,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     ) -> pb.ReloadModelsResponse:
         """Rescans the repository now; answers when the new versions serve."""
         with self.call_scope("ReloadModels", "", context):
-            events = self.repository.reload()
+            try:
+                events = self.repository.reload()
+            finally:
+                if self.after_reload is not None:
+                    self.after_reload()
             return converters.reload_response(events, self.repository.served())

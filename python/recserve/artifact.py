@@ -234,17 +234,14 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
             raise ArtifactError(f"{path}: manifest names a file outside the version: {filename}")
         if not file_path.is_file():
             raise ArtifactError(f"{path}: file {filename} listed in the manifest is missing")
-        data = file_path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
-            raise ArtifactError(
-                f"{path}: checksum mismatch for {filename}; the file was altered or is "
-                "incomplete, re-export the model"
-            )
         try:
             if entry["kind"] == "module":
+                data = file_path.read_bytes()
+                _check_sha256(path, filename, hashlib.sha256(data).hexdigest(), entry)
                 modules[entry["key"]] = _load_module(data, entry.get("program_format"))
             elif entry["kind"] == "table":
-                tables[entry["key"]] = np.load(io.BytesIO(data), allow_pickle=False)
+                _check_sha256(path, filename, _sha256(file_path), entry)
+                tables[entry["key"]] = _map_table(file_path)
             else:
                 raise ArtifactError(f"{path}: unknown file kind {entry['kind']!r} for {filename}")
         except (RuntimeError, ValueError, OSError) as exc:
@@ -265,6 +262,28 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
         tables=tables,
         crossing=crossing,
     )
+
+
+def _check_sha256(path: Path, filename: str, digest: str, entry: dict[str, Any]) -> None:
+    if digest != entry.get("sha256"):
+        raise ArtifactError(
+            f"{path}: checksum mismatch for {filename}; the file was altered or is "
+            "incomplete, re-export the model"
+        )
+
+
+def _map_table(file_path: Path) -> np.ndarray:
+    """The table memory-mapped from its file: the page cache holds it once however many
+    server processes map it, and a version directory deleted while it serves keeps its
+    pages (the mapping holds the file open). Versions are never rewritten in place, so
+    what the checksum just verified is what stays mapped.
+
+    Copy-on-write ("c") rather than read-only: consumers hand tables to torch, which
+    warns on read-only arrays and would crash writing to one. Nothing writes to them, so
+    every page stays shared; a stray write would copy that one page for this process and
+    never reach the file. A plain ndarray view, not np.memmap, so results of arithmetic
+    on it are ordinary arrays."""
+    return np.asarray(np.load(file_path, mmap_mode="c", allow_pickle=False))
 
 
 def _crossing_block(

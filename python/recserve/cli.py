@@ -137,7 +137,6 @@ def _client_call(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from recserve.errors import ModelNotFound
-    from recserve.server import serve
     from recserve.server.logs import configure_logging
     from recserve.server.options import options_from
 
@@ -147,6 +146,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(options.log_format, logging.DEBUG if args.verbose else logging.INFO)
+    if options.processes > 1:
+        # Straight to the supervisor, which never imports torch (server/supervisor.py).
+        from recserve.server.supervisor import supervise as serve
+    else:
+        from recserve.server import serve
     try:
         serve(options)
     except (OSError, ValueError, ModelNotFound) as exc:

@@ -22,7 +22,9 @@ splits the same way, ``W0 x0 + b0 = h_U + h_I``; ``_core.crossing_dcn_first`` wr
 
 The block's kind (``recserve.artifact.CROSSING_ROLES``) says which terms exist. The head
 runs in float32, or opt-in in bfloat16 (``head_dtype="bfloat16"``, faster where the CPU
-has AVX512-BF16/AMX, at the cost of about 3 significant digits in the deep part).
+has AVX512-BF16/AMX, at the cost of about 3 significant digits in the deep part) or with
+int8 Linear layers (``head_dtype="int8"``, recserve.int8_head: CPU only, faster where
+the CPU has VNNI; each row quantized on its own, so batching still changes nothing).
 
 On a GPU (recserve built with CUDA): :meth:`_Crossing.to_device` uploads the item tables
 once (:class:`DeviceItemTables`), and :meth:`FieldCrossing.cross_on_device` /
@@ -42,8 +44,11 @@ import torch
 from . import _core, kernels
 from .artifact import CROSSING_ROLES, Artifact, CrossingBlock
 from .batch_plan import HeadRows, run_head_rows
+from .int8_head import quantize_head
 
-HEAD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Head precision -> the dtype its inputs are converted to; the int8 head takes float32
+# and quantizes each row itself (recserve.int8_head).
+HEAD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -334,7 +339,10 @@ class _Crossing:
         self.block = block
         self.head_dtype = HEAD_DTYPES[head_dtype]
         self.head = block.head
-        if self.head_dtype != torch.float32:  # a converted copy: the artifact stays float32
+        if head_dtype == "int8":  # a new program: the artifact's head stays float32
+            relu_input = block.kind in ("deepfm", "wide_deep")  # the kernel's relu(h_U + h_I)
+            self.head = quantize_head(block.head, nonnegative_input=relu_input)
+        elif self.head_dtype != torch.float32:  # a converted copy: the artifact stays float32
             with torch.no_grad():  # copies without autograd history, converted in place
                 self.head = copy.deepcopy(block.head).to(self.head_dtype)
         self._user_side = UserSide(block, np.float64)

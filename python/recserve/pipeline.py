@@ -218,8 +218,9 @@ class RankerPipeline(CatalogPipeline):
     fused C++ crossing kernel plus the ``head`` program (recserve.crossing), with the
     item side precomputed here; otherwise from the whole ``model`` program. Both give
     the same scores within float32 rounding. ``head_dtype="bfloat16"`` (opt-in) runs the
-    crossing path's head in bfloat16: faster, scores to about 3 significant digits; it
-    needs a crossing block.
+    crossing path's head in bfloat16: faster, scores to about 3 significant digits;
+    ``head_dtype="int8"`` (opt-in, CPU only) runs its Linear layers in int8
+    (recserve.int8_head). Both need a crossing block.
     """
 
     def __init__(
@@ -296,6 +297,11 @@ class RankerPipeline(CatalogPipeline):
         """On "cuda": the crossing item tables and the head (or the whole program and the
         item feature tables, without a crossing block) move to the device once; each
         request then crosses and runs the head there and brings back only its logits."""
+        if device == "cuda" and self.head_dtype == "int8":  # built for oneDNN on the CPU
+            raise ValueError(
+                "the int8 head runs on the CPU only; use --device cpu, or --head-precision "
+                "fp32 or bf16 on the GPU"
+            )
         super().place_on(device)
         if device == "cuda":
             kernels.require_cuda()

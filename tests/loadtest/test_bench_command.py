@@ -51,7 +51,17 @@ def check_report(report: dict, rpc: str, mode: str) -> None:
     assert series and series[0]["time_s"] == 0.0
     assert sum(s["count"] for s in series) == requests["completed"]
     assert all({"time_s", "count", "p99_ms"} <= set(s) for s in series)
-    assert set(report["generator"]) == {"late_sends", "max_send_lag_ms"}
+    generator = report["generator"]
+    assert set(generator) == {
+        "late_sends", "max_send_lag_ms", "cpu_seconds", "cpu_ms_per_answer", "cpu_cores",
+        "decoded_answers",
+    }  # fmt: skip
+    # Its own CPU time, over the measured window; answers parsed only where they must be.
+    assert generator["cpu_seconds"] > 0 and generator["cpu_ms_per_answer"] > 0
+    assert generator["cpu_ms_per_answer"] == pytest.approx(
+        1000 * generator["cpu_seconds"] / requests["completed"], rel=1e-2
+    )
+    assert (generator["decoded_answers"] >= requests["completed"]) == (rpc == "stream")
 
 
 def bench(server: RunningServer, *extra: str) -> list[str]:
@@ -72,6 +82,7 @@ def test_closed_loop_report(live_server, run_recserve, tmp_path: Path, rpc: str)
     assert report["processes"] == 2
     assert report["model"] == {"name": "deepfm", "version": 1}
     assert "throughput" in done.stdout and "p99.9" in done.stdout
+    assert "generator  CPU" in done.stdout and "cores (2 processes" in done.stdout
     # stderr is not a terminal: one line saying what runs, no progress line.
     assert done.stderr.startswith(f"bench: {rpc} at") and done.stderr.count("\n") == 1
 
@@ -100,10 +111,13 @@ class SlowServer:
 
 @pytest.fixture
 def slow_server(model_repo: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SlowServer]:
-    """One handler thread, no batching, 50 ms per Rank: at most 20 answers/s."""
-    running = build_server(
-        ServeOptions(model_repo=model_repo, port=0, metrics_port=-1, workers=1, max_batch_size=1)
-    )
+    """One handler thread, no batching, 50 ms per Rank: at most 20 answers/s; no limit on
+    how long a request may queue (max_queue_ms=0), so the queue grows instead of refusing."""
+    options = ServeOptions(
+        model_repo=model_repo, port=0, metrics_port=-1, workers=1, max_batch_size=1,
+        max_queue_ms=0,
+    )  # fmt: skip
+    running = build_server(options)
     running.repository.load_all()
     pipeline = running.repository.get().pipeline
     rank = pipeline.rank

@@ -34,12 +34,16 @@ def pipelines(
     out: dict[str, CatalogPipeline] = {
         "deepfm": RankerPipeline(artifact, LIMITS),
         "deepfm-bf16": RankerPipeline(artifact, LIMITS, head_dtype="bfloat16"),
+        "deepfm-int8": RankerPipeline(artifact, LIMITS, head_dtype="int8"),
         "deepfm-program": RankerPipeline(artifact, LIMITS, use_crossing=False),
     }
     for name in ("mlp", "wide_deep", "dcnv2"):
         config = MODELS[name].config_type(**TINY)
         trained = train_ranker(name, synthetic_data, config, show_progress=False)
-        out[name] = make_pipeline(load_artifact(trained.export(repo, name, "synthetic")), LIMITS)
+        ranker = load_artifact(trained.export(repo, name, "synthetic"))
+        out[name] = make_pipeline(ranker, LIMITS)
+        if name == "dcnv2":
+            out["dcnv2-int8"] = make_pipeline(ranker, LIMITS, head_dtype="int8")
     data = make_synthetic_movielens(n_users=50, n_items=40, n_interactions=700, seed=2)
     retrieval = {
         "bpr": topn.train_bpr(data, topn.BPRConfig(epochs=1, embedding_dim=8)),
@@ -76,7 +80,10 @@ def prepare(pipeline: CatalogPipeline, method: str, kwargs: dict):
     return getattr(pipeline, f"prepare_{method}")(**kwargs)
 
 
-RANKERS = ["deepfm", "deepfm-bf16", "deepfm-program", "mlp", "wide_deep", "dcnv2"]
+RANKERS = [
+    *("deepfm", "deepfm-bf16", "deepfm-int8", "deepfm-program"),
+    *("mlp", "wide_deep", "dcnv2", "dcnv2-int8"),
+]
 
 
 @pytest.mark.parametrize("name", [*RANKERS, "bpr", "gru4rec", "cfgan"])
@@ -96,7 +103,9 @@ def test_a_batch_gives_each_request_its_unbatched_answer_bit_for_bit(pipelines, 
         assert one == other  # ids, order, float32 scores, titles, flags: all equal
 
 
-@pytest.mark.parametrize("name", ["deepfm", "deepfm-bf16", "dcnv2", "wide_deep"])
+@pytest.mark.parametrize(
+    "name", ["deepfm", "deepfm-bf16", "deepfm-int8", "dcnv2", "dcnv2-int8", "wide_deep"]
+)
 def test_head_rows_in_a_batch_equal_each_request_alone(pipelines, name: str) -> None:
     """Many row counts, so that rows land on every offset of the GEMM's blocks."""
     pipeline = pipelines[name]

@@ -24,7 +24,6 @@ from reliability_helpers import (
     process_figures,
     publish,
     reload_rpc,
-    resident_bytes,
     serve_process,
     serving,
     serving_of,
@@ -208,15 +207,24 @@ def test_deleting_version_directories_while_serving_under_load(
 BIG_VERSION_BYTES = 256 * MIB  # takes a second or more to read, verify and load
 
 
+def bytes_read(pid: int) -> int:
+    """Bytes the process has read from files and sockets (rchar of /proc/PID/io)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/<pid>/io")
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
 def test_sigkill_during_a_reload_then_restart_serves_the_newest_good_version(
     repo: Path, source: Path, tmp_path: Path, free_port: int
 ) -> None:
     """A `recserve serve` process is killed with SIGKILL while a SIGHUP reload is reading
-    a 256 MiB version (caught in the act: its resident memory has grown by 64 MiB, and
-    the version is not yet serving). A killed trainer also left a half-written hidden
-    staging directory. Restarted, the server serves the newest good version (2), ignores
-    the staging directory, and answers."""
+    a 256 MiB version (caught in the act: it has read 64 MiB of it, and the version is not
+    yet serving; read, not resident: tables are checksummed, then memory-mapped). A
+    killed trainer also left a half-written hidden staging directory. Restarted, the
+    server serves the newest good version (2), ignores the staging directory, and
+    answers."""
     model_dir = repo / "deepfm"
     log1, log2 = tmp_path / "first.log", tmp_path / "second.log"
     with serve_process(repo, free_port, log1) as process:
@@ -226,12 +234,10 @@ def test_sigkill_during_a_reload_then_restart_serves_the_newest_good_version(
             items = items[:50]
             assert stub.Rank(rank_request(items), timeout=10).model.version == 1
         publish(source, model_dir, 2, padding_bytes=BIG_VERSION_BYTES)
-        before = resident_bytes(process.pid)
+        before = bytes_read(process.pid)
         process.send_signal(signal.SIGHUP)
         hup_at = time.monotonic()
-        wait_for(
-            lambda: resident_bytes(process.pid) > before + 64 * MIB, 60, "the reload to read v2"
-        )
+        wait_for(lambda: bytes_read(process.pid) > before + 64 * MIB, 60, "the reload to read v2")
         process.send_signal(signal.SIGKILL)
         killed_after = time.monotonic() - hup_at
         assert process.wait(10) == -signal.SIGKILL

@@ -135,7 +135,10 @@ def test_twice_the_saturation_rate_is_shed_and_the_server_recovers_at_once(
     # docs/reliability.md); nothing else, in particular no DEADLINE_EXCEEDED or INTERNAL.
     assert set(errors) <= {"RESOURCE_EXHAUSTED", "CANCELLED"}, overload["error_examples"]
     assert shed > 0, "2x saturation was not shed: was saturation measured wrong?"
-    assert "Concurrent RPC limit exceeded" in overload["error_examples"]["RESOURCE_EXHAUSTED"]
+    # Refused by the in-flight bound (grpc's own message) or by --max-queue-ms (ours,
+    # naming the flag); the example kept is the first refusal of the run.
+    example = overload["error_examples"]["RESOURCE_EXHAUSTED"]
+    assert "Concurrent RPC limit exceeded" in example or "--max-queue-ms" in example, example
     assert within >= 0.99  # admitted requests' p99 in the server is within the bound
     assert admitted_p99 < 1000 * TIMEOUT_SECONDS  # every admitted request answered
     assert overload["throughput_rps"] >= 0.5 * rate  # shedding keeps the server working

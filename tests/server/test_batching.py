@@ -245,10 +245,13 @@ def test_a_deadline_that_passes_in_the_queue_drops_the_request(
     computed: list[str] = []
     busy = threading.Event()
 
+    workers = server.repository.get("deepfm").runner.compute_threads
+
     def slow_compute(batch):
         computed.extend(p.request_context.request_id for p in batch)
-        busy.set()
-        time.sleep(0.6)  # the worker is busy: the next request waits in the queue
+        if len(computed) >= workers:
+            busy.set()
+        time.sleep(0.6)  # every worker is busy: the next request waits in the queue
         return compute(batch)
 
     monkeypatch.setattr(pipeline, "compute_batch", slow_compute)
@@ -259,7 +262,10 @@ def test_a_deadline_that_passes_in_the_queue_drops_the_request(
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.RecommenderStub(channel)
         request = pb.RankRequest(model=DEEPFM, user_id=1, candidate_item_ids=items)
-        first = stub.Rank.future(request, timeout=10)
+        firsts = []
+        for started in range(1, workers + 1):  # one at a time: each a batch of its own
+            firsts.append(stub.Rank.future(request, timeout=10))
+            assert wait_for(lambda started=started: len(computed) >= started)
         assert busy.wait(5)
         late = pb.RankRequest(
             model=DEEPFM, user_id=2, candidate_item_ids=items, request_id="late-request"
@@ -267,7 +273,7 @@ def test_a_deadline_that_passes_in_the_queue_drops_the_request(
         with pytest.raises(grpc.RpcError) as err:
             stub.Rank(late, timeout=0.2)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert len(first.result().items) == 30
+        assert all(len(first.result().items) == 30 for first in firsts)
     # The server itself answered DEADLINE_EXCEEDED (not only the client's timer) ...
     assert wait_for(lambda: (sample("recserve_requests_total", labels) or 0.0) == before + 1)
     assert "late-request" not in computed  # ... and never computed the late request
@@ -328,7 +334,7 @@ def test_close_answers_what_was_accepted_then_refuses(server: RunningServer) -> 
         closing.join(10)
         assert [len(a.result(timeout=10).items) for a in answers] == [5] * 16
     assert sum(gated.sizes) == 16 and max(gated.sizes) <= 8
-    assert not batcher._worker.is_alive()
+    assert not any(worker.is_alive() for worker in batcher._workers)
 
 
 def test_a_deadline_passed_in_the_queue_raises_deadline_exceeded(server: RunningServer) -> None:

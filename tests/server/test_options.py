@@ -99,3 +99,10 @@ def test_the_operator_docs_list_every_option() -> None:
     for f in dataclasses.fields(ServeOptions):
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         assert f"| `{flag}` | `RECSERVE_{f.name.upper()}` |" in docs, flag
+
+
+def test_head_precision_names_the_head_dtype() -> None:
+    for flag, dtype in (("fp32", "float32"), ("bf16", "bfloat16"), ("int8", "int8")):
+        assert options_from(parse("--head-precision", flag), environ={}).head_dtype == dtype
+    with pytest.raises(SystemExit):
+        parse("--head-precision", "int4")

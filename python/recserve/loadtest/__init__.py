@@ -2,8 +2,9 @@
 
 Closed loop (fixed concurrency) or open loop (fixed arrival rate, latency counted from
 each request's intended send time); traffic drawn from the model's own id space with
-Zipf-like popularity; several generator processes; percentiles, errors by status code,
-JSON, a plot, and service-level objectives that set the exit status.
+Zipf-like popularity, serialized before the run; several generator processes that report
+their own CPU per answer; percentiles, errors by status code, JSON, a plot, and
+service-level objectives that set the exit status.
 
 Example::
 

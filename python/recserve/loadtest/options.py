@@ -37,6 +37,7 @@ class BenchOptions:
     slo: str | None = None
     timeout: float = 10.0
     max_message_bytes: int = MAX_MESSAGE_BYTES
+    decode: bool = False  # parse every unary answer (RankStream's always are)
     progress: bool | None = None  # None: when stderr is a terminal
 
     @property
@@ -176,6 +177,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=d.max_message_bytes,
         help="largest message sent or received (the id list of a large catalog may need more)",
+    )
+    parser.add_argument(
+        "--decode",
+        action="store_true",
+        help="parse every answer, as a real client would; by default Rank and Recommend "
+        "answers are timed but not parsed, to keep the generator's CPU for the server "
+        "(RankStream answers are always parsed, to match them to their requests)",
     )
     parser.add_argument(
         "--progress",

@@ -144,14 +144,26 @@ def summarize(
             for number, message in sorted(samples.messages.items())
         },
         "series": _series(intended, latency, ok, start),
-        "generator": {
-            "late_sends": samples.late_sends,
-            "max_send_lag_ms": _ms(samples.max_send_lag),
-        },
+        "generator": _generator(samples, int(ok.sum()), duration),
     }
     if options.slo is not None:
         summary["slo"] = [_check(o, answered, summary) for o in parse_slo(options.slo)]
     return summary
+
+
+def _generator(samples: Samples, answers: int, duration: float) -> dict[str, Any]:
+    """The generator's own figures: late sends (open loop), and the CPU time of all its
+    processes over the measured window, per answer and in cores, to see what it took
+    from a server on the same machine."""
+    cpu = samples.cpu_seconds
+    return {
+        "late_sends": samples.late_sends,
+        "max_send_lag_ms": _ms(samples.max_send_lag),
+        "cpu_seconds": round(cpu, 4),
+        "cpu_ms_per_answer": round(1000.0 * cpu / answers, 4) if answers else None,
+        "cpu_cores": round(cpu / duration, 3) if duration > 0 else None,
+        "decoded_answers": samples.decoded,
+    }
 
 
 def _check(objective: Objective, answered: np.ndarray, summary: dict[str, Any]) -> dict:
@@ -213,6 +225,7 @@ def format_text(summary: dict[str, Any]) -> str:
     for code, n in summary["errors_by_code"].items():
         example = summary["error_examples"].get(code, "")
         lines.append(f"  errors     {code} {n}" + (f": {example}" if example else ""))
+    lines.append(_generator_line(summary))
     late = summary["generator"]["late_sends"]
     if late > LATE_WARNING_SHARE * max(r["sent"], 1):
         lines.append(
@@ -228,6 +241,21 @@ def format_text(summary: dict[str, Any]) -> str:
             f"  SLO {objective['target']}: {'met' if objective['met'] else 'MISSED'} ({got})"
         )
     return "\n".join(lines)
+
+
+def _generator_line(summary: dict[str, Any]) -> str:
+    g = summary["generator"]
+    per_answer = g["cpu_ms_per_answer"]
+    if per_answer is None:
+        cpu = f"{g['cpu_seconds']:.2f} s, no answers"
+    else:
+        cpu = f"{per_answer:.2f} ms per answer"
+    if g["cpu_cores"] is not None:
+        cpu += f", {g['cpu_cores']:.2f} cores"
+    parsed = (
+        "parsed" if summary["options"]["decode"] or summary["rpc"] == "stream" else "not parsed"
+    )
+    return f"  generator  CPU {cpu} ({_processes(summary['processes'])}, answers {parsed})"
 
 
 def write_json(summary: dict[str, Any], path: str | Path) -> None:

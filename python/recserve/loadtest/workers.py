@@ -7,6 +7,13 @@ returns; latency = completion - send. Open loop: requests are launched at intend
 (no coordinated omission). RankStream: one stream per concurrency slot in closed loop;
 in open loop the requests are written to a few streams and matched by ``request_id``.
 
+Cheap on CPU, so the generator leaves the cores to the server it measures: each process
+serializes a pool of requests before the load starts and sends those bytes through raw
+multicallables (no serializer), and unary answers are timed, not parsed, unless
+``--decode``. RankStream answers are always parsed: they carry the request_id that
+matches them to their request, and each one's own error status. Each process measures
+its CPU time (user + system, all threads) over the measured window.
+
 Times are seconds from a start instant on ``time.monotonic()``, which all processes of
 one machine share.
 """
@@ -26,11 +33,11 @@ import grpc
 import grpc.aio
 import numpy as np
 
-from recserve.client import resolve_channel
-from recserve.v1 import recserve_pb2_grpc as pb_grpc
+from recserve.client import SERVICE_NAME, resolve_channel
+from recserve.v1 import recserve_pb2 as pb
 
 from .options import BenchOptions
-from .traffic import IdSpace, RequestBuilder
+from .traffic import POOL_REQUESTS, IdSpace, RequestBuilder, request_pool, with_request_id
 
 OK = grpc.StatusCode.OK.value[0]
 DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
@@ -39,6 +46,12 @@ TICK_SECONDS = 0.1  # how often a process publishes its counts and expires strea
 COUNTERS = 3  # per process in the shared counter array: sent, answered, errors
 CONNECT_SECONDS = 10.0  # most a process waits for its channel to connect
 LATE_SECONDS = 0.01  # open loop: a request sent later than this after its time is "late"
+# The unary methods, by --rpc: path, and the answer's type for --decode.
+UNARY = {
+    "rank": (f"/{SERVICE_NAME}/Rank", pb.RankResponse),
+    "recommend": (f"/{SERVICE_NAME}/Recommend", pb.RecommendResponse),
+}
+RANK_STREAM = f"/{SERVICE_NAME}/RankStream"
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,8 @@ class Samples:
     late_sends: int = 0
     max_send_lag: float = 0.0
     messages: dict[int, str] = field(default_factory=dict)  # the first one of each code
+    cpu_seconds: float = 0.0  # the generator's CPU time over the measured window
+    decoded: int = 0  # answers parsed, warm-up included
 
     @classmethod
     def concatenate(cls, parts: list[Samples]) -> Samples:
@@ -77,6 +92,8 @@ class Samples:
             sum(p.late_sends for p in parts),
             max((p.max_send_lag for p in parts), default=0.0),
             {code: m for p in reversed(parts) for code, m in p.messages.items()},
+            sum(p.cpu_seconds for p in parts),
+            sum(p.decoded for p in parts),
         )
 
 
@@ -88,16 +105,7 @@ class _Engine:
         self.counters = counters
         self.start = time.monotonic()  # until the parent says when all processes start
         self.end = options.warmup + options.duration
-        self.builder = RequestBuilder(
-            plan.space,
-            model=options.model,
-            candidates=options.candidates,
-            history=options.history,
-            k=options.k,
-            zipf=options.zipf,
-            seed=plan.seed,
-            layout_seed=options.seed or 0,
-        )
+        self.requests = itertools.cycle(build_pool(plan))
         self.intended: list[float] = []
         self.latency: list[float] = []
         self.code: list[int] = []
@@ -106,11 +114,30 @@ class _Engine:
         self.messages: dict[int, str] = {}
         self.ids = (f"{plan.index}-{n}" for n in itertools.count())
         self.pending_streams: list[_OpenStream] = []
+        self.decoded = 0
+        self.cpu_mark: float | None = None  # process CPU time when the warm-up ended
+        self.cpu_seconds = 0.0
 
     # -- bookkeeping -------------------------------------------------------------------
 
     def now(self) -> float:
         return time.monotonic() - self.start
+
+    def decoder(self, message: Any) -> Callable[[bytes], Any]:
+        """A response deserializer that parses into ``message`` and counts the answers."""
+
+        def decode(data: bytes) -> Any:
+            self.decoded += 1
+            return message.FromString(data)
+
+        return decode
+
+    def start_cpu_window(self) -> None:
+        self.cpu_mark = time.process_time()
+
+    def end_cpu_window(self) -> None:
+        if self.cpu_mark is not None:
+            self.cpu_seconds = time.process_time() - self.cpu_mark
 
     def may_send(self, t: float) -> bool:
         """Counts a request sent at ``t`` unless the run is over for this process."""
@@ -191,39 +218,39 @@ class _Engine:
 
     # -- unary -------------------------------------------------------------------------
 
-    async def unary(self, method: Callable[..., Awaitable[Any]], request: Any) -> int:
+    async def unary(self, method: Callable[..., Awaitable[Any]], request: bytes) -> int:
         try:
             await method(request, timeout=self.options.timeout)
         except grpc.aio.AioRpcError as exc:
             return self.rpc_failed(exc)
         return OK
 
-    async def closed_unary(self, method: Callable[..., Awaitable[Any]], make: Callable) -> None:
+    async def closed_unary(self, method: Callable[..., Awaitable[Any]]) -> None:
         while self.may_send(sent := self.now()):
-            code = await self.unary(method, make())
+            code = await self.unary(method, next(self.requests))
             self.record(sent, code)
 
-    async def open_unary(self, method: Callable[..., Awaitable[Any]], make: Callable) -> None:
-        async def one(intended: float, request: Any) -> None:
+    async def open_unary(self, method: Callable[..., Awaitable[Any]]) -> None:
+        async def one(intended: float, request: bytes) -> None:
             self.record(intended, await self.unary(method, request))
 
         tasks: set[asyncio.Task] = set()
         async for intended in self.paced():
-            task = asyncio.create_task(one(intended, make()))
+            task = asyncio.create_task(one(intended, next(self.requests)))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         await asyncio.gather(*tasks)
 
     # -- RankStream --------------------------------------------------------------------
 
-    async def closed_stream(self, stub: pb_grpc.RecommenderStub) -> None:
+    async def closed_stream(self, open_call: Callable[[], Any]) -> None:
         call = None
         while self.may_send(sent := self.now()):
             if call is None:
-                call = stub.RankStream()
+                call = open_call()
             request_id = next(self.ids)
             try:
-                await call.write(self.builder.rank(request_id))
+                await call.write(with_request_id(next(self.requests), request_id))
                 response = await asyncio.wait_for(call.read(), self.options.timeout)
                 if response is grpc.aio.EOF or response.request_id != request_id:
                     code = self.failed(UNAVAILABLE, "the server ended the stream early")
@@ -241,8 +268,8 @@ class _Engine:
             await call.done_writing()
             call.cancel()
 
-    async def open_stream(self, stub: pb_grpc.RecommenderStub) -> None:
-        streams = [_OpenStream(self, stub) for _ in range(self.plan.slots)]
+    async def open_stream(self, open_call: Callable[[], Any]) -> None:
+        streams = [_OpenStream(self, open_call) for _ in range(self.plan.slots)]
         self.pending_streams = streams
         runs = [asyncio.create_task(s.run()) for s in streams]
         turns = itertools.cycle(streams)
@@ -263,7 +290,6 @@ class _Engine:
         # Several targets: round_robin, health checks and retries, as the Client does.
         target, channel_options = resolve_channel(options.target, options.max_message_bytes)
         async with grpc.aio.insecure_channel(target, options=channel_options) as channel:
-            stub = pb_grpc.RecommenderStub(channel)
             try:
                 await asyncio.wait_for(channel.channel_ready(), CONNECT_SECONDS)
             except asyncio.TimeoutError:
@@ -276,22 +302,36 @@ class _Engine:
             if delay > 0:
                 await asyncio.sleep(delay)
             ticker = asyncio.create_task(self.tick())
-            if options.rpc == "stream":
-                job = self.open_stream(stub) if self.plan.rate else None
-                jobs = [job] if job else [self.closed_stream(stub) for _ in range(self.plan.slots)]
-            else:
-                method, make = (
-                    (stub.Rank, self.builder.rank)
-                    if options.rpc == "rank"
-                    else (stub.Recommend, self.builder.recommend)
-                )
-                if self.plan.rate:
-                    jobs = [self.open_unary(method, make)]
-                else:
-                    jobs = [self.closed_unary(method, make) for _ in range(self.plan.slots)]
-            await asyncio.gather(*jobs)
+            window = asyncio.get_running_loop().call_later(
+                max(options.warmup - self.now(), 0.0), self.start_cpu_window
+            )
+            await asyncio.gather(*self.jobs(channel))
+            window.cancel()
+            self.end_cpu_window()
             ticker.cancel()
             self.publish()
+
+    def jobs(self, channel: grpc.aio.Channel) -> list[Awaitable[None]]:
+        """The coroutines that send this process's load, on raw (bytes) multicallables."""
+        if self.options.rpc == "stream":
+            # Parsed: the request_id matches an answer to its request, error_code is its status.
+            open_call = channel.stream_stream(
+                RANK_STREAM,
+                request_serializer=None,
+                response_deserializer=self.decoder(pb.RankStreamResponse),
+            )
+            if self.plan.rate:
+                return [self.open_stream(open_call)]
+            return [self.closed_stream(open_call) for _ in range(self.plan.slots)]
+        path, answer = UNARY[self.options.rpc]
+        method = channel.unary_unary(
+            path,
+            request_serializer=None,  # the pool's bytes go out as they are
+            response_deserializer=self.decoder(answer) if self.options.decode else None,
+        )
+        if self.plan.rate:
+            return [self.open_unary(method)]
+        return [self.closed_unary(method) for _ in range(self.plan.slots)]
 
     def samples(self) -> Samples:
         return Samples(
@@ -301,6 +341,8 @@ class _Engine:
             self.late_sends,
             self.max_send_lag,
             self.messages,
+            self.cpu_seconds,
+            self.decoded,
         )
 
 
@@ -308,15 +350,15 @@ class _OpenStream:
     """One RankStream call of the open loop: requests queued at their intended time, written
     in order, answers matched by ``request_id``; reopened when the call fails."""
 
-    def __init__(self, engine: _Engine, stub: pb_grpc.RecommenderStub) -> None:
+    def __init__(self, engine: _Engine, open_call: Callable[[], Any]) -> None:
         self.engine = engine
-        self.stub = stub
+        self.open_call = open_call
         self.queue: asyncio.Queue = asyncio.Queue()
         self.pending: dict[str, float] = {}  # request_id -> intended time
 
     def send(self, request_id: str, intended: float) -> None:
         self.pending[request_id] = intended
-        self.queue.put_nowait(self.engine.builder.rank(request_id))
+        self.queue.put_nowait(with_request_id(next(self.engine.requests), request_id))
 
     def close(self) -> None:
         self.queue.put_nowait(None)
@@ -334,7 +376,7 @@ class _OpenStream:
 
     async def run(self) -> None:
         while True:
-            call = self.stub.RankStream()
+            call = self.open_call()
             writer = asyncio.create_task(self._write(call))
             try:
                 async for response in call:
@@ -357,6 +399,26 @@ class _OpenStream:
         while (request := await self.queue.get()) is not None:
             await call.write(request)
         await call.done_writing()
+
+
+def build_pool(plan: WorkerPlan) -> list[bytes]:
+    """The serialized requests of one process: its seed's requests in the order it would
+    have built them (RankStream's without request_id, set when sent)."""
+    options = plan.options
+    builder = RequestBuilder(
+        plan.space,
+        model=options.model,
+        candidates=options.candidates,
+        history=options.history,
+        k=options.k,
+        zipf=options.zipf,
+        seed=plan.seed,
+        layout_seed=options.seed or 0,
+    )
+    make = builder.recommend if options.rpc == "recommend" else builder.rank
+    # --requests: no more to build than the process will measure (warm-up ones repeat).
+    size = POOL_REQUESTS if plan.quota is None else min(POOL_REQUESTS, plan.quota)
+    return request_pool(make, size)
 
 
 def worker_main(plan: WorkerPlan, conn: Connection, counters: Any) -> None:
