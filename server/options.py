@@ -43,7 +43,7 @@ class ServeOptions:
         "(0: the cores this process may use)",
     )
     max_queue_ms: float = _opt(
-        200.0,
+        500.0,
         "a request that cannot start its model compute within this many milliseconds is "
         "refused at once with RESOURCE_EXHAUSTED (0: no limit)",
     )
