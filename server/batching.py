@@ -29,8 +29,9 @@ to wait longer than ``max_queue_s`` is refused before it is prepared, with Overl
 (RESOURCE_EXHAUSTED) saying which limit it hit; one whose deadline falls before its
 expected turn gets DeadlineExceeded at once. A request that waited past ``max_queue_s``
 all the same (the load rose faster than the average) is refused when its batch starts,
-without computing it. So the server never keeps a queue it cannot serve in time: under
-overload the excess is refused at once and admitted requests keep their latency.
+without computing it. So this queue never holds more than it can start in time. (Calls
+that wait in gRPC's core before a handler thread takes them are not seen here: see
+docs/performance.md, "Overload".)
 
 A request whose deadline passes while it is queued is dropped, not computed: its caller
 gets DeadlineExceeded. The time from enqueue to the batch's start is the request's
@@ -154,7 +155,7 @@ class Batcher:
         )
 
     def close(self) -> None:
-        """Refuses new requests, answers the accepted ones, then stops the worker."""
+        """Refuses new requests, answers the accepted ones, then stops the workers."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
