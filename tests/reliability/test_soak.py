@@ -1,6 +1,7 @@
-"""Soak: a `recserve serve` process at 70% of its measured saturation rate with a reload
-every 60 s, for --soak-seconds (default 600, what CI runs): no unexpected error, resident
-memory growth under 5% after warm-up, no file-descriptor or thread growth."""
+"""Soak: a `recserve serve` process at 70% of the open-loop rate it sustains on this machine
+(measured first, reliability_helpers.sustained_rate) with a reload every 60 s, for
+--soak-seconds (default 600, what CI runs): no unexpected error, resident memory growth
+under 5% after warm-up, no file-descriptor or thread growth."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from reliability_helpers import (
     publish,
     reload_rpc,
     sampling,
-    saturation_rate,
     serve_process,
     serving_of,
+    sustained_rate,
 )
 
 pytestmark = [
@@ -60,7 +61,7 @@ def test_soak_at_70_percent_of_saturation_with_reloads(
         serve_process(repo, free_port, tmp_path / "serve.log", *flags) as process,
     ):
         idle = process_figures(process.pid)
-        rate = LOAD_SHARE * saturation_rate(target, tmp_path / "saturation.json")
+        rate = LOAD_SHARE * sustained_rate(target, tmp_path)
         json_path = tmp_path / "soak.json"
         command = bench_command(target, json_path, "--rate", f"{rate:.1f}", "--seed", "4")
         command += ["--duration", str(soak_seconds), "--warmup", "0", "--timeout", "10"]
@@ -111,7 +112,7 @@ def test_soak_at_70_percent_of_saturation_with_reloads(
     first = int(warm_up // RELOAD_EVERY)
     max_threads = max(f.threads for _, f in samples)
     print(
-        f"\nsoak {soak_seconds:g} s at {rate:.0f}/s ({LOAD_SHARE:.0%} of saturation): "
+        f"\nsoak {soak_seconds:g} s at {rate:.0f}/s ({LOAD_SHARE:.0%} of the sustained rate): "
         f"{report['requests']['sent']} sent, {report['requests']['completed']} answered, "
         f"errors {report['errors_by_code']}, p50 {report['latency_ms']['p50']:.1f} ms, "
         f"p99 {report['latency_ms']['p99']:.1f} ms, max {report['latency_ms']['max']:.1f} ms; "
