@@ -131,6 +131,7 @@ def build_server(options: ServeOptions) -> RunningServer:
             metrics.observe_batch,
             compute_threads=options.compute_thread_count,
             max_queue_s=options.max_queue_ms / 1000.0,
+            compute_nice=options.compute_nice,
         ),
     )
     server = grpc.server(

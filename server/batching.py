@@ -21,22 +21,26 @@ When the worker waits for company (the adaptive delay):
   prepare that fails, or needs no batch work, ends the wait as well.
 
 Admission is by time, not by count (``max_queue_s``, the server's --max-queue-ms). The
-batcher measures how long requests wait for a compute thread: a new request is expected
-to wait as long as the latest ones did (a moving average of their queue times), or at
-least as long as the oldest request still queued has already waited; with nothing queued
-it joins the next batch, so it waits at most for a running batch to end. A request expected
-to wait longer than ``max_queue_s`` is refused before it is prepared, with Overloaded
-(RESOURCE_EXHAUSTED) saying which limit it hit; one whose deadline falls before its
-expected turn gets DeadlineExceeded at once. A request that waited past ``max_queue_s``
-all the same (the load rose faster than the average) is refused when its batch starts,
-without computing it. So this queue never holds more than it can start in time. (Calls
-that wait in gRPC's core before a handler thread takes them are not seen here: see
-docs/performance.md, "Overload".)
+wait that counts starts when the server took the call from gRPC (the request context's
+``accepted``), so time spent waiting for a handler thread counts too. The batcher
+measures how long requests wait for a compute thread: a new request is expected to wait
+as long as the latest ones did (a moving average of their queue times), or at least as
+long as the oldest request still queued has already waited; with nothing queued it joins
+the next batch, so it waits at most for a running batch to end. A request whose wait so
+far plus that expected wait exceeds ``max_queue_s`` is refused before it is prepared,
+with Overloaded (RESOURCE_EXHAUSTED) saying which limit it hit; one whose deadline falls
+before its expected turn gets DeadlineExceeded at once. A request that waited past
+``max_queue_s`` all the same (the load rose faster than the average) is refused when its
+batch starts, without computing it. The compute threads run at a lower scheduling
+priority (``compute_nice``, server/thread_priority.py), so taking and refusing calls
+goes first under overload; calls still waiting in gRPC's core for the server to take
+them are outside this admission (docs/performance.md, "Overload").
 
 A request whose deadline passes while it is queued is dropped, not computed: its caller
-gets DeadlineExceeded. The time from enqueue to the batch's start is the request's
-``queue`` stage. An exception in the batch computation reaches every caller of that batch
-as a :class:`BatchFailed` (INTERNAL, the cause chained) and the worker carries on.
+gets DeadlineExceeded. The waits (for a handler thread, then from enqueue to the batch's
+start) are the request's ``queue`` stage. An exception in the batch computation reaches
+every caller of that batch as a :class:`BatchFailed` (INTERNAL, the cause chained) and
+the worker carries on.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from recserve.pipeline import CatalogPipeline
 from recserve.request_context import RequestContext
 from recserve.results import Ranking
 
+from .thread_priority import lower_this_thread
 from .torch_threads import adopt_torch_threads
 
 log = logging.getLogger("recserve.server")
@@ -77,6 +82,7 @@ class _Queued:
 
     prepared: Prepared
     enqueued: float  # time.perf_counter()
+    waited_before: float = 0.0  # seconds from taking the call to its admission
     started: float = 0.0
     output: Any = None
     error: BaseException | None = None
@@ -98,6 +104,7 @@ class Batcher:
         on_batch: Callable[[int], None] | None = None,
         compute_threads: int = 1,
         max_queue_s: float = 0.0,
+        compute_nice: int = 0,
     ) -> None:
         if compute_threads < 1:
             raise ValueError(f"compute_threads must be at least 1; got {compute_threads}")
@@ -117,6 +124,7 @@ class Batcher:
         self._closed = False
         self.max_queue_s = max_queue_s
         self.compute_threads = compute_threads
+        self.compute_nice = compute_nice
         self.queue_seconds = 0.0  # moving average of the latest requests' queue times
         name = getattr(getattr(pipeline, "artifact", None), "name", "model")
         self.name = name
@@ -175,23 +183,28 @@ class Batcher:
             return 0.0
         return max(self.queue_seconds, time.perf_counter() - self._queue[0].enqueued)
 
-    def _admit(self, request_context: RequestContext | None) -> None:
-        """Refuses a request the queue cannot start in time (called with the lock held)."""
-        wait = self._expected_wait()
+    def _admit(self, request_context: RequestContext | None) -> float:
+        """Refuses a request the queue cannot start in time (called with the lock held).
+        The time the call already waited for a handler thread counts; returns it."""
+        ahead = self._expected_wait()
+        waited = 0.0 if request_context is None else request_context.waited()
+        wait = waited + ahead
         if self.max_queue_s and wait > self.max_queue_s:
             raise Overloaded(
                 f"server over capacity: requests for model {self.name!r} wait about "
-                f"{wait * 1000:.0f} ms for a compute thread ({len(self._queue)} queued), more "
-                f"than the server's --max-queue-ms ({self.max_queue_s * 1000:g}); retry later "
-                "(with backoff) or add replicas"
+                f"{wait * 1000:.0f} ms to start computing ({waited * 1000:.0f} ms for a "
+                f"handler thread, {ahead * 1000:.0f} ms for a compute thread, "
+                f"{len(self._queue)} queued), more than the server's --max-queue-ms "
+                f"({self.max_queue_s * 1000:g}); retry later (with backoff) or add replicas"
             )
         remaining = None if request_context is None else request_context.remaining()
-        if remaining is not None and remaining < wait:
+        if remaining is not None and remaining < ahead:
             raise DeadlineExceeded(
                 f"the deadline ({max(remaining, 0.0) * 1000:.0f} ms left) cannot be met: "
-                f"about {wait * 1000:.0f} ms of queued compute is ahead of this request; "
+                f"about {ahead * 1000:.0f} ms of queued compute is ahead of this request; "
                 "nothing was computed"
             )
+        return waited
 
     def _serve(
         self, prepare: Callable[[], Prepared], request_context: RequestContext | None
@@ -199,13 +212,13 @@ class Batcher:
         with self._cond:
             if self._closed:
                 raise ModelUnavailable("this model version was unloaded; retry the request")
-            self._admit(request_context)
+            waited = self._admit(request_context)
             self._preparing += 1
         queued = None
         try:
             prepared = prepare()
             if prepared.work is not None:
-                queued = _Queued(prepared, time.perf_counter())
+                queued = _Queued(prepared, time.perf_counter(), waited)
         finally:
             # One step, so the worker never sees the request neither preparing nor queued.
             with self._cond:
@@ -226,6 +239,7 @@ class Batcher:
 
     def _work(self) -> None:
         adopt_torch_threads()
+        lower_this_thread(self.compute_nice)
         while (batch := self._next_batch()) is not None:
             self._execute(batch)
 
@@ -259,11 +273,11 @@ class Batcher:
             return DeadlineExceeded(
                 "the deadline passed while the request waited for its batch; nothing was computed"
             )
-        waited = queued.started - queued.enqueued
+        waited = queued.waited_before + queued.started - queued.enqueued
         if self.max_queue_s and waited > self.max_queue_s:
             return Overloaded(
-                f"server over capacity: the request waited {waited * 1000:.0f} ms for a "
-                f"compute thread of model {self.name!r}, more than the server's "
+                f"server over capacity: the request waited {waited * 1000:.0f} ms to start "
+                f"computing on model {self.name!r}, more than the server's "
                 f"--max-queue-ms ({self.max_queue_s * 1000:g}); nothing was computed; "
                 "retry later (with backoff) or add replicas"
             )
@@ -309,6 +323,7 @@ def runner_factory(
     observe_batch: Callable[[str, int], None] | None = None,
     compute_threads: int = 1,
     max_queue_s: float = 0.0,
+    compute_nice: int = 0,
 ) -> Callable[[CatalogPipeline], CatalogPipeline | Batcher]:
     """The repository's ``make_runner``: a Batcher per loaded version, or the pipeline
     itself when ``max_batch_size`` is 1 or the pipeline has no batch work to merge (a
@@ -328,6 +343,7 @@ def runner_factory(
             on_batch,
             compute_threads=compute_threads,
             max_queue_s=max_queue_s,
+            compute_nice=compute_nice,
         )
 
     return make_runner

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,6 +36,15 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error; the server log has the details"
 
 
+_this_call = threading.local()
+
+
+def accepted_at() -> float | None:
+    """When the server took the unary call this thread handles (``time.monotonic()``),
+    before the call waited for a handler thread; None outside a unary handler."""
+    return getattr(_this_call, "accepted", None)
+
+
 class _Undecodable:
     """Stands for request bytes that are not the method's message (grpc itself would
     answer INTERNAL, a server fault, for a client's mistake)."""
@@ -57,13 +68,18 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 
 class ExceptionToStatusInterceptor(grpc.ServerInterceptor):
     """Turns exceptions raised by unary handlers into statuses (the servicer logs them
-    with the request id), and undecodable request bytes into INVALID_ARGUMENT."""
+    with the request id), and undecodable request bytes into INVALID_ARGUMENT.
+
+    It also notes when each unary call was taken (:func:`accepted_at`): gRPC runs
+    ``intercept_service`` on the thread that takes calls from its core, before the call
+    waits for a handler thread, and that wait counts against --max-queue-ms."""
 
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Any],
         details: grpc.HandlerCallDetails,
     ) -> Any:
+        accepted = time.monotonic()
         handler = continuation(details)
         if handler is None:
             return handler
@@ -76,11 +92,14 @@ class ExceptionToStatusInterceptor(grpc.ServerInterceptor):
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
             if isinstance(request, _Undecodable):
                 return context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            _this_call.accepted = accepted
             try:
                 return inner(request, context)
             except Exception as exc:  # noqa: BLE001 - every error becomes a status, never a crash
                 code, message = status_for(exc)
                 return context.abort(code, message)  # abort() raises; nothing is returned
+            finally:
+                _this_call.accepted = None
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,

@@ -42,6 +42,11 @@ class ServeOptions:
         "threads per model that run batched model compute (head, top-k) "
         "(0: the cores this process may use)",
     )
+    compute_nice: int = _opt(
+        19,
+        "how much lower the compute threads' scheduling priority is than the threads that "
+        "take and refuse calls (Linux nice, 0-19; 0: the same)",
+    )
     max_queue_ms: float = _opt(
         500.0,
         "a request that cannot start its model compute within this many milliseconds is "
@@ -222,7 +227,7 @@ _AT_LEAST_ONE = (
 )  # fmt: skip
 _NOT_NEGATIVE = (
     "max_batch_delay_ms", "grace_seconds", "poll_seconds", "port", "stream_idle_seconds",
-    "max_connection_age_seconds", "compute_threads", "max_queue_ms",
+    "max_connection_age_seconds", "compute_threads", "max_queue_ms", "compute_nice",
 )  # fmt: skip
 
 
@@ -234,6 +239,8 @@ def check_ranges(options: ServeOptions) -> None:
             raise ValueError(f"{_flag(f)} must be at least 1; got {value}")
         if f.name in _NOT_NEGATIVE and value < 0:
             raise ValueError(f"{_flag(f)} must not be negative; got {value}")
+    if options.compute_nice > 19:
+        raise ValueError(f"--compute-nice is a nice value, 0-19; got {options.compute_nice}")
     if options.metrics_port < -1:
         raise ValueError(
             f"--metrics-port must be a port, 0 (any) or -1 (off); got {options.metrics_port}"

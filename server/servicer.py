@@ -26,7 +26,7 @@ from recserve.v1 import recserve_pb2_grpc as pb_grpc
 from recserve.validation import check_k
 
 from . import converters
-from .interceptors import status_for
+from .interceptors import accepted_at, status_for
 from .metrics import Metrics
 from .repository import LoadedModel, ModelRepository
 from .stream_watch import StreamWatch
@@ -52,7 +52,7 @@ class _Call:
     """What one RPC learns on its way: its context and the model(s) that answered."""
 
     def __init__(self, request_id: str, timeout: float | None) -> None:
-        self.request = RequestContext.with_timeout(request_id, timeout)
+        self.request = RequestContext.with_timeout(request_id, timeout, accepted_at())
         self.models: list[LoadedModel] = []
         self.started = time.perf_counter()
 

@@ -2,7 +2,7 @@
 the client's deadline, and the time spent in each stage.
 
 Stages are the ones the server reports (metrics and trailing metadata): ``queue``
-(waiting for a batch), ``feature`` (validation and user encoding), ``crossing`` (the fused
+(waiting for a handler thread, then for a batch), ``feature`` (validation and user encoding), ``crossing`` (the fused
 C++ crossing kernel), ``head`` (the TorchScript program), ``topk`` (selection) and
 ``explain`` (field attributions, when asked for).
 """
@@ -22,20 +22,35 @@ STAGES = ("queue", "feature", "crossing", "head", "topk", "explain")
 
 @dataclass
 class RequestContext:
-    """One request's id, deadline (``time.monotonic()`` seconds, None = none) and
-    per-stage seconds."""
+    """One request's id, deadline (``time.monotonic()`` seconds, None = none),
+    per-stage seconds, and when the server took the call (``time.monotonic()``, before
+    it waited for a handler thread; by default when the context was made)."""
 
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     deadline: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    accepted: float = field(default_factory=time.monotonic)
 
     @classmethod
-    def with_timeout(cls, request_id: str = "", timeout: float | None = None) -> RequestContext:
-        """A context whose deadline is ``timeout`` seconds from now (None = no deadline)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def with_timeout(
+        cls, request_id: str = "", timeout: float | None = None, accepted: float | None = None
+    ) -> RequestContext:
+        """A context whose deadline is ``timeout`` seconds from now (None = no deadline),
+        for a call taken at ``accepted`` (None: now); the wait since then counts as
+        ``queue`` time."""
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        context = cls(deadline=deadline)
         if request_id:
-            return cls(request_id=request_id, deadline=deadline)
-        return cls(deadline=deadline)
+            context.request_id = request_id
+        if accepted is not None and accepted < now:
+            context.accepted = accepted
+            context.add_time("queue", now - accepted)
+        return context
+
+    def waited(self) -> float:
+        """Seconds since the server took the call."""
+        return time.monotonic() - self.accepted
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (None: no deadline)."""

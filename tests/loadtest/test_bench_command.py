@@ -233,7 +233,10 @@ def test_errors_are_counted_by_code_with_an_example(live_server, tmp_path: Path)
     assert sent > 0 and report["requests"]["completed"] == 0
     assert report["errors_by_code"] == {"INVALID_ARGUMENT": sent}
     assert "k must be between 0 and 1000" in report["error_examples"]["INVALID_ARGUMENT"]
-    assert f"INVALID_ARGUMENT {sent}: k must be" in text.getvalue()
+    assert f"INVALID_ARGUMENT {sent} (after p50 " in text.getvalue()
+    assert "k must be" in text.getvalue()
+    took = report["error_latency_ms"]["INVALID_ARGUMENT"]
+    assert 0 < took["p50"] <= took["p99"] < 10_000  # how fast the refusals came back
     assert report["latency_ms"]["p99"] is None
 
 

@@ -1,6 +1,8 @@
-"""Overload: twice the measured saturation rate for 30 s against `recserve serve
---max-in-flight 32`, then half of it: admitted requests answer within a bounded p99,
-the rest are RESOURCE_EXHAUSTED, the server recovers at once and its memory stays
+"""Overload: twice the measured saturation rate for 30 s against `recserve serve` with its
+default limits, then half of it: the server keeps answering at most of its saturation
+rate, admitted requests answer within a bounded p99 in the server, the rest are refused
+(RESOURCE_EXHAUSTED, or CANCELLED by gRPC's core when its backlog of calls not yet taken
+overflows; never DEADLINE_EXCEEDED), the server recovers at once and its memory stays
 bounded (docs/reliability.md)."""
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ pytestmark = [
     pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc"),
 ]
 
-MAX_IN_FLIGHT = 32
+MAX_QUEUE_MS = 500.0  # the server's default --max-queue-ms
 OVERLOAD_SECONDS = 30.0
 RECOVERY_SECONDS = 5.0
 # The generator sends with a 10 s deadline; admitted requests must do far better.
@@ -51,18 +53,19 @@ def test_twice_the_saturation_rate_is_shed_and_the_server_recovers_at_once(
     """Saturation S: answers per second of a closed loop with 16 Rank requests (100
     candidates) in flight. Then an open loop at 2 S for 30 s.
 
-    Bound on admitted latency in the server (its own histogram, from the handler's start),
-    from the in-flight limit: an admitted request waits
-    behind at most MAX_IN_FLIGHT - 1 others, which the server finishes at about S per
-    second, so its time in the server is at most MAX_IN_FLIGHT / S; the bound allows
-    twice that (the generator's own processes take CPU from the server on this machine,
-    which lowers the service rate under overload) plus 50 ms of client-side scheduling.
-    Memory: requests beyond the limit are refused before any work; resident memory must
+    Bound on admitted latency in the server (its own histogram, from the handler's start):
+    an admitted request starts computing within --max-queue-ms of being taken, then
+    takes one batch's compute; the bound allows --max-queue-ms twice over.
+    Goodput: with the compute threads at a lower priority the server keeps taking and
+    refusing calls as fast as they come, so it spends the cores on admitted requests;
+    it must answer at least 3/4 of S (measured: 94-106% on a 2-core EPYC; before the
+    priority change, 24%, the rest DEADLINE_EXCEEDED or CANCELLED).
+    Memory: requests beyond the limits are refused before any work; resident memory must
     level off (its peak over the second half of the overload within 5% of the first
     half's), not climb with the requests sent."""
     target = f"127.0.0.1:{free_port}"
     metrics_port = free_port + 1 if free_port < 65535 else free_port - 1
-    flags = ["--max-in-flight", str(MAX_IN_FLIGHT), "--metrics-port", str(metrics_port)]
+    flags = ["--metrics-port", str(metrics_port)]
     with serve_process(repo, free_port, tmp_path / "serve.log", *flags) as process:
         rate = saturation_rate(target, tmp_path / "saturation.json")
         after_saturation = process_figures(process.pid).resident
@@ -99,7 +102,7 @@ def test_twice_the_saturation_rate_is_shed_and_the_server_recovers_at_once(
             "3",
         )
         alive = process.poll() is None
-    bound_ms = 1000 * (2 * MAX_IN_FLIGHT / rate + 0.05)
+    bound_ms = 2 * MAX_QUEUE_MS
     sent = overload["requests"]["sent"]
     errors = overload["errors_by_code"]
     shed = errors.get("RESOURCE_EXHAUSTED", 0)
@@ -115,7 +118,8 @@ def test_twice_the_saturation_rate_is_shed_and_the_server_recovers_at_once(
         f"\nsaturation (closed loop, {SATURATION_CONCURRENCY} in flight): {rate:.0f}/s; "
         f"overload at {2 * rate:.0f}/s for {OVERLOAD_SECONDS:g} s: {sent} sent, "
         f"{overload['requests']['completed']} answered ({overload['throughput_rps']:.0f}/s), "
-        f"{shed} RESOURCE_EXHAUSTED ({100 * shed / sent:.1f}%), other errors "
+        f"{shed} RESOURCE_EXHAUSTED ({100 * shed / sent:.1f}%, answered after p50/p99 "
+        f"{overload['error_latency_ms'].get('RESOURCE_EXHAUSTED', {})}), other errors "
         f"{ {k: v for k, v in errors.items() if k != 'RESOURCE_EXHAUSTED'} }; admitted p50 "
         f"{overload['latency_ms']['p50']:.1f} ms, p99 {admitted_p99:.1f} ms (bound "
         f"{bound_ms:.1f} ms), max {overload['latency_ms']['max']:.1f} ms; generator late "
@@ -130,9 +134,10 @@ def test_twice_the_saturation_rate_is_shed_and_the_server_recovers_at_once(
         f"{second_half / MIB:.1f} MiB"
     )
     assert alive
-    # Shed: RESOURCE_EXHAUSTED by the in-flight bound, or CANCELLED by gRPC's core when
-    # calls pile up before the server's one accepting thread takes them (see
-    # docs/reliability.md); nothing else, in particular no DEADLINE_EXCEEDED or INTERNAL.
+    # Shed: RESOURCE_EXHAUSTED by the server's limits, or CANCELLED by gRPC's core when
+    # more calls wait for the server's one call-taking thread than its backlog holds (at
+    # 100 candidates per request, Python's per-call work, not the cores, is the limit:
+    # docs/performance.md, "Overload"); no call waited until its deadline.
     assert set(errors) <= {"RESOURCE_EXHAUSTED", "CANCELLED"}, overload["error_examples"]
     assert shed > 0, "2x saturation was not shed: was saturation measured wrong?"
     # Refused by the in-flight bound (grpc's own message) or by --max-queue-ms (ours,
@@ -141,7 +146,7 @@ def test_twice_the_saturation_rate_is_shed_and_the_server_recovers_at_once(
     assert "Concurrent RPC limit exceeded" in example or "--max-queue-ms" in example, example
     assert within >= 0.99  # admitted requests' p99 in the server is within the bound
     assert admitted_p99 < 1000 * TIMEOUT_SECONDS  # every admitted request answered
-    assert overload["throughput_rps"] >= 0.5 * rate  # shedding keeps the server working
+    assert overload["throughput_rps"] >= 0.75 * rate  # shedding keeps the server working
     assert recovery["requests"]["errors"] == 0, recovery["errors_by_code"]
     assert recovery["series"][0]["errors"] == 0 and recovery["series"][0]["count"] > 0
     assert recovery["latency_ms"]["p99"] < bound_ms

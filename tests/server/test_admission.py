@@ -5,6 +5,7 @@ checks keep answering; one that waited past it all the same is refused uncompute
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -111,6 +112,40 @@ def test_a_deadline_before_the_expected_turn_is_refused_at_once(
         assert len(running.result(10).items) == 5
         assert len(queued.result(10).items) == 5  # no queue limit: served late
     batcher.close()
+
+
+def test_time_spent_waiting_for_a_handler_thread_counts_against_the_limit(
+    pipeline: CatalogPipeline,
+) -> None:
+    """The compute queue is empty, but the call was taken 80 ms ago (it waited for a
+    handler thread): with a 50 ms limit it is refused, saying where the time went."""
+    batcher = Batcher(pipeline, 2, 0.0, compute_threads=1, max_queue_s=0.05)
+    items = pipeline.item_ids[:20].tolist()
+    late = RequestContext.with_timeout("late", None, accepted=time.monotonic() - 0.08)
+    assert late.timings["queue"] >= 0.08  # the wait is reported as queue time
+    with pytest.raises(Overloaded, match=r"ms for a handler thread, 0 ms for a compute thread"):
+        batcher.rank(1, items, 5, request_context=late)
+    fresh = RequestContext.with_timeout("fresh", None, accepted=time.monotonic())
+    assert len(batcher.rank(2, items, 5, request_context=fresh).items) == 5
+    batcher.close()
+
+
+def nice_of(thread_id: int) -> int:
+    """A thread's nice value (field 19 of /proc/self/task/TID/stat)."""
+    stat = Path(f"/proc/self/task/{thread_id}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice per thread is Linux's")
+def test_compute_threads_run_at_a_lower_priority_than_the_callers(
+    pipeline: CatalogPipeline,
+) -> None:
+    batcher = Batcher(pipeline, 2, 0.0, compute_threads=2, compute_nice=7)
+    assert len(batcher.rank(1, pipeline.item_ids[:20].tolist(), 5).items) == 5
+    caller = nice_of(threading.get_native_id())
+    workers = [nice_of(worker.native_id) for worker in batcher._workers]
+    batcher.close()
+    assert workers == [min(caller + 7, 19)] * 2
 
 
 def health_status(channel: grpc.Channel) -> int:

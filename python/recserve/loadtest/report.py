@@ -113,8 +113,13 @@ def summarize(
     # Until the last measured request finished: a queue drained after the end counts.
     duration = float((intended + latency).max() - start) if intended.size else 0.0
     errors: dict[str, int] = {}
+    # How fast each kind of error came back: a refusal should be quick, a timeout is not.
+    error_latency_ms: dict[str, dict[str, float]] = {}
     for number, count in zip(*np.unique(code[~ok], return_counts=True), strict=True):
-        errors[CODE_NAMES.get(int(number), f"CODE_{int(number)}")] = int(count)
+        name = CODE_NAMES.get(int(number), f"CODE_{int(number)}")
+        errors[name] = int(count)
+        these = latency[code == number]
+        error_latency_ms[name] = {p: _ms(_statistic(these, p) or 0.0) for p in ("p50", "p99")}
     latency_ms: dict[str, float | None] = {}
     for name in [p for p, _ in PERCENTILES] + ["max", "mean"]:
         value = _statistic(answered, name)
@@ -139,6 +144,7 @@ def summarize(
         "throughput_rps": round(ok.sum() / duration, 3) if duration > 0 else 0.0,
         "latency_ms": latency_ms,
         "errors_by_code": dict(sorted(errors.items(), key=lambda kv: -kv[1])),
+        "error_latency_ms": error_latency_ms,
         "error_examples": {
             CODE_NAMES.get(number, f"CODE_{number}"): message
             for number, message in sorted(samples.messages.items())
@@ -224,7 +230,11 @@ def format_text(summary: dict[str, Any]) -> str:
     ]
     for code, n in summary["errors_by_code"].items():
         example = summary["error_examples"].get(code, "")
-        lines.append(f"  errors     {code} {n}" + (f": {example}" if example else ""))
+        took = summary["error_latency_ms"][code]
+        lines.append(
+            f"  errors     {code} {n} (after p50 {took['p50']:.2f} ms, p99 {took['p99']:.2f} ms)"
+            + (f": {example}" if example else "")
+        )
     lines.append(_generator_line(summary))
     late = summary["generator"]["late_sends"]
     if late > LATE_WARNING_SHARE * max(r["sent"], 1):
