@@ -231,6 +231,17 @@ _NOT_NEGATIVE = (
 )  # fmt: skip
 
 
+def check_head_on_device(head_precision: str, device: str) -> None:
+    """The int8 head's matrix products are CPU kernels: refused with CUDA at start, not at
+    the first model load. ``device`` is the flag, or what ``auto`` resolved to."""
+    if head_precision == "int8" and device == "cuda":
+        raise ValueError(
+            "--head-precision int8 runs on the CPU only, and the kernels would run on CUDA "
+            "(--device cuda, or auto with a usable GPU); use --head-precision fp32 or bf16, "
+            "or --device cpu"
+        )
+
+
 def check_ranges(options: ServeOptions) -> None:
     """Raises ValueError naming the flag of the first out-of-range value."""
     for f in dataclasses.fields(ServeOptions):
@@ -239,6 +250,7 @@ def check_ranges(options: ServeOptions) -> None:
             raise ValueError(f"{_flag(f)} must be at least 1; got {value}")
         if f.name in _NOT_NEGATIVE and value < 0:
             raise ValueError(f"{_flag(f)} must not be negative; got {value}")
+    check_head_on_device(options.head_precision, options.device)
     if options.compute_nice > 19:
         raise ValueError(f"--compute-nice is a nice value, 0-19; got {options.compute_nice}")
     if options.metrics_port < -1:

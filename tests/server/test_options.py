@@ -68,6 +68,8 @@ def test_bad_values_name_their_source(
         ("max_batch_size", 0, "--max-batch-size must be at least 1; got 0"),
         ("max_batch_delay_ms", -2.0, "--max-batch-delay-ms must not be negative; got -2.0"),
         ("workers", 0, "--workers must be at least 1; got 0"),
+        ("compute_nice", 20, "--compute-nice is a nice value, 0-19; got 20"),
+        ("compute_nice", -1, "--compute-nice must not be negative; got -1"),
     ],
 )
 def test_options_built_in_code_are_range_checked_before_anything_binds(
@@ -75,6 +77,14 @@ def test_options_built_in_code_are_range_checked_before_anything_binds(
 ) -> None:
     options = ServeOptions(model_repo=tmp_path, port=0, metrics_port=-1, **{field: value})
     with pytest.raises(ValueError, match=message):
+        build_server(options)
+
+
+def test_an_int8_head_with_cuda_kernels_is_refused_at_start(tmp_path: Path) -> None:
+    options = ServeOptions(
+        model_repo=tmp_path, port=0, metrics_port=-1, head_precision="int8", device="cuda"
+    )
+    with pytest.raises(ValueError, match="--head-precision int8 runs on the CPU only"):
         build_server(options)
 
 
