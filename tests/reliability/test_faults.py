@@ -445,7 +445,10 @@ def test_streams_that_never_read_are_cancelled_and_give_their_threads_back(
     streams' own 120 s deadline, and the log names the 4 streams. (The clients themselves
     learn it only when they read: the status waits behind their unread answers.)"""
     log_path = tmp_path / "serve.log"
+    # No queue-time limit: the Rank waits seconds for a handler thread by design here, and
+    # --max-queue-ms would refuse it for that wait (tests/server/test_admission.py).
     flags = ["--workers", str(NEVER_READ_STREAMS), "--stream-idle-seconds", "2"]
+    flags += ["--max-queue-ms", "0"]
     with serve_process(repo, free_port, log_path, *flags):
         target = f"127.0.0.1:{free_port}"
         with grpc.insecure_channel(target) as channel:
