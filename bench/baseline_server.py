@@ -33,7 +33,7 @@ import grpc
 import numpy as np
 import torch
 
-from recserve.artifact import Artifact, list_versions, load_artifact
+from recserve.engine.artifact import Artifact, list_versions, load_artifact
 from recserve.v1 import recserve_pb2 as pb
 from recserve.v1 import recserve_pb2_grpc as pb_grpc
 

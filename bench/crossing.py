@@ -13,7 +13,7 @@ Each stage against what a user would run instead:
 - whole ranking, logits of N candidates: recserve crossing + TorchScript head against
   the model's whole TorchScript forward (its inputs gathered by torch indexing in both).
 - whole, bf16 head / whole, int8 head: the same with the opt-in bfloat16 head
-  (head_dtype="bfloat16") or int8 head (head_dtype="int8", recserve.int8_head), against
+  (head_dtype="bfloat16") or int8 head (head_dtype="int8", recserve.engine.int8_head), against
   the same float32 forward.
 
     python bench/crossing.py                      # 1k and 10k candidates of 20k items
@@ -26,7 +26,7 @@ recserve is faster), the memory of the precomputed item tables, and the largest
 relative difference between the two paths' scores.
 
 Then the head precisions side by side, named with the CPU and its SIMD level: the head
-alone (as served: rows padded by recserve.batch_plan) and the whole ranking, in fp32,
+alone (as served: rows padded by recserve.engine.batch_plan) and the whole ranking, in fp32,
 bf16 and int8, each with its speed-up over fp32 (all timed in interleaved blocks), the
 largest logit difference from fp32, and whether a row's logit is the same alone as among
 N rows. For reference (not served), torch.ao.quantization.quantize_dynamic's int8 head
@@ -50,13 +50,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from recserve import kernels
-from recserve.artifact import load_artifact, torchscript_deprecation_silenced
-from recserve.batch_plan import HeadRows, run_head_rows
-from recserve.int8_head import eager_head
-from recserve.pipeline import RankerPipeline
+from recserve.core import kernels
+from recserve.engine.artifact import load_artifact, torchscript_deprecation_silenced
+from recserve.engine.batch_plan import HeadRows, run_head_rows
+from recserve.engine.int8_head import eager_head
+from recserve.engine.pipeline import RankerPipeline
 from recserve.training.data import make_synthetic_movielens
-from recserve.training.models.deepfm import DeepFM, FieldEmbedding
+from recserve.training.models.deepfm import DeepFM
+from recserve.training.models.layers import FieldEmbedding
 from recserve.training.ranker import train_ranker
 from recserve.training.registry import MODELS
 

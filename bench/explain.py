@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from recserve.artifact import load_artifact
-from recserve.explain import explain_ranking
-from recserve.pipeline import RankerPipeline
+from recserve.engine.artifact import load_artifact
+from recserve.engine.explain import explain_ranking
+from recserve.engine.pipeline import RankerPipeline
 
 
 def newest_version(model_repo: Path, model: str) -> Path | None:

@@ -41,7 +41,7 @@ import crossing  # bench/crossing.py, beside this script
 import numpy as np
 import torch
 
-from recserve import kernels
+from recserve.core import kernels
 
 try:
     import faiss

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from serving import ServerConfig, Started, machine, running
 
-from recserve import kernels
+from recserve.core import kernels
 from recserve.loadtest import BenchOptions, run
 
 RECOVERY_SECONDS = 3.0

@@ -3,8 +3,9 @@
     python bench/package_at.py 2bab6d5 /tmp/recserve-2bab6d5
     python /tmp/recserve-2bab6d5/run.py serve --port 50062 ...   # `recserve` at 2bab6d5
 
-The revision's Python (python/recserve, server/ as recserve.server, training/ as
-recserve.training, the layout pyproject.toml installs) is taken with `git archive`; the
+The revision's Python (python/recserve, and in revisions before the package split also
+server/ as recserve.server and training/ as recserve.training: the layout its
+pyproject.toml installs) is taken with `git archive`; the
 compiled parts (the C++ core and the generated gRPC stubs) are this installation's, so
 the revision must have the same csrc/ and proto/ as the working tree: checked, and
 refused otherwise (build that revision in a worktree of its own then).
@@ -23,7 +24,9 @@ from pathlib import Path
 import recserve._core
 
 ROOT = Path(__file__).resolve().parent.parent
-# Where each source folder lands in the package (pyproject.toml's wheel.packages).
+# Where each source folder lands in the package (pyproject.toml's wheel.packages); the
+# last two exist only in revisions from before the server and the trainers moved into
+# python/recserve.
 LAYOUT = {
     "python/recserve": "recserve",
     "server": "recserve/server",
@@ -52,9 +55,11 @@ def package_at(revision: str, target: Path) -> Path:
         )
     if target.exists():
         shutil.rmtree(target)
-    with tarfile.open(fileobj=io.BytesIO(git("archive", revision, *LAYOUT))) as archive:
+    present = set(git("ls-tree", "--name-only", revision, "--", "server", "training").split())
+    layout = {k: v for k, v in LAYOUT.items() if "/" in k or k.encode() in present}
+    with tarfile.open(fileobj=io.BytesIO(git("archive", revision, *layout))) as archive:
         for member in archive.getmembers():
-            for source, destination in LAYOUT.items():
+            for source, destination in layout.items():
                 if member.isfile() and member.name.startswith(source + "/"):
                     path = target / destination / member.name[len(source) + 1 :]
                     path.parent.mkdir(parents=True, exist_ok=True)

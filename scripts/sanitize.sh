@@ -30,16 +30,14 @@ echo "sanitize: building _core with sanitizers"
 cmake --build "$build" --target _core -j "${RECSERVE_SANITIZE_JOBS:-2}" >"$build/build.log" \
   || { tail -50 "$build/build.log"; exit 1; }
 
-# An import overlay: the recserve package (Python sources, the generated stubs of the
-# editable install, the server and training subpackages) with the sanitized _core, and
+# An import overlay: the recserve package (Python sources and the generated stubs of the
+# editable install) with the sanitized _core, and
 # a sitecustomize that takes the editable install's import redirect out of the way, so
 # that this tree's recserve is the one imported, in subprocesses too.
 site=$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 rm -rf "$overlay"
 mkdir -p "$overlay"
 cp -r python/recserve "$overlay/recserve"
-cp -r server "$overlay/recserve/server"
-cp -r training "$overlay/recserve/training"
 cp -r "$site/recserve/v1" "$site/recserve/kserve" "$overlay/recserve/"
 cp "$build"/_core*.so "$overlay/recserve/"
 cat >"$overlay/sitecustomize.py" <<'PY'

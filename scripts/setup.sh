@@ -45,7 +45,7 @@ fi
 echo "setup: installing build tools"
 python -m pip install --quiet "scikit-build-core>=0.10" "pybind11>=3" "grpcio-tools>=1.70"
 echo "setup: building recserve (C++ core + gRPC stubs)"
-python -m pip install --quiet --no-build-isolation -Cbuild-dir=build -e ".[train,test]"
+python -m pip install --quiet --no-build-isolation -Cbuild-dir=build -e ".[serve,train,test]"
 echo "$stamp" > "$stamp_file"
-python -c "import recserve; print('setup: recserve', recserve.__version__, \
-'backends:', ', '.join(recserve.kernels.available_backends()))"
+python -c "import recserve, recserve.core.kernels as k; print('setup: recserve', \
+recserve.__version__, 'backends:', ', '.join(k.available_backends()))"

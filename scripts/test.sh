@@ -11,4 +11,5 @@ bash scripts/setup_client_tools.sh
 
 ruff check .
 ruff format --check .
+lint-imports --no-cache  # the import rules between subpackages (docs/architecture.md)
 python -m pytest "$@"

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from recserve import Client
-from recserve.artifact import load_artifact
+from recserve.engine.artifact import load_artifact
 from recserve.server.app import RunningServer, ServeOptions, build_server
 from recserve.training.data import InteractionData, make_synthetic_movielens
-from recserve.training.ranker import TrainedRanker, train_deepfm
+from recserve.training.ranker import TrainedRanker, train_ranker
 from recserve.training.trainer import TrainConfig
 
 SMALL_CONFIG = dict(epochs=4, patience=2, embedding_dim=8, hidden=[32, 16], num_threads=1)
@@ -27,7 +27,7 @@ def synthetic_data() -> InteractionData:
 
 @pytest.fixture(scope="session")
 def trained_ranker(synthetic_data: InteractionData) -> TrainedRanker:
-    return train_deepfm(synthetic_data, TrainConfig(**SMALL_CONFIG), show_progress=False)
+    return train_ranker("deepfm", synthetic_data, TrainConfig(**SMALL_CONFIG), show_progress=False)
 
 
 @pytest.fixture(scope="session")

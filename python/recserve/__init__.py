@@ -1,17 +1,36 @@
 """recserve: recommender models from interaction logs to a low-latency gRPC service.
 
-The runtime library: artifact loading (``recserve.artifact``), the C++ kernels
-(``recserve.kernels``), request pipelines, and the typed client (``recserve.Client``).
+Subpackages, one audience each (docs/architecture.md):
+
+- ``recserve.client``: calling a server (grpc, protobuf, numpy; no torch, no C++ core);
+- ``recserve.core``: the C++ kernels' facades, the only importers of ``recserve._core``;
+- ``recserve.engine``: artifacts, schemas and the request pipelines (numpy, torch, core);
+- ``recserve.server`` and ``recserve.training``: the gRPC server and the trainers;
+- ``recserve.loadtest`` and ``recserve.cli``: the load generator and the command line.
+
+``import recserve`` loads none of them; ``recserve.Client`` and the names below load what
+they need on first use, so ``from recserve import Client`` works without torch.
 """
 
 from __future__ import annotations
 
-from . import kernels
-from ._core import __version__
-from .client import Answer, Client, ModelInfo, RecserveError
-from .results import ScoredItem
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-HAS_CUDA = kernels.HAS_CUDA
+try:
+    __version__ = version("recserve")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
+# Public name -> the module that defines it, imported on first use.
+_LAZY = {
+    "Answer": "recserve.client",
+    "Client": "recserve.client",
+    "ModelInfo": "recserve.client",
+    "RecserveError": "recserve.client",
+    "ScoredItem": "recserve.results",
+}
 
 __all__ = [
     "HAS_CUDA",
@@ -21,5 +40,12 @@ __all__ = [
     "RecserveError",
     "ScoredItem",
     "__version__",
-    "kernels",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name == "HAS_CUDA":  # loads the C++ core (and torch): only when asked for
+        return importlib.import_module("recserve.core.kernels").HAS_CUDA
+    raise AttributeError(f"module 'recserve' has no attribute {name!r}")

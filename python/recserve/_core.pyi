@@ -1,6 +1,6 @@
 """Typed stub of recserve._core, the pybind11 binding of the C++ core (csrc/).
 
-Use recserve.kernels instead: it converts inputs, while these functions only check them
+Use recserve.core.kernels instead: it converts inputs, while these functions only check them
 (exact ndim, float32/int64 dtype, C-contiguous) and raise ValueError/IndexError.
 """
 
@@ -51,7 +51,7 @@ def check_exclude_csr(
 ) -> None: ...
 
 # Only present when HAS_CUDA. Private: raw device pointers (ints) and a raw cudaStream_t;
-# recserve.kernels derives them from checked torch tensors.
+# recserve.core.kernels derives them from checked torch tensors.
 CUDA_MAX_K: int
 
 def cuda_device_count() -> int: ...
@@ -81,8 +81,36 @@ def cuda_topk_inner_product(
     indices: int,
     stream: int,
 ) -> None: ...
+def cuda_crossing_deepfm(
+    user_scalar: float,
+    user_sum: int,
+    user_hidden: int,
+    item_scalar: int,
+    item_sum: int,
+    item_hidden: int,
+    I: int,
+    D: int,
+    H1: int,
+    rows: NDArray[np.int64] | None,
+    linear: int,
+    hidden: int,
+    stream: int,
+) -> None: ...
+def cuda_crossing_dcn_first(
+    user_x0: int,
+    user_hidden: int,
+    item_x0: int,
+    item_hidden: int,
+    I: int,
+    DU: int,
+    DI: int,
+    rows: NDArray[np.int64] | None,
+    x0: int,
+    x1: int,
+    stream: int,
+) -> None: ...
 
-# Fused feature crossing (csrc/include/recserve/crossing.h); use recserve.crossing.
+# Fused feature crossing (csrc/include/recserve/crossing.h); use recserve.core.crossing.
 def crossing_deepfm(
     user_scalar: float,
     user_sum: NDArray[np.float32],

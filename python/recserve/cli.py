@@ -136,7 +136,7 @@ def _client_call(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from recserve.errors import ModelNotFound
+    from recserve.engine.errors import ModelNotFound
     from recserve.server.logs import configure_logging
     from recserve.server.options import options_from
 

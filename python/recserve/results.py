@@ -15,7 +15,7 @@ class FieldContribution:
 
 @dataclass(frozen=True)
 class Explanation:
-    """Why an item got its score: ``logit = baseline + Σ contributions`` (recserve.explain).
+    """Why an item got its score: ``logit = baseline + Σ contributions`` (recserve.engine.explain).
 
     ``baseline`` is the logit with every field unknown; ``fields`` has one entry per
     input field, in the model's feature order.

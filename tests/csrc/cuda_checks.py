@@ -19,13 +19,13 @@ from topk_reference import (
 )
 
 from recserve import _core
-from recserve.crossing import (
+from recserve.core.kernels import DeviceItemMatrix, topk_inner_product, topk_scores
+from recserve.engine.crossing import (
     DeviceItemTables,
     ItemTables,
     crossing_dcn_first_cuda,
     crossing_deepfm_cuda,
 )
-from recserve.kernels import DeviceItemMatrix, topk_inner_product, topk_scores
 
 # Awkward sizes: empty, one, either side of a warp, a tile, a prime above a split.
 NS = [0, 1, 31, 33, 1000, 100_003]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import recserve
-from recserve import kernels
-from recserve.crossing import DeviceItemTables, ItemTables
+from recserve.core import kernels
+from recserve.engine.crossing import DeviceItemTables, ItemTables
 from recserve.server.app import build_server
 from recserve.server.options import ServeOptions, options_from
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import recserve
-import recserve.kernels
+import recserve.core.kernels
 
 pytestmark = [
     pytest.mark.skipif(
@@ -21,7 +21,7 @@ pytestmark = [
         "are checked by tests/gpu/run.sh on a GPU machine",
     ),
     pytest.mark.skipif(
-        recserve.HAS_CUDA and "cuda" not in recserve.kernels.available_backends(),
+        recserve.HAS_CUDA and "cuda" not in recserve.core.kernels.available_backends(),
         reason="recserve has CUDA kernels but no CUDA device (or CUDA PyTorch) is usable here",
     ),
 ]

@@ -23,9 +23,9 @@ from topk_reference import (
     reference_scores_inner_product,
 )
 
-import recserve.kernels
+import recserve.core.kernels
 from recserve import _core
-from recserve.kernels import topk_inner_product, topk_scores
+from recserve.core.kernels import topk_inner_product, topk_scores
 
 # --- inputs ----------------------------------------------------------------------------
 
@@ -195,9 +195,9 @@ LEVELS = list(_core.SUPPORTED_SIMD_LEVELS)
 
 def core_topk(queries, items, k, exclude, *, level, num_threads, bf16):
     """_core.topk_inner_product(_bf16) at a forced SIMD level (the private override)."""
-    indptr, ids = recserve.kernels._exclude_csr(exclude, queries.shape[0])
+    indptr, ids = recserve.core.kernels._exclude_csr(exclude, queries.shape[0])
     if bf16:
-        matrix = recserve.kernels.ItemMatrix(items)
+        matrix = recserve.core.kernels.ItemMatrix(items)
         return _core.topk_inner_product_bf16(
             queries, matrix.float32, matrix.bfloat16, matrix.norms, k, indptr, ids,
             num_threads, level,
@@ -342,7 +342,7 @@ def test_exclusion_is_copied_before_the_gil_is_released(rng):
 def test_topk_scores_every_level(level, kind, rng, seed):
     scores = make_scores(kind, 3, 1023, rng)
     exclude = make_exclude("random", 3, 1023, rng)
-    indptr, ids = recserve.kernels._exclude_csr(exclude, 3)
+    indptr, ids = recserve.core.kernels._exclude_csr(exclude, 3)
     for k in (1, 10, 2000):
         values, indices = _core.topk_scores(scores, k, indptr, ids, 2, level)
         context = f"seed={seed} level={level} kind={kind} k={k}"
@@ -376,7 +376,7 @@ def test_bf16_handles_non_finite_and_huge_items(rng):
     items[11] *= np.float32(3e37)  # bfloat16 rounding alone could overflow here
     queries = rng.standard_normal((2, 16)).astype(np.float32)
     queries[1, 2] = np.inf  # a non-finite query falls back to the float32 scan
-    matrix = recserve.kernels.ItemMatrix(items)
+    matrix = recserve.core.kernels.ItemMatrix(items)
     for level in LEVELS:
         f32 = _core.topk_inner_product(queries, items, 30, simd_level=level)
         bf16 = _core.topk_inner_product_bf16(
@@ -388,7 +388,7 @@ def test_bf16_handles_non_finite_and_huge_items(rng):
 
 def test_item_matrix_facade(rng):
     items = rng.standard_normal((100, 8)).astype(np.float32)
-    matrix = recserve.kernels.ItemMatrix(items)
+    matrix = recserve.core.kernels.ItemMatrix(items)
     assert matrix.shape == (100, 8)
     assert matrix.bfloat16.dtype == np.uint16
     assert "bfloat16" in repr(matrix)
@@ -404,13 +404,13 @@ def test_item_matrix_facade(rng):
     fast = topk_inner_product(query, matrix, 5, [[1, 2]])
     np.testing.assert_array_equal(plain[1], fast[1])
     np.testing.assert_array_equal(plain[0], fast[0])
-    float_only = recserve.kernels.ItemMatrix(items, bfloat16=False)
+    float_only = recserve.core.kernels.ItemMatrix(items, bfloat16=False)
     np.testing.assert_array_equal(topk_inner_product(query, float_only, 5, [[1, 2]])[1], plain[1])
 
 
 def test_bf16_bad_arguments_raise_value_error(rng):
     items = rng.standard_normal((10, 4)).astype(np.float32)
-    matrix = recserve.kernels.ItemMatrix(items)
+    matrix = recserve.core.kernels.ItemMatrix(items)
     query = np.zeros((1, 4), np.float32)
     with pytest.raises(ValueError, match="same number of rows"):
         _core.topk_inner_product_bf16(query, items, matrix.bfloat16[:5], matrix.norms, 1)
@@ -424,16 +424,16 @@ def test_bf16_bad_arguments_raise_value_error(rng):
 
 
 def test_simd_level_override_and_errors():
-    assert recserve.kernels.SIMD_LEVEL in recserve.kernels.SUPPORTED_SIMD_LEVELS
-    assert recserve.kernels.SUPPORTED_SIMD_LEVELS[0] == "scalar"
-    best = recserve.kernels.SUPPORTED_SIMD_LEVELS[-1]
-    assert best == recserve.kernels.SIMD_LEVEL or "RECSERVE_SIMD_LEVEL" in os.environ
+    assert recserve.core.kernels.SIMD_LEVEL in recserve.core.kernels.SUPPORTED_SIMD_LEVELS
+    assert recserve.core.kernels.SUPPORTED_SIMD_LEVELS[0] == "scalar"
+    best = recserve.core.kernels.SUPPORTED_SIMD_LEVELS[-1]
+    assert best == recserve.core.kernels.SIMD_LEVEL or "RECSERVE_SIMD_LEVEL" in os.environ
     with pytest.raises(ValueError, match="unknown SIMD level 'sse9'"):
         _core.topk_scores(np.zeros((1, 3), np.float32), 1, simd_level="sse9")
 
 
 def _import_with_level(level: str) -> subprocess.CompletedProcess:
-    code = "from recserve import kernels; print(kernels.SIMD_LEVEL)"
+    code = "from recserve.core import kernels; print(kernels.SIMD_LEVEL)"
     env = dict(os.environ, RECSERVE_SIMD_LEVEL=level)
     return subprocess.run(
         [sys.executable, "-c", code],
@@ -548,13 +548,13 @@ def test_raw_core_rejects_what_the_facade_would_convert():
 
 
 def test_backend_choice():
-    assert recserve.kernels.available_backends()[0] == "cpu"
-    assert isinstance(recserve.kernels.SIMD_LEVEL, str)
+    assert recserve.core.kernels.available_backends()[0] == "cpu"
+    assert isinstance(recserve.core.kernels.SIMD_LEVEL, str)
     assert _core.__version__
     with pytest.raises(ValueError, match="backend must be"):
         topk_scores(np.zeros((1, 3)), 1, backend="tpu")  # type: ignore[arg-type]
-    if not recserve.kernels.HAS_CUDA:
-        assert "cuda" not in recserve.kernels.available_backends()
+    if not recserve.core.kernels.HAS_CUDA:
+        assert "cuda" not in recserve.core.kernels.available_backends()
         with pytest.raises(RuntimeError, match="built without CUDA"):
             topk_scores(np.zeros((1, 3)), 1, backend="cuda")
 
@@ -563,13 +563,13 @@ def test_backend_choice():
 
 
 @pytest.mark.skipif(
-    not recserve.kernels.HAS_CUDA,
+    not recserve.core.kernels.HAS_CUDA,
     reason="built without CUDA; GPU tests compare CUDA against the CPU path",
 )
 class TestCuda:
     @pytest.fixture(autouse=True)
     def _needs_gpu(self) -> None:
-        if "cuda" not in recserve.kernels.available_backends():
+        if "cuda" not in recserve.core.kernels.available_backends():
             pytest.skip("recserve has CUDA kernels but no GPU (or CUDA PyTorch) is usable")
 
     @pytest.mark.parametrize("exclude_kind", EXCLUDES)

@@ -8,13 +8,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recserve.crossing import (
+from recserve.core.kernels import DeviceItemMatrix, topk_inner_product, topk_scores
+from recserve.engine.crossing import (
     DeviceItemTables,
     ItemTables,
     crossing_dcn_first_cuda,
     crossing_deepfm_cuda,
 )
-from recserve.kernels import DeviceItemMatrix, topk_inner_product, topk_scores
 
 rng = np.random.default_rng(0)
 f32 = np.float32

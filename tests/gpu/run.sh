@@ -3,9 +3,10 @@
 # pybind11, CMake and the CUDA toolkit, and no network (about 5 minutes on an H200):
 #   1. builds recserve._core with RECSERVE_WITH_CUDA=ON (sm_80, sm_90) with CMake into
 #      build/gpu: the _core target alone, no gRPC stubs (they need grpcio-tools), no pip;
-#   2. stages a kernels-only `recserve` package in build/gpu/site (symlinks to
-#      python/recserve, the built _core, and an __init__ that skips the gRPC client) and puts
-#      it on PYTHONPATH, so the machine's own torch is used and nothing is downloaded;
+#   2. stages a `recserve` package in build/gpu/site (symlinks to python/recserve's files
+#      and subpackages, and the built _core; `import recserve` loads neither gRPC nor the
+#      client) and puts it on PYTHONPATH, so the machine's own torch is used and nothing
+#      is downloaded;
 #   3. runs the GPU tests (pytest if present, else tests/gpu/run_checks.py);
 #   4. runs compute-sanitizer memcheck on tests/gpu/memcheck_case.py;
 #   5. prints the timing table (tests/gpu/timings.py).
@@ -41,21 +42,14 @@ if ! cmake -S . -B "$build" "${generator[@]}" -DRECSERVE_WITH_CUDA=ON -DRECSERVE
 fi
 site=$build/site
 rm -rf "$site" && mkdir -p "$site/recserve"
-for f in python/recserve/*.py; do
-  [ "$(basename "$f")" = __init__.py ] || ln -s "$root/$f" "$site/recserve/"
+for f in python/recserve/*; do
+  case "$(basename "$f")" in *.so | __pycache__) ;; *) ln -s "$root/$f" "$site/recserve/" ;; esac
 done
 cp "$build"/_core*.so "$site/recserve/"
-cat > "$site/recserve/__init__.py" <<'PY'
-"""recserve, kernels only (staged by tests/gpu/run.sh: no gRPC client)."""
-from . import kernels
-from ._core import __version__
-
-HAS_CUDA = kernels.HAS_CUDA
-PY
 export PYTHONPATH=$root/$site:$root/tests/csrc
-"$PY" -c "import recserve.kernels as k; print('recserve', k._core.__version__, 'HAS_CUDA', k.HAS_CUDA, \
+"$PY" -c "import recserve.core.kernels as k; print('recserve', k._core.__version__, 'HAS_CUDA', k.HAS_CUDA, \
 'backends', k.available_backends())"
-"$PY" -c "import recserve.kernels as k, sys; sys.exit(0 if 'cuda' in k.available_backends() else 1)" \
+"$PY" -c "import recserve.core.kernels as k, sys; sys.exit(0 if 'cuda' in k.available_backends() else 1)" \
   || { echo "FAILED: the CUDA backend is not usable"; exit 1; }
 
 step "GPU tests (each CUDA kernel against the CPU kernel and float64 references)"

@@ -12,9 +12,9 @@ import numpy as np
 
 
 def main() -> int:
-    import recserve.kernels
+    import recserve.core.kernels
 
-    recserve.kernels.require_cuda()  # says why when CUDA is not usable here
+    recserve.core.kernels.require_cuda()  # says why when CUDA is not usable here
     seed = int(os.environ.get("RECSERVE_TEST_SEED", np.random.SeedSequence().entropy))
     print(f"random seed: RECSERVE_TEST_SEED={seed}")
     rng = np.random.default_rng(seed)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from recserve.crossing import DeviceItemTables, ItemTables, crossing_deepfm_cuda
-from recserve.kernels import DeviceItemMatrix, topk_inner_product
+from recserve.core.kernels import DeviceItemMatrix, topk_inner_product
+from recserve.engine.crossing import DeviceItemTables, ItemTables, crossing_deepfm_cuda
 
 N, D, K = 10_000_000, 64, 100
 

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from recserve.artifact import (
+from recserve.engine.artifact import (
     CROSSING_TABLES,
     ArtifactError,
     list_versions,
     load_artifact,
     save_artifact,
 )
-from recserve.pipeline import RankerPipeline
+from recserve.engine.pipeline import RankerPipeline
 from recserve.training.export import export_ranker
 from recserve.training.ranker import TrainedRanker
 

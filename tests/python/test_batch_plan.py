@@ -1,4 +1,4 @@
-"""prepare -> batch compute -> finish (recserve.batch_plan): a request's answer is the same,
+"""prepare -> batch compute -> finish (recserve.engine.batch_plan): a request's answer is the same,
 bit for bit, whether its batch computation runs alone or with other requests."""
 
 from __future__ import annotations
@@ -7,11 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from recserve import _core, kernels
-from recserve.artifact import load_artifact
-from recserve.batch_plan import HeadRows, InnerProductQuery, run_head_rows, run_inner_products
-from recserve.pipeline import CatalogPipeline, Limits, RankerPipeline, make_pipeline
-from recserve.request_context import RequestContext
+from recserve import _core
+from recserve.core import kernels
+from recserve.engine.artifact import load_artifact
+from recserve.engine.batch_plan import (
+    HeadRows,
+    InnerProductQuery,
+    run_head_rows,
+    run_inner_products,
+)
+from recserve.engine.pipeline import CatalogPipeline, Limits, RankerPipeline, make_pipeline
+from recserve.engine.request_context import RequestContext
 from recserve.training import gan, topn
 from recserve.training.data import InteractionData, make_synthetic_movielens
 from recserve.training.ranker import train_ranker

@@ -1,4 +1,4 @@
-"""The decompositions of recserve.crossing (DeepFM, Wide&Deep, DCN-v2) against each
+"""The decompositions of recserve.engine.crossing (DeepFM, Wide&Deep, DCN-v2) against each
 model's forward, in float64."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from recserve.artifact import CROSSING_ROLES, CROSSING_TABLES, CrossingBlock
-from recserve.crossing import item_tables, user_part
+from recserve.engine.artifact import CROSSING_ROLES, CROSSING_TABLES, CrossingBlock
+from recserve.engine.crossing import item_tables, user_part
 from recserve.training.export import crossing_block, has_crossing
 from recserve.training.models import DCNv2, DeepFM, WideDeep
 

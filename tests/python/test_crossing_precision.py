@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from recserve.artifact import load_artifact, torchscript_deprecation_silenced
-from recserve.batch_plan import HeadRows, run_head_rows
-from recserve.int8_head import check_int8_support, eager_head, quantize_head
-from recserve.pipeline import RankerPipeline, make_pipeline
+from recserve.engine.artifact import load_artifact, torchscript_deprecation_silenced
+from recserve.engine.batch_plan import HeadRows, run_head_rows
+from recserve.engine.int8_head import check_int8_support, eager_head, quantize_head
+from recserve.engine.pipeline import RankerPipeline, make_pipeline
 from recserve.training.data.movielens import load_movielens_100k
 from recserve.training.features import encode_movielens, random_split
 from recserve.training.models.dcnv2 import CrossHead
@@ -69,7 +69,7 @@ def test_served_auc_equals_the_trainers_auc(artifact, trained_ranker: TrainedRan
 def test_user_table_width_must_match_the_crossing_block(artifact) -> None:
     import dataclasses
 
-    from recserve.crossing import crossing_from_artifact
+    from recserve.engine.crossing import crossing_from_artifact
 
     users = artifact.tables["user_features"]
     wider = np.zeros((users.shape[0], users.shape[1] + 1), dtype=np.int64)
@@ -157,7 +157,7 @@ def test_int8_pipeline_scores_close_to_float32(artifact, n: int) -> None:
 @pytest.mark.parametrize("kind", ["stack", "cross"])
 def test_int8_row_logits_do_not_depend_on_the_other_rows(kind: str) -> None:
     """Bit for bit: requests of many sizes batched together equal each alone (through the
-    batch plan's padding, recserve.batch_plan). Unpadded too for a stack of Linear layers:
+    batch plan's padding, recserve.engine.batch_plan). Unpadded too for a stack of Linear layers:
     each row alone and in any call; a DCN-v2 head's float32 cross layers need the padding
     (their GEMM rounds by row count), as they do in float32."""
     program, width, inputs = (stack_head(), 32, 1) if kind == "stack" else (cross_head(), 24, 2)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from recserve import kernels
-from recserve.artifact import load_artifact
-from recserve.pipeline import make_pipeline
+from recserve.core import kernels
+from recserve.engine.artifact import load_artifact
+from recserve.engine.pipeline import make_pipeline
 from recserve.training import topn
 from recserve.training.data import make_synthetic_movielens
 

@@ -1,4 +1,4 @@
-"""Explanations (recserve.explain): exact Shapley values over the input fields, checked
+"""Explanations (recserve.engine.explain): exact Shapley values over the input fields, checked
 against float64 references written independently of the implementation."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch import nn
 
-from recserve.artifact import load_artifact
-from recserve.errors import InvalidRequest
-from recserve.explain import explain_ranking, explain_rows, shapley_matrix
-from recserve.pipeline import RankerPipeline, make_pipeline
-from recserve.schema import FeatureSchema, FeatureSpec
+from recserve.engine.artifact import load_artifact
+from recserve.engine.errors import InvalidRequest
+from recserve.engine.explain import explain_ranking, explain_rows, shapley_matrix
+from recserve.engine.pipeline import RankerPipeline, make_pipeline
+from recserve.engine.schema import FeatureSchema, FeatureSpec
 from recserve.training import topn
 from recserve.training.data import InteractionData, make_synthetic_movielens
 from recserve.training.export import export_ranker

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from recserve.errors import InvalidRequest
-from recserve.pipeline import Limits, RankerPipeline
+from recserve.engine.errors import InvalidRequest
+from recserve.engine.pipeline import Limits, RankerPipeline
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from recserve.artifact import load_artifact
-from recserve.pipeline import RANKER_FAMILIES, RankerPipeline, make_pipeline
+from recserve.engine.artifact import load_artifact
+from recserve.engine.pipeline import RANKER_FAMILIES, RankerPipeline, make_pipeline
 from recserve.training.data import InteractionData
 from recserve.training.export import export_ranker
 from recserve.training.ranker import train_ranker

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from recserve import kernels
-from recserve.artifact import load_artifact
-from recserve.errors import InvalidRequest
-from recserve.pipeline import Limits, make_pipeline
-from recserve.retrieval import EmbeddingPipeline, GeneratorPipeline, SequencePipeline
+from recserve.core import kernels
+from recserve.engine.artifact import load_artifact
+from recserve.engine.errors import InvalidRequest
+from recserve.engine.pipeline import Limits, make_pipeline
+from recserve.engine.retrieval import EmbeddingPipeline, GeneratorPipeline, SequencePipeline
 from recserve.training import gan, topn
 from recserve.training.data import make_synthetic_movielens
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recserve.schema import (
+from recserve.engine.schema import (
     FeatureSchema,
     FeatureSpec,
     encode_buckets,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recserve import kernels
-from recserve.sharding import merge_topk, shard_bounds
+from recserve.client.sharded import merge_topk
+from recserve.core import kernels
+from recserve.engine.sharding import shard_bounds
 
 
 def _scores(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:

@@ -19,12 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# tests/server holds the publishing and subprocess helpers (test_reload.py); pytest
-# imports its test modules by their base name with their folder on sys.path, so this
-# is the same module object pytest collects there.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
-
-from test_reload import (
+from helpers.serving import (
     events_of,
     flip_a_byte,
     publish,

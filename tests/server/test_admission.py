@@ -17,9 +17,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from recserve.errors import DeadlineExceeded, Overloaded
-from recserve.pipeline import CatalogPipeline
-from recserve.request_context import RequestContext
+from recserve.engine.errors import DeadlineExceeded, Overloaded
+from recserve.engine.pipeline import CatalogPipeline
+from recserve.engine.request_context import RequestContext
 from recserve.server.app import RunningServer, ServeOptions, build_server
 from recserve.server.batching import Batcher
 from recserve.v1 import recserve_pb2 as pb

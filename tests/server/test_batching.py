@@ -1,7 +1,7 @@
 """Dynamic batching (server/batching.py) through a live loopback server: concurrent
 requests share batches and each gets exactly its unbatched answer.
 
-Scores are compared for exact equality, not within a tolerance: recserve.batch_plan
+Scores are compared for exact equality, not within a tolerance: recserve.engine.batch_plan
 makes a request's float32 scores independent of its batch-mates (the head's rows are
 padded to a fixed multiple, the top-k inner product runs in chunks of one kernel path),
 and tests/python/test_batch_plan.py checks that bitwise at the pipeline level.
@@ -23,9 +23,9 @@ import pytest
 import torch
 
 from recserve import Client, RecserveError
-from recserve.errors import DeadlineExceeded, ModelUnavailable
-from recserve.pipeline import CatalogPipeline
-from recserve.request_context import RequestContext
+from recserve.engine.errors import DeadlineExceeded, ModelUnavailable
+from recserve.engine.pipeline import CatalogPipeline
+from recserve.engine.request_context import RequestContext
 from recserve.server.app import RunningServer, ServeOptions, build_server
 from recserve.server.batching import Batcher, runner_factory
 from recserve.training import gan, topn

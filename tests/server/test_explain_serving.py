@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from recserve import Client, RecserveError, cli
-from recserve.explain import explain_rows
-from recserve.pipeline import RankerPipeline
+from recserve.engine.explain import explain_rows
+from recserve.engine.pipeline import RankerPipeline
 from recserve.server.app import RunningServer
 from recserve.v1 import recserve_pb2 as pb
 from recserve.v1 import recserve_pb2_grpc as pb_grpc

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from recserve import Client, RecserveError
-from recserve.errors import ModelNotFound
+from recserve.engine.errors import ModelNotFound
 from recserve.server.app import SERVICE_NAME, RunningServer, ServeOptions, build_server
 from recserve.v1 import recserve_pb2 as pb
 from recserve.v1 import recserve_pb2_grpc as pb_grpc

@@ -22,11 +22,11 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from recserve import Client
-from recserve.artifact import load_artifact
-from recserve.client import REPLICA_SERVICE_CONFIG, channel_target
+from recserve.client import REPLICA_SERVICE_CONFIG, ShardedCatalog, channel_target
+from recserve.engine.artifact import load_artifact
+from recserve.engine.sharding import split_artifact
 from recserve.loadtest import BenchOptions, run
 from recserve.server.app import RunningServer, ServeOptions, build_server
-from recserve.sharding import ShardedCatalog, split_artifact
 from recserve.training import topn
 from recserve.training.data import make_synthetic_movielens
 

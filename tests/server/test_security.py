@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from recserve import Client, RecserveError
-from recserve.client import _BearerToken, tls_name
+from recserve.client.client import _BearerToken, tls_name
 from recserve.server.app import RunningServer, ServeOptions, build_server
 from recserve.server.security import TokenAuthInterceptor, load_tokens
 from recserve.v1 import recserve_pb2 as pb

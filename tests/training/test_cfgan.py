@@ -7,7 +7,7 @@ import doctest
 import numpy as np
 import pytest
 import torch
-from test_topn_models import planted_sequences  # tests/training is on sys.path
+from helpers.sequences import planted_sequences
 
 from recserve.training import gan, topn
 from recserve.training.export import script_model

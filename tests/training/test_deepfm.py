@@ -1,47 +1,16 @@
 from __future__ import annotations
 
-import doctest
 import itertools
 
-import pytest
 import torch
+from helpers.ctr import make_ctr_model, random_inputs
 
-from recserve.training.export import script_model
-from recserve.training.models import deepfm
-from recserve.training.models.deepfm import DeepFM, FieldEmbedding
-
-USER, ITEM, MULTI, WIDTHS = [6, 3], [9, 4], [7], [3]
+from recserve.training.models.deepfm import DeepFM
+from recserve.training.models.layers import FieldEmbedding
 
 
 def make_model(**kwargs) -> DeepFM:
-    torch.manual_seed(0)
-    return DeepFM(USER, ITEM, MULTI, WIDTHS, embedding_dim=5, hidden=[8, 4], **kwargs).eval()
-
-
-def random_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    user = torch.stack([torch.randint(0, c, (batch,)) for c in USER], dim=1)
-    item = torch.stack([torch.randint(0, c, (batch,)) for c in ITEM], dim=1)
-    multi = torch.randint(0, MULTI[0], (batch, WIDTHS[0]))
-    return user, item, multi
-
-
-def test_basic() -> None:
-    model = make_model()
-    out = model(*random_inputs(4))
-    assert out.dtype == torch.float32
-    assert torch.isfinite(out).all()
-
-
-@pytest.mark.parametrize("batch", [0, 1, 17])
-def test_shape(batch: int) -> None:
-    assert make_model()(*random_inputs(batch)).shape == (batch,)
-
-
-def test_script() -> None:
-    model = make_model()
-    scripted = script_model(model)
-    inputs = random_inputs(33)
-    torch.testing.assert_close(scripted(*inputs), model(*inputs))
+    return make_ctr_model(DeepFM, **kwargs)  # type: ignore[return-value]
 
 
 def test_correctness_against_pairwise_reference() -> None:
@@ -72,7 +41,3 @@ def test_multi_valued_field_is_the_mean_of_its_values() -> None:
     table = emb.table.weight
     expected = (table[4 + 2] + table[4 + 5]) / 2
     torch.testing.assert_close(out[0, 1], expected)
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(deepfm).failed == 0

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recserve.artifact import load_artifact
+from recserve.engine.artifact import load_artifact
 from recserve.training import distributed
 from recserve.training.checkpoint import CHECKPOINT, CURVES, load_checkpoint
 from recserve.training.commands import _check_workers

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_topn_models import planted_sequences  # tests/training is on sys.path
+from helpers.sequences import planted_sequences
 
-from recserve.artifact import load_artifact
 from recserve.cli import main
+from recserve.engine.artifact import load_artifact
 from recserve.training import gan, topn
 from recserve.training.checkpoint import CHECKPOINT, CURVES, load_checkpoint
 from recserve.training.data import InteractionData

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.sequences import planted_sequences
 
 from recserve.training import topn
 from recserve.training.data import (
     InteractionData,
     fetch_movielens_100k,
     load_movielens_100k,
-    make_synthetic_movielens,
 )
 from recserve.training.export import script_model
 from recserve.training.models import bpr, gru4rec, popularity
@@ -133,34 +133,6 @@ def test_sequence_correctness(cell: str, golden: list[float]) -> None:
 
 
 # -- learnability on planted structure ------------------------------------------------
-
-GROUPS, ITEMS_PER_GROUP, STEPS = 10, 15, 12
-
-
-def planted_sequences() -> InteractionData:
-    """Users in 10 groups; each group walks its own cycle of 15 items, one step per
-    interaction, from a random start. The group's items and the next item are learnable;
-    popularity is nearly flat."""
-    base = make_synthetic_movielens(n_users=200, n_items=GROUPS * ITEMS_PER_GROUP, seed=3)
-    rng = np.random.default_rng(7)
-    user_ids, item_ids = base.users.user_id, base.items.item_id
-    users, items, times = [], [], []
-    for u, user in enumerate(user_ids):
-        group = u % GROUPS
-        start = rng.integers(ITEMS_PER_GROUP)
-        steps = (start + np.arange(STEPS)) % ITEMS_PER_GROUP
-        users.extend([user] * STEPS)
-        items.extend(item_ids[group * ITEMS_PER_GROUP + steps].tolist())
-        times.extend((1_000_000 + 100 * u + np.arange(STEPS)).tolist())
-    return InteractionData(
-        "planted",
-        np.array(users),
-        np.array(items),
-        np.full(len(users), 5.0),
-        np.array(times),
-        base.users,
-        base.items,
-    )
 
 
 @pytest.fixture(scope="module")

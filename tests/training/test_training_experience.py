@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from recserve.artifact import load_artifact
 from recserve.cli import main
+from recserve.engine.artifact import load_artifact
 from recserve.training import checkpoint as checkpoint_module
 from recserve.training.checkpoint import CHECKPOINT, CURVES, load_checkpoint, save_checkpoint
 from recserve.training.data import InteractionData

@@ -27,9 +27,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .results import Explanation, FieldContribution, ScoredItem
-from .v1 import recserve_pb2 as pb
-from .v1 import recserve_pb2_grpc as pb_grpc
+from ..results import Explanation, FieldContribution, ScoredItem
+from ..v1 import recserve_pb2 as pb
+from ..v1 import recserve_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # the server's default; see `recserve serve --help`

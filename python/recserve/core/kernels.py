@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _core
+from .. import _core
 
 if TYPE_CHECKING:
     import torch
@@ -222,6 +222,14 @@ class DeviceItemMatrix:
 
     def __repr__(self) -> str:
         return f"DeviceItemMatrix(shape={self.shape}, dtype={self.dtype}, device={self.device})"
+
+
+def topk_small_batch() -> int:
+    """The batch size from which :func:`topk_inner_product` switches to its packed path at
+    this machine's SIMD level. Smaller batches use the per-query path, whose arithmetic
+    is the same for every query whatever its batch-mates (recserve.engine.batch_plan
+    runs queries in chunks below it, so batching never changes an answer)."""
+    return int(_core.topk_small_batch())
 
 
 def topk_scores(

@@ -51,7 +51,7 @@ CROSSING_TABLES = {role: f"crossing_{role}" for role in (*_FIELDS, "first_order"
 @contextmanager
 def torchscript_deprecation_silenced() -> Iterator[None]:
     """PyTorch deprecates TorchScript in favour of torch.export; users asked for TorchScript,
-    and the manifest's program format leaves room for torch.export (see DESIGN.md). Silence
+    and the manifest's program format leaves room for torch.export (docs/artifact.md). Silence
     only that warning, only around our own TorchScript calls."""
     with warnings.catch_warnings():
         warnings.filterwarnings(

@@ -26,7 +26,7 @@ Batch composition never changes a request's answer, bit for bit:
   the trained model's forward bit for bit (tests/python/test_artifact.py), which no
   padding keeps; such a batch shares the queue and the worker but not the call.
 - The top-k inner product uses the same per-query arithmetic for every batch smaller
-  than ``_core.topk_small_batch()`` (see recserve.kernels), so queries run in chunks
+  than ``kernels.topk_small_batch()`` (see recserve.core.kernels), so queries run in chunks
   below it; a batch of one is such a chunk too. Each chunk selects the largest k of its
   queries and each query keeps its first k: ties go to the smaller index, so that prefix
   is exactly the query's own top-k.
@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _core, kernels
+from ..core import kernels
+from ..results import Ranking
 from .request_context import RequestContext
-from .results import Ranking
 
 HEAD_ROW_MULTIPLE = 48
 # Selection over a request's own scores runs on the host: they are small, and a GPU round
@@ -141,10 +141,10 @@ def run_inner_products(
     items: np.ndarray | kernels.DeviceItemMatrix, queries: Sequence[InnerProductQuery]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(scores [k], item rows [k]) of each query's top-k over ``items`` [I, d] (host, or
-    resident on a CUDA device), following recserve.kernels' contract; on the host bitwise
+    resident on a CUDA device), following recserve.core.kernels' contract; on the host bitwise
     what a query gets alone (see the module)."""
     backend = "cuda" if isinstance(items, kernels.DeviceItemMatrix) else SCORES_BACKEND
-    chunk = max(1, _core.topk_small_batch() - 1)
+    chunk = max(1, kernels.topk_small_batch() - 1)
     results: list[tuple[np.ndarray, np.ndarray]] = []
     for start in range(0, len(queries), chunk):
         part = queries[start : start + chunk]

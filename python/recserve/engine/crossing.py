@@ -13,17 +13,17 @@ A Wide&Deep is the same without the FM terms (``fm = 0``, no sums). The C++ kern
 (``_core.crossing_deepfm``) gathers the item rows and writes the linear part and
 ``relu(h_U + h_I)``; the TorchScript head does the rest (:class:`FieldCrossing`).
 :meth:`_Crossing.head_inputs` (per request) and :meth:`_Crossing.head_logits` (on the
-rows of one or several requests, recserve.batch_plan) are the two halves.
+rows of one or several requests, recserve.engine.batch_plan) are the two halves.
 
 A stacked DCN-v2 (:class:`DCNCrossing`) has ``x0 = [x0_U, x0_I]`` (the field vectors
 concatenated) and a first cross layer ``x1 = x0 ⊙ (W0 x0 + b0) + x0`` whose linear map
 splits the same way, ``W0 x0 + b0 = h_U + h_I``; ``_core.crossing_dcn_first`` writes
 ``x0`` and ``x1`` and the head runs the other cross layers and the MLP on them.
 
-The block's kind (``recserve.artifact.CROSSING_ROLES``) says which terms exist. The head
+The block's kind (``recserve.engine.artifact.CROSSING_ROLES``) says which terms exist. The head
 runs in float32, or opt-in in bfloat16 (``head_dtype="bfloat16"``, faster where the CPU
 has AVX512-BF16/AMX, at the cost of about 3 significant digits in the deep part) or with
-int8 Linear layers (``head_dtype="int8"``, recserve.int8_head: CPU only, faster where
+int8 Linear layers (``head_dtype="int8"``, recserve.engine.int8_head: CPU only, faster where
 the CPU has VNNI; each row quantized on its own, so batching still changes nothing).
 
 On a GPU (recserve built with CUDA): :meth:`_Crossing.to_device` uploads the item tables
@@ -41,13 +41,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import _core, kernels
+from ..core.crossing import (
+    DeviceItemTables,
+    ItemTables,
+    crossing_dcn_first,
+    crossing_dcn_first_cuda,
+    crossing_deepfm,
+    crossing_deepfm_cuda,
+)
 from .artifact import CROSSING_ROLES, Artifact, CrossingBlock
 from .batch_plan import HeadRows, run_head_rows
 from .int8_head import quantize_head
 
 # Head precision -> the dtype its inputs are converted to; the int8 head takes float32
-# and quantizes each row itself (recserve.int8_head).
+# and quantizes each row itself (recserve.engine.int8_head).
 HEAD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.float32}
 
 
@@ -61,125 +68,6 @@ class UserPart:
     sum: np.ndarray
     hidden: np.ndarray
     vectors: np.ndarray
-
-
-@dataclass(frozen=True)
-class ItemTables:
-    """Per-item side: ``scalar = w_I + fm_II`` [I], ``sum = s_I`` [I, d] ([I, 0] without
-    FM), ``hidden = h_I`` [I, H1] and, for DCN-v2 only, ``vectors = x0_I`` [I, F_item d]
-    ([I, 0] otherwise)."""
-
-    scalar: np.ndarray
-    sum: np.ndarray
-    hidden: np.ndarray
-    vectors: np.ndarray
-
-
-@dataclass(frozen=True)
-class DeviceItemTables:
-    """:class:`ItemTables` resident on a CUDA device (float32, contiguous): uploaded once,
-    when a model loads."""
-
-    scalar: torch.Tensor
-    sum: torch.Tensor
-    hidden: torch.Tensor
-    vectors: torch.Tensor
-
-    @classmethod
-    def upload(
-        cls, items: ItemTables, device: torch.device | str | None = None
-    ) -> DeviceItemTables:
-        """Copy the tables to ``device`` (default: the current CUDA device); raises
-        ``RuntimeError`` where CUDA is not usable (recserve.kernels.require_cuda)."""
-        kernels.require_cuda()
-        dev = torch.device("cuda", torch.cuda.current_device()) if device is None else device
-        dev = torch.device(dev)
-        if dev.type != "cuda":
-            raise ValueError(f"device tables live on a CUDA device, got {dev}")
-        scalar, sums, hidden, vectors = (
-            torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(dev)
-            for a in (items.scalar, items.sum, items.hidden, items.vectors)
-        )
-        num_items = scalar.shape[0]
-        for name, table in (("sum", sums), ("hidden", hidden), ("vectors", vectors)):
-            if table.ndim != 2 or table.shape[0] != num_items:
-                raise ValueError(
-                    f"item table {name!r} has shape {tuple(table.shape)}, expected "
-                    f"({num_items}, ...) like 'scalar'"
-                )
-        return cls(scalar, sums, hidden, vectors)
-
-    @property
-    def device(self) -> torch.device:
-        return self.hidden.device
-
-    @property
-    def num_items(self) -> int:
-        return int(self.hidden.shape[0])
-
-
-def _user_on(device: torch.device, vector: np.ndarray, size: int, name: str) -> torch.Tensor:
-    array = np.ascontiguousarray(vector, dtype=np.float32).reshape(-1)
-    if array.size != size:
-        raise ValueError(f"{name} has {array.size} values, the item tables expect {size}")
-    return torch.from_numpy(array).to(device)
-
-
-def _rows(item_rows: np.ndarray | None) -> np.ndarray | None:
-    return None if item_rows is None else np.ascontiguousarray(item_rows, dtype=np.int64)
-
-
-def crossing_deepfm_cuda(
-    user_scalar: float,
-    user_sum: np.ndarray,
-    user_hidden: np.ndarray,
-    tables: DeviceItemTables,
-    item_rows: np.ndarray | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``_core.crossing_deepfm`` on the GPU: (linear [N], relu(h_U + h_I) [N, H1]) as CUDA
-    tensors on the tables' device and torch's current stream. ``item_rows`` (host, None =
-    all) outside ``[0, I)`` raise ``IndexError`` before anything runs."""
-    dev = tables.device
-    D, H1 = tables.sum.shape[1], tables.hidden.shape[1]
-    usum = _user_on(dev, user_sum, D, "user_sum")
-    uhid = _user_on(dev, user_hidden, H1, "user_hidden")
-    rows = _rows(item_rows)
-    N = tables.num_items if rows is None else rows.shape[0]
-    linear = torch.empty(N, dtype=torch.float32, device=dev)
-    hidden = torch.empty((N, H1), dtype=torch.float32, device=dev)
-    with torch.cuda.device(dev):
-        _core.cuda_crossing_deepfm(
-            float(user_scalar), usum.data_ptr(), uhid.data_ptr(), tables.scalar.data_ptr(),
-            tables.sum.data_ptr(), tables.hidden.data_ptr(), tables.num_items, D, H1, rows,
-            linear.data_ptr(), hidden.data_ptr(), torch.cuda.current_stream().cuda_stream,
-        )  # fmt: skip
-    return linear, hidden
-
-
-def crossing_dcn_first_cuda(
-    user_x0: np.ndarray,
-    user_hidden: np.ndarray,
-    tables: DeviceItemTables,
-    item_rows: np.ndarray | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``_core.crossing_dcn_first`` on the GPU: (x0 [N, D], x1 [N, D]) as CUDA tensors;
-    rows as for :func:`crossing_deepfm_cuda`."""
-    dev = tables.device
-    DI = tables.vectors.shape[1]
-    D = tables.hidden.shape[1]
-    ux0 = _user_on(dev, user_x0, D - DI, "user_x0")
-    uhid = _user_on(dev, user_hidden, D, "user_hidden")
-    rows = _rows(item_rows)
-    N = tables.num_items if rows is None else rows.shape[0]
-    x0 = torch.empty((N, D), dtype=torch.float32, device=dev)
-    x1 = torch.empty((N, D), dtype=torch.float32, device=dev)
-    with torch.cuda.device(dev):
-        _core.cuda_crossing_dcn_first(
-            ux0.data_ptr(), uhid.data_ptr(), tables.vectors.data_ptr(), tables.hidden.data_ptr(),
-            tables.num_items, D - DI, DI, rows, x0.data_ptr(), x1.data_ptr(),
-            torch.cuda.current_stream().cuda_stream,
-        )  # fmt: skip
-    return x0, x1
 
 
 def _terms(block: CrossingBlock) -> tuple[bool, bool, bool]:
@@ -440,11 +328,7 @@ class FieldCrossing(_Crossing):
 
     def cross(self, user: UserPart, item_rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The kernel: (linear part [N], relu(h_U + h_I) [N, H1]) for item rows (None = all)."""
-        rows = None if item_rows is None else np.ascontiguousarray(item_rows, dtype=np.int64)
-        items = self.items
-        return _core.crossing_deepfm(
-            user.scalar, user.sum, user.hidden, items.scalar, items.sum, items.hidden, rows
-        )
+        return crossing_deepfm(user.scalar, user.sum, user.hidden, self.items, item_rows)
 
     def cross_on_device(
         self, user: UserPart, item_rows: np.ndarray | None
@@ -487,11 +371,7 @@ class DCNCrossing(_Crossing):
 
     def cross(self, user: UserPart, item_rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """The kernel: (x0 [N, D], x1 [N, D]) for item rows (None = all)."""
-        rows = None if item_rows is None else np.ascontiguousarray(item_rows, dtype=np.int64)
-        items = self.items
-        return _core.crossing_dcn_first(
-            user.vectors, user.hidden, items.vectors, items.hidden, rows
-        )
+        return crossing_dcn_first(user.vectors, user.hidden, self.items, item_rows)
 
     def cross_on_device(
         self, user: UserPart, item_rows: np.ndarray | None

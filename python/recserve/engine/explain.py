@@ -28,9 +28,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from ..results import Explanation, FieldContribution, Ranking
 from .errors import InvalidRequest
 from .pipeline import RANKER_FAMILIES, CatalogPipeline, RankerPipeline
-from .results import Explanation, FieldContribution, Ranking
 from .schema import FeatureSchema, encode_ids
 
 # 2^12 = 4096 coalitions per item; beyond that an explained Rank gets too slow to serve.

@@ -13,7 +13,7 @@ Built when a model loads, from the artifact's float32 head program (no format ch
 
 Why not ``torch.ao.quantization.quantize_dynamic``: its dynamic Linear takes one activation
 scale from the whole input, so a row's score would depend on the other rows of the call:
-on the other requests of the batch (recserve.batch_plan promises it never does) and on
+on the other requests of the batch (recserve.engine.batch_plan promises it never does) and on
 the other candidates of the same request. Measured on the ML-100k DeepFM (1000 rows vs
 the same 47 alone): logits moved by up to 0.027. With one scale per row, the integer
 sums are exact whatever the row count and the rest is elementwise, so a row's logit

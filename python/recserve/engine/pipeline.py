@@ -4,7 +4,7 @@ Nothing here knows about gRPC; the server converts messages to these calls. The 
 side of the model's input is gathered once when the model loads; a request only
 encodes its user once and indexes the item tables.
 
-Each call is prepare -> batch compute -> finish (recserve.batch_plan), so the server can
+Each call is prepare -> batch compute -> finish (recserve.engine.batch_plan), so the server can
 run the middle part for several requests at once; ``rank``/``recommend`` run it for one.
 With a ``request_context`` the stages are timed: ``feature`` (validation, user encoding),
 ``crossing`` (the C++ crossing kernel), ``head`` (the TorchScript head, or the whole
@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import kernels
+from ..core import kernels
+from ..results import Ranking, ScoredItem
 from .artifact import Artifact
 from .batch_plan import (
     DEVICES,
@@ -34,7 +35,6 @@ from .batch_plan import (
 from .crossing import HEAD_DTYPES, crossing_from_artifact
 from .errors import InvalidRequest
 from .request_context import RequestContext
-from .results import Ranking, ScoredItem
 from .schema import FeatureSchema, encode_ids, encode_value
 from .validation import check_candidates, check_k, check_recent, check_user_id
 
@@ -106,7 +106,7 @@ class CatalogPipeline:
             for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
         ]
 
-    # -- the three parts of a request (recserve.batch_plan) ---------------------------
+    # -- the three parts of a request (recserve.engine.batch_plan) ---------------------------
 
     def encode_user_timed(
         self, user_id: int, context: Mapping[str, str], request_context: RequestContext | None
@@ -215,12 +215,12 @@ class RankerPipeline(CatalogPipeline):
     (logits), with columns in the schema's order.
 
     When the artifact has a crossing block (and ``use_crossing``), scores come from the
-    fused C++ crossing kernel plus the ``head`` program (recserve.crossing), with the
+    fused C++ crossing kernel plus the ``head`` program (recserve.engine.crossing), with the
     item side precomputed here; otherwise from the whole ``model`` program. Both give
     the same scores within float32 rounding. ``head_dtype="bfloat16"`` (opt-in) runs the
     crossing path's head in bfloat16: faster, scores to about 3 significant digits;
     ``head_dtype="int8"`` (opt-in, CPU only) runs its Linear layers in int8
-    (recserve.int8_head). Both need a crossing block.
+    (recserve.engine.int8_head). Both need a crossing block.
     """
 
     def __init__(
@@ -365,7 +365,7 @@ class RankerPipeline(CatalogPipeline):
 
     def run_head(self, works: Sequence[HeadRows]) -> list[torch.Tensor]:
         """Logits [N_i] of each request's rows: the crossing head in one call on all of
-        them, the whole program per request (recserve.batch_plan says why)."""
+        them, the whole program per request (recserve.engine.batch_plan says why)."""
         return run_head_rows(self.head, works, shared=self.crossing is not None)
 
     def compute_batch(self, batch: Sequence[Prepared]) -> list[torch.Tensor]:

@@ -21,7 +21,7 @@ Cold start: a user with no vector (an unknown user id and, for ``sequence`` and
 ``popularity`` table, the share of training interactions per item); the answer says
 ``cold_start_user`` whenever the user id is unknown.
 
-Batching (recserve.batch_plan): Recommend's batch work, for ``embedding`` and
+Batching (recserve.engine.batch_plan): Recommend's batch work, for ``embedding`` and
 ``sequence``, is the top-k inner product, run for a batch's user vectors at once; the
 ``encoder`` and ``generator`` programs run per request (timed as the ``head`` stage).
 """
@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import kernels
+from ..core import kernels
+from ..results import Ranking
 from .artifact import Artifact
 from .batch_plan import InnerProductQuery, Prepared, run_inner_products, stage, timed_batch
 from .errors import InvalidRequest
 from .pipeline import DEFAULT_RECOMMEND_K, SCORES_BACKEND, CatalogPipeline, Limits
 from .request_context import RequestContext
-from .results import Ranking
 from .schema import encode_ids
 from .validation import check_k, check_recent, check_user_id
 

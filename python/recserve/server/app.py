@@ -16,10 +16,10 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from recserve import kernels
-from recserve.errors import ModelNotFound
+from recserve.core import kernels
+from recserve.engine.errors import ModelNotFound
+from recserve.engine.pipeline import Limits
 from recserve.kserve import grpc_predict_v2_pb2_grpc as kserve_grpc
-from recserve.pipeline import Limits
 from recserve.v1 import recserve_pb2 as pb
 from recserve.v1 import recserve_pb2_grpc as pb_grpc
 

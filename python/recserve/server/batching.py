@@ -1,6 +1,6 @@
 """Dynamic batching: concurrent requests for one model share its head and top-k calls.
 
-A request is prepare -> batch compute -> finish (recserve.batch_plan). The caller's
+A request is prepare -> batch compute -> finish (recserve.engine.batch_plan). The caller's
 thread prepares its own request (a bad one fails there, alone, with its own
 InvalidRequest), puts its share of the batch computation on the model's queue and waits;
 ``compute_threads`` worker threads per model (the server's --compute-threads: by default
@@ -54,10 +54,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from recserve.batch_plan import Prepared
-from recserve.errors import DeadlineExceeded, ModelUnavailable, Overloaded
-from recserve.pipeline import CatalogPipeline
-from recserve.request_context import RequestContext
+from recserve.engine.batch_plan import Prepared
+from recserve.engine.errors import DeadlineExceeded, ModelUnavailable, Overloaded
+from recserve.engine.pipeline import CatalogPipeline
+from recserve.engine.request_context import RequestContext
 from recserve.results import Ranking
 
 from .thread_priority import lower_this_thread

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from recserve.engine.schema import FeatureSpec
 from recserve.results import Ranking
-from recserve.schema import FeatureSpec
 from recserve.v1 import recserve_pb2 as pb
 
 from .repository import LOADED, REFUSED, UNLOADED, LoadedModel, RepositoryEvent

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from recserve.errors import (
+from recserve.engine.errors import (
     DeadlineExceeded,
     InvalidRequest,
     ModelNotFound,

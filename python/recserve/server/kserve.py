@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 
 from recserve import __version__
-from recserve.errors import InvalidRequest, ModelNotFound, ModelUnavailable
+from recserve.engine.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 from recserve.kserve import grpc_predict_v2_pb2 as kpb
 from recserve.kserve import grpc_predict_v2_pb2_grpc as kpb_grpc
 from recserve.results import Ranking

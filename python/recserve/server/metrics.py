@@ -36,7 +36,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from recserve.request_context import STAGES, RequestContext
+from recserve.engine.request_context import STAGES, RequestContext
 
 # Latency buckets from 50 µs to 2.5 s: a ranking call takes a millisecond or a few.
 LATENCY_BUCKETS = (

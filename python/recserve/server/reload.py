@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from recserve.pipeline import CatalogPipeline
+from recserve.engine.pipeline import CatalogPipeline
 
 from .torch_threads import adopt_torch_threads
 

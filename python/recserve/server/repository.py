@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recserve.artifact import MODEL_NAME, ArtifactError, list_versions, load_artifact
-from recserve.errors import InvalidRequest, ModelNotFound, ModelUnavailable
-from recserve.pipeline import CatalogPipeline, Limits, make_pipeline
+from recserve.engine.artifact import MODEL_NAME, ArtifactError, list_versions, load_artifact
+from recserve.engine.errors import InvalidRequest, ModelNotFound, ModelUnavailable
+from recserve.engine.pipeline import CatalogPipeline, Limits, make_pipeline
 
 from .metrics import Metrics
 from .reload import release_memory, warm_up

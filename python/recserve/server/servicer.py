@@ -16,14 +16,14 @@ from contextlib import contextmanager
 
 import grpc
 
-from recserve import explain
-from recserve.errors import InvalidRequest
-from recserve.pipeline import DEFAULT_RECOMMEND_K, RANKER_FAMILIES
-from recserve.request_context import RequestContext
+from recserve.engine import explain
+from recserve.engine.errors import InvalidRequest
+from recserve.engine.pipeline import DEFAULT_RECOMMEND_K, RANKER_FAMILIES
+from recserve.engine.request_context import RequestContext
+from recserve.engine.validation import check_k
 from recserve.results import Ranking
 from recserve.v1 import recserve_pb2 as pb
 from recserve.v1 import recserve_pb2_grpc as pb_grpc
-from recserve.validation import check_k
 
 from . import converters
 from .interceptors import accepted_at, status_for

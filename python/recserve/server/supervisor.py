@@ -342,7 +342,7 @@ def serve_child(options: ServeOptions, conn: Connection, log_level: int) -> None
     threading.Thread(target=watch_supervisor, name="supervisor-watch", daemon=True).start()
 
     # Here, not at the top: the supervisor never imports torch and the models' runtime.
-    from recserve.errors import ModelNotFound
+    from recserve.engine.errors import ModelNotFound
 
     from .app import serve_one
 

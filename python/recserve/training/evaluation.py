@@ -11,12 +11,12 @@ Protocol (the same code runs for every top-N model):
   validating, the training items plus the validation item when testing (the target
   itself is never excluded, even when the user interacted with it before);
 - with one relevant item at 0-based rank ``r`` among the selectable items (ties go to
-  the smaller item index, as in ``recserve.kernels``): ``HR@K = [r < K]``,
+  the smaller item index, as in ``recserve.core.kernels``): ``HR@K = [r < K]``,
   ``NDCG@K = [r < K] / log2(r + 2)``, ``MRR@K = [r < K] / (r + 1)``, averaged over the
   evaluated users.
 
 Scores come in batches of users; the top-K with the exclusions applied is selected by
-the C++ kernel ``recserve.kernels.topk_scores``.
+the C++ kernel ``recserve.core.kernels.topk_scores``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recserve import kernels
+from recserve.core import kernels
 
 TOP_K = 10
 STAGES = ("val", "test")

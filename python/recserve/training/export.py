@@ -10,14 +10,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from recserve.artifact import CROSSING_TABLES, save_artifact, torchscript_deprecation_silenced
-from recserve.schema import FeatureSchema
+from recserve.engine.artifact import (
+    CROSSING_TABLES,
+    save_artifact,
+    torchscript_deprecation_silenced,
+)
+from recserve.engine.schema import FeatureSchema
 
 from .features import EncodedData
 from .models.cfgan import CFGANGenerator
 from .models.dcnv2 import DCNv2
-from .models.deepfm import DeepFM, FieldEmbedding
+from .models.deepfm import DeepFM
 from .models.gru4rec import GRU4Rec
+from .models.layers import FieldEmbedding
 from .models.wide_deep import WideDeep
 
 
@@ -51,7 +56,7 @@ def crossing_block(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], nn.Module]:
     """What the fused crossing path serves ``model`` with: (manifest block, tables, head).
 
-    The block's ``kind`` says which parts the kernel computes (recserve.artifact
+    The block's ``kind`` says which parts the kernel computes (recserve.engine.artifact
     CROSSING_ROLES): for DeepFM the first-order sum, the FM term and the first MLP layer;
     for Wide&Deep the wide (first-order) sum and the first MLP layer; for DCN-v2 ``x0``
     and the first cross layer. The first layer's weight (role ``w1``) is split into user

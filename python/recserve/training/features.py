@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recserve.schema import (
+from recserve.engine.schema import (
     FeatureSchema,
     FeatureSpec,
     encode_buckets,

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from recserve.artifact import Artifact
-from recserve.crossing import crossing_from_artifact
+from recserve.engine.artifact import Artifact
+from recserve.engine.crossing import crossing_from_artifact
 
 from . import distributed
 from .data import InteractionData
@@ -99,21 +99,11 @@ def train_ranker(
     )
 
 
-def train_deepfm(
-    data: InteractionData,
-    config: TrainConfig,
-    on_epoch: Callable[[EpochLog], None] | None = None,
-    show_progress: bool = True,
-) -> TrainedRanker:
-    """``train_ranker("deepfm", ...)``."""
-    return train_ranker("deepfm", data, config, on_epoch, show_progress)
-
-
 def served_auc(
     artifact: Artifact, encoded: EncodedData, rows: np.ndarray, head_dtype: str = "float32"
 ) -> float:
     """AUC of interaction ``rows`` of ``encoded`` scored as the server scores them: through
-    the artifact's crossing path with its head in ``head_dtype`` (recserve.crossing), one
+    the artifact's crossing path with its head in ``head_dtype`` (recserve.engine.crossing), one
     call per user. ``encoded`` must be the data the artifact was exported from."""
     crossing = crossing_from_artifact(artifact, head_dtype)
     if crossing is None:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from recserve.schema import FeatureSchema, FeatureSpec
+from recserve.engine.schema import FeatureSchema, FeatureSpec
 
 from .checkpoint import (
     CURVES,

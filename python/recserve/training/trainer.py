@@ -122,10 +122,6 @@ def build_ranker(name: str, encoded: EncodedData, config: TrainConfig) -> nn.Mod
     return RANKERS[name](encoded, config)
 
 
-def build_deepfm(encoded: EncodedData, config: TrainConfig) -> DeepFM:
-    return build_ranker("deepfm", encoded, config)  # type: ignore[return-value]
-
-
 @dataclass
 class EpochLog:
     epoch: int

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .mlp import mlp_tower
+from .layers import mlp_tower
 
 
 class CFGANGenerator(nn.Module):

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .deepfm import FieldEmbedding
-from .mlp import mlp_tower
+from .layers import FieldEmbedding, mlp_tower
 
 
 class CrossNet(nn.Module):

@@ -11,61 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-
-class FieldEmbedding(nn.Module):
-    r"""Embeds single- and multi-valued categorical fields into one vector per field.
-
-    All fields share one table with per-field offsets. Index 0 of every field means
-    "unknown" (or padding) and contributes a zero vector, so a cold-start user is
-    scored from the fields that are known. A multi-valued field is the mean of its
-    values' vectors.
-
-    Args:
-        cardinalities: rows per single-valued field (index 0 included).
-        multi_cardinalities: rows per multi-valued field.
-        multi_widths: columns each multi-valued field occupies in its input.
-        dim: embedding size (1 gives the FM first-order weights).
-
-    Example::
-
-        >>> emb = FieldEmbedding([3, 4], [5], [2], dim=8)
-        >>> emb(torch.tensor([[1, 2]]), torch.tensor([[3, 0]])).shape
-        torch.Size([1, 3, 8])
-    """
-
-    def __init__(
-        self,
-        cardinalities: Sequence[int],
-        multi_cardinalities: Sequence[int],
-        multi_widths: Sequence[int],
-        dim: int,
-    ) -> None:
-        super().__init__()
-        sizes = [*cardinalities, *multi_cardinalities]
-        offsets = torch.tensor([0, *sizes[:-1]], dtype=torch.int64).cumsum(0)
-        n_single = len(cardinalities)
-        column_field = [f for f, width in enumerate(multi_widths) for _ in range(width)]
-        pool = torch.zeros(len(column_field), len(multi_widths))
-        pool[torch.arange(len(column_field)), torch.tensor(column_field, dtype=torch.int64)] = 1.0
-        self.register_buffer("single_offsets", offsets[:n_single].clone(), persistent=False)
-        self.register_buffer(
-            "multi_offsets",
-            offsets[n_single:][torch.tensor(column_field, dtype=torch.int64)],
-            persistent=False,
-        )
-        self.register_buffer("pool", pool, persistent=False)
-        self.table = nn.Embedding(sum(sizes), dim)
-        nn.init.normal_(self.table.weight, std=0.01)
-
-    def forward(self, single: torch.Tensor, multi: torch.Tensor) -> torch.Tensor:
-        # single: [B, Fs] int64; multi: [B, M] int64 -> [B, Fs + Fm, dim]
-        single_mask = (single > 0).unsqueeze(-1).to(self.table.weight.dtype)  # [B, Fs, 1]
-        single_vec = self.table(single + self.single_offsets) * single_mask  # [B, Fs, d]
-        multi_mask = (multi > 0).to(self.table.weight.dtype)  # [B, M]
-        multi_vec = self.table(multi + self.multi_offsets) * multi_mask.unsqueeze(-1)  # [B, M, d]
-        pooled = torch.einsum("bmd,mf->bfd", multi_vec, self.pool)  # [B, Fm, d]
-        counts = (multi_mask @ self.pool).clamp(min=1.0).unsqueeze(-1)  # [B, Fm, 1]
-        return torch.cat([single_vec, pooled / counts], dim=1)  # [B, F, d]
+from .layers import FieldEmbedding
 
 
 class DeepFM(nn.Module):

@@ -1,4 +1,4 @@
-"""Plain MLP ranker over concatenated field embeddings (the seed document's Keras example).
+"""Plain MLP ranker over concatenated field embeddings (the simplest ranker, a baseline for the others).
 
 Reference: Covington et al., "Deep Neural Networks for YouTube Recommendations",
 RecSys 2016 (embeddings of categorical features, concatenated, through a ReLU tower).
@@ -11,34 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .deepfm import FieldEmbedding
-
-
-def mlp_tower(
-    width: int, hidden: Sequence[int], dropout: float, out: int | None = 1
-) -> nn.Sequential:
-    """``[Linear, ReLU, Dropout] * len(hidden)`` from ``width`` inputs, then ``Linear(·, out)``.
-
-    With ``out=None`` the tower ends after the last hidden layer.
-    """
-    layers: list[nn.Module] = []
-    for size in hidden:
-        layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
-        width = size
-    if out is not None:
-        layers.append(nn.Linear(width, out))
-    return nn.Sequential(*layers)
-
-
-def split_tower(mlp: nn.Sequential) -> tuple[nn.Linear, nn.Sequential]:
-    """A tower of ``mlp_tower`` as (first Linear, head): ``mlp(x) == head(relu(first(x)))``
-    in eval mode (the first dropout is identity there). The head shares the tower's
-    parameters. Needs a hidden layer."""
-    if len(mlp) < 4:
-        raise ValueError("a tower without hidden layers has no first layer to split off")
-    first = mlp[0]
-    assert isinstance(first, nn.Linear) and isinstance(mlp[1], nn.ReLU)
-    return first, nn.Sequential(*list(mlp)[3:])
+from .layers import FieldEmbedding, mlp_tower
 
 
 class MLP(nn.Module):

@@ -10,8 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .deepfm import FieldEmbedding
-from .mlp import mlp_tower, split_tower
+from .layers import FieldEmbedding, mlp_tower, split_tower
 
 
 class WideDeep(nn.Module):
