@@ -16,8 +16,9 @@ from recserve.engine.batch_plan import (
     run_head_rows,
     run_inner_products,
 )
-from recserve.engine.pipeline import CatalogPipeline, Limits, RankerPipeline, make_pipeline
+from recserve.engine.pipeline import CatalogPipeline, RankerPipeline, make_pipeline
 from recserve.engine.request_context import RequestContext
+from recserve.engine.validation import Limits
 from recserve.training import gan, topn
 from recserve.training.data import InteractionData, make_synthetic_movielens
 from recserve.training.ranker import train_ranker

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from recserve.engine.errors import InvalidRequest
-from recserve.engine.pipeline import Limits, RankerPipeline
+from recserve.engine.pipeline import RankerPipeline
+from recserve.engine.validation import Limits
 
 
 @pytest.fixture(scope="module")

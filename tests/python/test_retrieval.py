@@ -12,8 +12,9 @@ import torch
 from recserve.core import kernels
 from recserve.engine.artifact import load_artifact
 from recserve.engine.errors import InvalidRequest
-from recserve.engine.pipeline import Limits, make_pipeline
+from recserve.engine.pipeline import make_pipeline
 from recserve.engine.retrieval import EmbeddingPipeline, GeneratorPipeline, SequencePipeline
+from recserve.engine.validation import Limits
 from recserve.training import gan, topn
 from recserve.training.data import make_synthetic_movielens
 

@@ -33,7 +33,7 @@ from helpers.serving import (
 from recserve import Client
 from recserve.client import RecserveError, VersionEvent
 from recserve.engine.errors import ModelNotFound
-from recserve.engine.pipeline import Limits
+from recserve.engine.validation import Limits
 from recserve.server.app import RunningServer
 from recserve.server.repository import ModelRepository
 from recserve.v1 import recserve_pb2 as pb

@@ -6,7 +6,7 @@ import grpc
 import grpc_testing
 import pytest
 
-from recserve.engine.pipeline import Limits
+from recserve.engine.validation import Limits
 from recserve.server.repository import ModelRepository
 from recserve.server.servicer import RecommenderServicer
 from recserve.v1 import recserve_pb2 as pb

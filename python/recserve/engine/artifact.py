@@ -44,6 +44,11 @@ CROSSING_ROLES: dict[str, tuple[str, ...]] = {
     "dcnv2": _FIELDS,
 }
 CROSSING_KINDS = tuple(CROSSING_ROLES)
+# The CTR ranker families the server answers with a RankerPipeline: each serves through
+# its TorchScript ``model`` program, and those of CROSSING_ROLES through the fused C++
+# crossing kernel and a ``head`` when the artifact has a crossing block. The trainers
+# declare the same names (recserve.training.trainer.RANKERS).
+RANKER_FAMILIES = ("mlp", "wide_deep", "deepfm", "dcnv2")
 # Role of each parameter table of a crossing block -> its table key in the artifact.
 CROSSING_TABLES = {role: f"crossing_{role}" for role in (*_FIELDS, "first_order", "bias")}
 

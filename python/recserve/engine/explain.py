@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from ..results import Explanation, FieldContribution, Ranking
+from .artifact import RANKER_FAMILIES
 from .errors import InvalidRequest
-from .pipeline import RANKER_FAMILIES, CatalogPipeline, RankerPipeline
+from .pipeline import CatalogPipeline, RankerPipeline
 from .schema import FeatureSchema, encode_ids
 
 # 2^12 = 4096 coalitions per item; beyond that an explained Rank gets too slow to serve.

@@ -14,15 +14,14 @@ With a ``request_context`` the stages are timed: ``feature`` (validation, user e
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from ..core import kernels
 from ..results import Ranking, ScoredItem
-from .artifact import Artifact
+from .artifact import RANKER_FAMILIES, Artifact
 from .batch_plan import (
     DEVICES,
     SCORES_BACKEND,
@@ -36,23 +35,37 @@ from .crossing import HEAD_DTYPES, crossing_from_artifact
 from .errors import InvalidRequest
 from .request_context import RequestContext
 from .schema import FeatureSchema, encode_ids, encode_value
-from .validation import check_candidates, check_k, check_recent, check_user_id
+from .validation import Limits, check_candidates, check_k, check_recent, check_user_id
 
-# Every CTR ranker serves through its TorchScript ``model`` program; a DeepFM, Wide&Deep or
-# DCN-v2 artifact with a crossing block through the fused C++ crossing kernel and its head.
-RANKER_FAMILIES = ("mlp", "wide_deep", "deepfm", "dcnv2")
 DEFAULT_RECOMMEND_K = 10
 # What prepare_scores returns: the request's batch work (None: none) and the function of
 # that work's output (None without work) that gives the candidates' scores.
 ScoresPlan = tuple[Any, Callable[[Any], np.ndarray]]
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Per-request bounds, set by the server's options."""
+class Runner(Protocol):
+    """What answers a served model's requests: a pipeline itself (each request on its
+    caller's thread), or the server's batcher in front of one (recserve.server.batching).
+    Both raise InvalidRequest for a bad request, with nothing computed."""
 
-    max_candidates: int = 10_000
-    max_k: int = 1_000
+    def rank(
+        self,
+        user_id: int,
+        candidate_item_ids: Sequence[int],
+        k: int = 0,
+        context: Mapping[str, str] | None = None,
+        request_context: RequestContext | None = None,
+    ) -> Ranking: ...
+
+    def recommend(
+        self,
+        user_id: int,
+        k: int = 0,
+        recent_item_ids: Sequence[int] = (),
+        include_seen: bool = False,
+        context: Mapping[str, str] | None = None,
+        request_context: RequestContext | None = None,
+    ) -> Ranking: ...
 
 
 class CatalogPipeline:

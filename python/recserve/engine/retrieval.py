@@ -39,10 +39,10 @@ from ..results import Ranking
 from .artifact import Artifact
 from .batch_plan import InnerProductQuery, Prepared, run_inner_products, stage, timed_batch
 from .errors import InvalidRequest
-from .pipeline import DEFAULT_RECOMMEND_K, SCORES_BACKEND, CatalogPipeline, Limits
+from .pipeline import DEFAULT_RECOMMEND_K, SCORES_BACKEND, CatalogPipeline
 from .request_context import RequestContext
 from .schema import encode_ids
-from .validation import check_k, check_recent, check_user_id
+from .validation import Limits, check_k, check_recent, check_user_id
 
 EMBEDDING_FAMILY = "embedding"
 SEQUENCE_FAMILY = "sequence"

@@ -1,17 +1,22 @@
-"""Request checks shared by every pipeline: the same request gets the same error message
-whichever model family serves it."""
+"""Request limits and the checks every pipeline shares: the same request gets the same
+error message whichever model family serves it."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import InvalidRequest
 
-if TYPE_CHECKING:
-    from .pipeline import Limits
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request bounds, set by the server's options."""
+
+    max_candidates: int = 10_000
+    max_k: int = 1_000
 
 
 def check_k(k: int, limits: Limits) -> None:

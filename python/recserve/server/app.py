@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from recserve.core import kernels
 from recserve.engine.errors import ModelNotFound
-from recserve.engine.pipeline import Limits
+from recserve.engine.validation import Limits
 from recserve.kserve import grpc_predict_v2_pb2_grpc as kserve_grpc
 from recserve.v1 import recserve_pb2 as pb
 from recserve.v1 import recserve_pb2_grpc as pb_grpc

@@ -1,4 +1,6 @@
-"""Protobuf <-> domain conversion: the only module that touches the generated messages."""
+"""Engine results -> Recommender messages: every answer's content (scored items, model
+info, version events) is built here. The servicer only wraps these (a stream's envelope,
+the list of models), and the KServe service converts its own tensors (kserve.py)."""
 
 from __future__ import annotations
 

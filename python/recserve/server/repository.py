@@ -19,7 +19,8 @@ from typing import Any
 
 from recserve.engine.artifact import MODEL_NAME, ArtifactError, list_versions, load_artifact
 from recserve.engine.errors import InvalidRequest, ModelNotFound, ModelUnavailable
-from recserve.engine.pipeline import CatalogPipeline, Limits, make_pipeline
+from recserve.engine.pipeline import CatalogPipeline, Runner, make_pipeline
+from recserve.engine.validation import Limits
 
 from .metrics import Metrics
 from .reload import release_memory, warm_up
@@ -33,12 +34,13 @@ RELEASE_WAIT_SECONDS = 5.0  # for a released version's last request to drop its 
 @dataclass(frozen=True)
 class LoadedModel:
     """One served version. ``runner`` answers its requests: the pipeline itself, or a
-    batcher in front of it (same ``rank``/``recommend`` signature)."""
+    batcher in front of it (recserve.engine.pipeline.Runner)."""
 
     name: str
     version: int
     pipeline: CatalogPipeline
-    runner: Any = field(default=None, compare=False)
+    # None at construction: the pipeline itself answers.
+    runner: Runner = field(default=None, compare=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.runner is None:
@@ -56,7 +58,7 @@ class RepositoryEvent:
 
 
 # Puts a runner (e.g. a batcher) in front of a freshly loaded pipeline.
-RunnerFactory = Callable[[CatalogPipeline], Any]
+RunnerFactory = Callable[[CatalogPipeline], Runner]
 
 
 def _fingerprint(version_dir: Path) -> tuple[Any, ...]:

@@ -17,8 +17,9 @@ from contextlib import contextmanager
 import grpc
 
 from recserve.engine import explain
+from recserve.engine.artifact import RANKER_FAMILIES
 from recserve.engine.errors import InvalidRequest
-from recserve.engine.pipeline import DEFAULT_RECOMMEND_K, RANKER_FAMILIES
+from recserve.engine.pipeline import DEFAULT_RECOMMEND_K
 from recserve.engine.request_context import RequestContext
 from recserve.engine.validation import check_k
 from recserve.results import Ranking

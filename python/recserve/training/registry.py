@@ -25,7 +25,7 @@ from .topn import (
     train_popularity,
     train_sequence,
 )
-from .trainer import DCNv2Config, MLPConfig, TrainConfig, WideDeepConfig, format_epoch
+from .trainer import RANKERS, TrainConfig, format_epoch
 
 
 class Trained(Protocol):
@@ -113,13 +113,15 @@ MODELS: dict[str, ModelEntry] = {
     entry.name: entry
     for entry in (
         *(
-            ModelEntry(name, "ctr", config, _ranker_trainer(name), CTR_HEADLINE, checkpoints=True)
-            for name, config in (
-                ("mlp", MLPConfig),
-                ("wide_deep", WideDeepConfig),
-                ("deepfm", TrainConfig),
-                ("dcnv2", DCNv2Config),
+            ModelEntry(
+                name,
+                "ctr",
+                ranker.config_type,
+                _ranker_trainer(name),
+                CTR_HEADLINE,
+                checkpoints=True,
             )
+            for name, ranker in RANKERS.items()
         ),
         ModelEntry("pop", "topn", PopConfig, train_popularity, TOPN_HEADLINE),
         *(

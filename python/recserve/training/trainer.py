@@ -106,12 +106,27 @@ def _common(config: TrainConfig) -> dict[str, Any]:
     return dict(embedding_dim=config.embedding_dim, hidden=config.hidden, dropout=config.dropout)
 
 
-# model name -> constructor from the encoded data's schema and the model's settings
-RANKERS: dict[str, Callable[[EncodedData, Any], nn.Module]] = {
-    "mlp": lambda e, c: MLP(*_field_sizes(e), **_common(c)),
-    "wide_deep": lambda e, c: WideDeep(*_field_sizes(e), **_common(c)),
-    "deepfm": lambda e, c: DeepFM(*_field_sizes(e), **_common(c)),
-    "dcnv2": lambda e, c: DCNv2(*_field_sizes(e), **_common(c), cross_layers=c.cross_layers),
+@dataclass(frozen=True)
+class Ranker:
+    """A CTR ranker family on the training side: its settings and how to build the model
+    for a data set's schema."""
+
+    config_type: type[TrainConfig]
+    build: Callable[[EncodedData, Any], nn.Module]
+
+
+# Every ranker family, declared once for training (the registry, the trainer and the
+# export read it); serving knows the same names from recserve.engine.artifact
+# (RANKER_FAMILIES, and CROSSING_ROLES for those with a fused crossing path), which
+# tests/training/test_registry.py holds equal to this.
+RANKERS: dict[str, Ranker] = {
+    "mlp": Ranker(MLPConfig, lambda e, c: MLP(*_field_sizes(e), **_common(c))),
+    "wide_deep": Ranker(WideDeepConfig, lambda e, c: WideDeep(*_field_sizes(e), **_common(c))),
+    "deepfm": Ranker(TrainConfig, lambda e, c: DeepFM(*_field_sizes(e), **_common(c))),
+    "dcnv2": Ranker(
+        DCNv2Config,
+        lambda e, c: DCNv2(*_field_sizes(e), **_common(c), cross_layers=c.cross_layers),
+    ),
 }
 
 
@@ -119,7 +134,7 @@ def build_ranker(name: str, encoded: EncodedData, config: TrainConfig) -> nn.Mod
     """The ranker ``name`` (a key of ``RANKERS``) sized for ``encoded``'s schema."""
     if name not in RANKERS:
         raise ValueError(f"unknown ranker {name!r}; available: {', '.join(RANKERS)}")
-    return RANKERS[name](encoded, config)
+    return RANKERS[name].build(encoded, config)
 
 
 @dataclass
