@@ -16,7 +16,8 @@ from recserve.engine.batch_plan import (
     run_head_rows,
     run_inner_products,
 )
-from recserve.engine.pipeline import CatalogPipeline, RankerPipeline, make_pipeline
+from recserve.engine.dispatch import make_pipeline
+from recserve.engine.pipeline import CatalogPipeline, RankerPipeline
 from recserve.engine.request_context import RequestContext
 from recserve.engine.validation import Limits
 from recserve.training import gan, topn

@@ -9,7 +9,7 @@ import torch
 
 from recserve.core import kernels
 from recserve.engine.artifact import load_artifact
-from recserve.engine.pipeline import make_pipeline
+from recserve.engine.dispatch import make_pipeline
 from recserve.training import topn
 from recserve.training.data import make_synthetic_movielens
 

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from recserve.engine.artifact import load_artifact
+from recserve.engine.dispatch import make_pipeline
 from recserve.engine.errors import InvalidRequest
 from recserve.engine.explain import explain_ranking, explain_rows, shapley_matrix
-from recserve.engine.pipeline import RankerPipeline, make_pipeline
+from recserve.engine.pipeline import RankerPipeline
 from recserve.engine.schema import FeatureSchema, FeatureSpec
 from recserve.training import topn
 from recserve.training.data import InteractionData, make_synthetic_movielens

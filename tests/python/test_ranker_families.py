@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from recserve.engine.artifact import CROSSING_ROLES, RANKER_FAMILIES, load_artifact
-from recserve.engine.pipeline import RankerPipeline, make_pipeline
+from recserve.engine.dispatch import make_pipeline
+from recserve.engine.pipeline import RankerPipeline
 from recserve.training.data import InteractionData
 from recserve.training.export import export_ranker
 from recserve.training.ranker import train_ranker

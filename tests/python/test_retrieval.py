@@ -11,8 +11,8 @@ import torch
 
 from recserve.core import kernels
 from recserve.engine.artifact import load_artifact
+from recserve.engine.dispatch import make_pipeline
 from recserve.engine.errors import InvalidRequest
-from recserve.engine.pipeline import make_pipeline
 from recserve.engine.retrieval import EmbeddingPipeline, GeneratorPipeline, SequencePipeline
 from recserve.engine.validation import Limits
 from recserve.training import gan, topn

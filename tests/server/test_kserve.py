@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from test_operations import sample_value, scrape
+from helpers.metrics import sample_value, scrape
 
 from recserve import Client
 from recserve.kserve import grpc_predict_v2_pb2 as kpb

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
+from helpers.metrics import sample_value, scrape
 
 from recserve.server.app import RunningServer, ServeOptions, build_server
 from recserve.v1 import recserve_pb2 as pb
@@ -28,21 +27,6 @@ def stub(live_server: RunningServer) -> Iterator[pb_grpc.RecommenderStub]:
 
 def known_items(live_server: RunningServer, n: int) -> list[int]:
     return live_server.repository.get().pipeline.item_ids[:n].tolist()
-
-
-def scrape(port: int) -> dict[str, list]:
-    """Samples by metric family name, parsed with Prometheus' own parser."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    return {family.name: family.samples for family in text_string_to_metric_families(text)}
-
-
-def sample_value(samples: list, name: str, **labels: str) -> float:
-    return sum(
-        s.value
-        for s in samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 def test_trailing_metadata_carries_version_request_id_and_timings(stub, live_server) -> None:

@@ -22,8 +22,8 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers.serving import publish, reload_rpc, serving_of, wait_for
 from prometheus_client.parser import text_string_to_metric_families
-from test_reload import publish, reload_rpc, serving_of, wait_for
 
 from recserve.v1 import recserve_pb2 as pb
 from recserve.v1 import recserve_pb2_grpc as pb_grpc

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from test_operations import sample_value, scrape
+from helpers.metrics import sample_value, scrape
 
 from recserve.server.app import RunningServer, ServeOptions, build_server
 from recserve.server.stream_watch import StreamWatch

@@ -425,23 +425,3 @@ class RankerPipeline(CatalogPipeline):
                 )
 
         return Prepared(work, finish, rc)
-
-
-def make_pipeline(
-    artifact: Artifact,
-    limits: Limits | None = None,
-    head_dtype: str = "float32",
-    device: str = "cpu",
-) -> CatalogPipeline:
-    """The pipeline that serves an artifact's family (``head_dtype``: of a ranker's
-    crossing head, see RankerPipeline), placed on ``device`` ("cpu" or "cuda")."""
-    from .retrieval import RETRIEVAL_FAMILIES, make_retrieval_pipeline  # imports this module
-
-    if artifact.family in RANKER_FAMILIES:
-        return RankerPipeline(artifact, limits, head_dtype=head_dtype).place_on(device)
-    if artifact.family in RETRIEVAL_FAMILIES:
-        return make_retrieval_pipeline(artifact, limits).place_on(device)
-    raise ValueError(
-        f"{artifact.path}: model family {artifact.family!r} cannot be served by this recserve "
-        f"(it serves: {', '.join(RANKER_FAMILIES + RETRIEVAL_FAMILIES)})"
-    )

@@ -29,12 +29,13 @@ long as the oldest request still queued has already waited; with nothing queued 
 the next batch, so it waits at most for a running batch to end. A request whose wait so
 far plus that expected wait exceeds ``max_queue_s`` is refused before it is prepared,
 with Overloaded (RESOURCE_EXHAUSTED) saying which limit it hit; one whose deadline falls
-before its expected turn gets DeadlineExceeded at once. A request that waited past
-``max_queue_s`` all the same (the load rose faster than the average) is refused when its
-batch starts, without computing it. The compute threads run at a lower scheduling
-priority (``compute_nice``, server/thread_priority.py), so taking and refusing calls
-goes first under overload; calls still waiting in gRPC's core for the server to take
-them are outside this admission (docs/performance.md, "Overload").
+before its expected turn gets DeadlineExceeded at once. A request that waited in this
+queue past ``max_queue_s`` all the same (the load rose faster than the average) is refused
+when its batch starts, without computing it; its wait for a handler thread was judged at
+admission and does not count again. The compute threads run at a lower scheduling
+priority (``compute_nice``, server/thread_priority.py), so taking and refusing calls goes
+first under overload; calls still waiting in gRPC's core for the server to take them are
+outside this admission (docs/performance.md, "Overload").
 
 A request whose deadline passes while it is queued is dropped, not computed: its caller
 gets DeadlineExceeded. The waits (for a handler thread, then from enqueue to the batch's
@@ -82,7 +83,6 @@ class _Queued:
 
     prepared: Prepared
     enqueued: float  # time.perf_counter()
-    waited_before: float = 0.0  # seconds from taking the call to its admission
     started: float = 0.0
     output: Any = None
     error: BaseException | None = None
@@ -183,9 +183,9 @@ class Batcher:
             return 0.0
         return max(self.queue_seconds, time.perf_counter() - self._queue[0].enqueued)
 
-    def _admit(self, request_context: RequestContext | None) -> float:
+    def _admit(self, request_context: RequestContext | None) -> None:
         """Refuses a request the queue cannot start in time (called with the lock held).
-        The time the call already waited for a handler thread counts; returns it."""
+        The time the call already waited for a handler thread counts."""
         ahead = self._expected_wait()
         waited = 0.0 if request_context is None else request_context.waited()
         wait = waited + ahead
@@ -204,7 +204,6 @@ class Batcher:
                 f"about {ahead * 1000:.0f} ms of queued compute is ahead of this request; "
                 "nothing was computed"
             )
-        return waited
 
     def _serve(
         self, prepare: Callable[[], Prepared], request_context: RequestContext | None
@@ -212,13 +211,13 @@ class Batcher:
         with self._cond:
             if self._closed:
                 raise ModelUnavailable("this model version was unloaded; retry the request")
-            waited = self._admit(request_context)
+            self._admit(request_context)
             self._preparing += 1
         queued = None
         try:
             prepared = prepare()
             if prepared.work is not None:
-                queued = _Queued(prepared, time.perf_counter(), waited)
+                queued = _Queued(prepared, time.perf_counter())
         finally:
             # One step, so the worker never sees the request neither preparing nor queued.
             with self._cond:
@@ -273,11 +272,11 @@ class Batcher:
             return DeadlineExceeded(
                 "the deadline passed while the request waited for its batch; nothing was computed"
             )
-        waited = queued.waited_before + queued.started - queued.enqueued
+        waited = queued.started - queued.enqueued
         if self.max_queue_s and waited > self.max_queue_s:
             return Overloaded(
-                f"server over capacity: the request waited {waited * 1000:.0f} ms to start "
-                f"computing on model {self.name!r}, more than the server's "
+                f"server over capacity: the request waited {waited * 1000:.0f} ms for a "
+                f"compute thread of model {self.name!r}, more than the server's "
                 f"--max-queue-ms ({self.max_queue_s * 1000:g}); nothing was computed; "
                 "retry later (with backoff) or add replicas"
             )

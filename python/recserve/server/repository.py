@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from recserve.engine.artifact import MODEL_NAME, ArtifactError, list_versions, load_artifact
+from recserve.engine.dispatch import make_pipeline
 from recserve.engine.errors import InvalidRequest, ModelNotFound, ModelUnavailable
-from recserve.engine.pipeline import CatalogPipeline, Runner, make_pipeline
+from recserve.engine.pipeline import CatalogPipeline, Runner
 from recserve.engine.validation import Limits
 
+from .lifecycle import release_memory, warm_up
 from .metrics import Metrics
-from .reload import release_memory, warm_up
 
 log = logging.getLogger(__name__)
 

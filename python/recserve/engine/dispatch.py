@@ -1,0 +1,26 @@
+"""Which pipeline serves an artifact: chosen by its family (docs/artifact.md)."""
+
+from __future__ import annotations
+
+from .artifact import RANKER_FAMILIES, Artifact
+from .pipeline import CatalogPipeline, RankerPipeline
+from .retrieval import RETRIEVAL_FAMILIES, make_retrieval_pipeline
+from .validation import Limits
+
+
+def make_pipeline(
+    artifact: Artifact,
+    limits: Limits | None = None,
+    head_dtype: str = "float32",
+    device: str = "cpu",
+) -> CatalogPipeline:
+    """The pipeline that serves an artifact's family (``head_dtype``: of a ranker's
+    crossing head, see RankerPipeline), placed on ``device`` ("cpu" or "cuda")."""
+    if artifact.family in RANKER_FAMILIES:
+        return RankerPipeline(artifact, limits, head_dtype=head_dtype).place_on(device)
+    if artifact.family in RETRIEVAL_FAMILIES:
+        return make_retrieval_pipeline(artifact, limits).place_on(device)
+    raise ValueError(
+        f"{artifact.path}: model family {artifact.family!r} cannot be served by this recserve "
+        f"(it serves: {', '.join(RANKER_FAMILIES + RETRIEVAL_FAMILIES)})"
+    )
