@@ -20,7 +20,15 @@ import torch
 
 from .data import InteractionData
 from .models.cfgan import CFGAN, discriminator_loss, generator_loss, sample_negative_masks
-from .topn import Report, TrainedTopN, _bar, _fit, _metrics, _run_info, _start_run
+from .topn import (
+    Report,
+    TrainedTopN,
+    epoch_bar,
+    fit_topn,
+    start_run,
+    topn_metrics,
+    with_run_info,
+)
 
 
 @dataclass
@@ -79,7 +87,7 @@ def train_cfgan(
     for name in ("zr_rate", "pm_rate"):
         if not 0.0 <= getattr(config, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}")
-    started, prepared, generator = _start_run(data, config)
+    started, prepared, generator = start_run(data, config)
     split = prepared.split
     model = CFGAN(split.num_items, config.generator_hidden, config.discriminator_hidden)
     g_optimizer = torch.optim.Adam(
@@ -110,7 +118,7 @@ def train_cfgan(
         plan = [("d", b) for b in passes(config.d_steps)] + [
             ("g", b) for b in passes(config.g_steps)
         ]
-        bar = _bar(plan, epoch, config.epochs, progress)
+        bar = epoch_bar(plan, epoch, config.epochs, progress)
         totals = {"d": 0.0, "g": 0.0}
         counts = {"d": 0, "g": 0}
         start = time.perf_counter()
@@ -141,7 +149,7 @@ def train_cfgan(
         }
 
     score = generator_scorer(model, split.num_items)
-    history = _fit(
+    history = fit_topn(
         model,
         run_epoch,
         score,
@@ -153,7 +161,7 @@ def train_cfgan(
         generator=generator,
         run_dir=run_dir,
         resume=resume,
-        run_info=_run_info("cfgan", config, run_info),
+        run_info=with_run_info("cfgan", config, run_info),
     )
-    metrics = _metrics(score, split, len(history), started)
+    metrics = topn_metrics(score, split, len(history), started)
     return TrainedTopN("cfgan", model, prepared, config, history, metrics)

@@ -236,7 +236,7 @@ def sequence_scorer(
     return score
 
 
-def _metrics(
+def topn_metrics(
     score: Callable[[np.ndarray, list[np.ndarray]], np.ndarray],
     split: LeaveOneOut,
     epochs: int,
@@ -261,14 +261,14 @@ def train_popularity(
     prepared = prepare_topn(data)
     model = Popularity(prepared.split.num_items)
     model.fit(torch.from_numpy(prepared.split.train_items))
-    metrics = _metrics(user_scorer(model), prepared.split, 1, started)
+    metrics = topn_metrics(user_scorer(model), prepared.split, 1, started)
     return TrainedTopN("pop", model, prepared, config, [], metrics)
 
 
 # -- early stopping loop shared by BPR and the sequence models -------------------------
 
 
-def _fit(
+def fit_topn(
     model: nn.Module,
     run_epoch: Callable[[int], float | dict[str, float]],
     score: Callable[[np.ndarray, list[np.ndarray]], np.ndarray],
@@ -359,12 +359,12 @@ def _fit(
     return history
 
 
-def _run_info(name: str, config: Any, run_info: dict[str, Any] | None) -> dict[str, Any]:
+def with_run_info(name: str, config: Any, run_info: dict[str, Any] | None) -> dict[str, Any]:
     """What a top-N checkpoint stores beside the state: model name, settings, data set."""
     return {"model_name": name, **(run_info or {}), "config": config.to_json()}
 
 
-def _bar(batches: Any, epoch: int, epochs: int, progress: bool) -> tqdm:
+def epoch_bar(batches: Any, epoch: int, epochs: int, progress: bool) -> tqdm:
     return tqdm(
         batches, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress, leave=False
     )
@@ -386,7 +386,7 @@ def sample_negatives(
     return negatives
 
 
-def _start_run(data: InteractionData, config: Any) -> tuple[float, TopNData, torch.Generator]:
+def start_run(data: InteractionData, config: Any) -> tuple[float, TopNData, torch.Generator]:
     """What every epoch-trained top-N model does first: threads, clock, data, seeds.
 
     Returns the start time, the prepared data and the generator that drives shuffling
@@ -407,7 +407,7 @@ def train_bpr(
     resume: bool = False,
     run_info: dict[str, Any] | None = None,
 ) -> TrainedTopN:
-    started, prepared, generator = _start_run(data, config)
+    started, prepared, generator = start_run(data, config)
     split = prepared.split
     model = BPRMF(split.num_users, split.num_items, config.embedding_dim)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
@@ -418,7 +418,7 @@ def train_bpr(
 
     def run_epoch(epoch: int) -> float:
         order = torch.randperm(users.numel(), generator=generator)
-        bar = _bar(order.split(config.batch_size), epoch, config.epochs, progress)
+        bar = epoch_bar(order.split(config.batch_size), epoch, config.epochs, progress)
         total, seen, start = 0.0, 0, time.perf_counter()
         for index in bar:
             u, i = users[index], items[index]
@@ -441,7 +441,7 @@ def train_bpr(
         return total / max(seen, 1)
 
     score = user_scorer(model)
-    history = _fit(
+    history = fit_topn(
         model,
         run_epoch,
         score,
@@ -453,9 +453,9 @@ def train_bpr(
         generator=generator,
         run_dir=run_dir,
         resume=resume,
-        run_info=_run_info("bpr", config, run_info),
+        run_info=with_run_info("bpr", config, run_info),
     )
-    metrics = _metrics(score, split, len(history), started)
+    metrics = topn_metrics(score, split, len(history), started)
     return TrainedTopN("bpr", model, prepared, config, history, metrics)
 
 
@@ -496,7 +496,7 @@ def train_sequence(
     resume: bool = False,
     run_info: dict[str, Any] | None = None,
 ) -> TrainedTopN:
-    started, prepared, generator = _start_run(data, config)
+    started, prepared, generator = start_run(data, config)
     split = prepared.split
     model = GRU4Rec(
         split.num_items,
@@ -513,7 +513,7 @@ def train_sequence(
 
     def run_epoch(epoch: int) -> float:
         order = torch.randperm(inputs.shape[0], generator=generator)
-        bar = _bar(order.split(config.batch_size), epoch, config.epochs, progress)
+        bar = epoch_bar(order.split(config.batch_size), epoch, config.epochs, progress)
         total, seen, start = 0.0, 0, time.perf_counter()
         for index in bar:
             x, y = inputs[index], targets[index]
@@ -533,7 +533,7 @@ def train_sequence(
 
     name = config.cell if config.cell == "lstm" else "gru4rec"
     score = sequence_scorer(model, config.max_length)
-    history = _fit(
+    history = fit_topn(
         model,
         run_epoch,
         score,
@@ -545,7 +545,7 @@ def train_sequence(
         generator=generator,
         run_dir=run_dir,
         resume=resume,
-        run_info=_run_info(name, config, run_info),
+        run_info=with_run_info(name, config, run_info),
     )
-    metrics = _metrics(score, split, len(history), started)
+    metrics = topn_metrics(score, split, len(history), started)
     return TrainedTopN(name, model, prepared, config, history, metrics)
