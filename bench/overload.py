@@ -1,6 +1,6 @@
-"""Overload: what clients get at twice the saturation rate, for recserve as it ships and
-for the same server with its compute threads at the callers' priority
-(``--compute-nice 0``, the baseline), in one run.
+"""Overload: what clients get at twice the saturation rate, for recserve with its compute
+threads at the lowest priority (``--compute-nice 19``, opt-in) and for the same server with
+them at the callers' priority (``--compute-nice 0``, the default: the baseline), in one run.
 
 For each server (alternating over --rounds, each started as its own subprocess on a
 free loopback port, never two at once):
@@ -44,7 +44,7 @@ def server_config(args: argparse.Namespace, nice: int) -> ServerConfig:
     argv = [sys.executable, "-m", "recserve.cli", "serve", "--model-repo", str(args.model_repo)]
     argv += ["--host", "127.0.0.1", "--grace", "0", "--poll-seconds", "0"]
     argv += ["--compute-nice", str(nice), *args.serve_flags]
-    label = "recserve" if nice == args.nice else f"recserve --compute-nice {nice}"
+    label = f"recserve --compute-nice {nice}"
     return ServerConfig(label, "recserve", argv, {"compute_nice": nice})
 
 

@@ -43,9 +43,10 @@ class ServeOptions:
         "(0: the cores this process may use)",
     )
     compute_nice: int = _opt(
-        19,
+        0,
         "how much lower the compute threads' scheduling priority is than the threads that "
-        "take and refuse calls (Linux nice, 0-19; 0: the same)",
+        "take and refuse calls (Linux nice, 0-19; 0: the same; 19 sheds overload of cheap "
+        "requests far better, see docs/serving.md)",
     )
     max_queue_ms: float = _opt(
         500.0,

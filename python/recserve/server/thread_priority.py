@@ -9,7 +9,8 @@ DEADLINE_EXCEEDED or CANCELLED). With the compute threads at a lower scheduling
 priority (a higher nice value), the cheap work of taking a call and admitting or
 refusing it runs first, the excess is refused instead of timing out, and the compute
 spends the cores on admitted requests (measured: 88-94% of the saturation rate answered;
-docs/performance.md, "Overload").
+docs/performance.md, "Overload"). It is opt-in (--compute-nice): the compute threads then
+yield to every other busy thread and process too (docs/serving.md).
 
 Linux sets nice per thread; elsewhere the value would apply to the whole process, so
 it is left alone there.
