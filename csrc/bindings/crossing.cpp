@@ -2,17 +2,17 @@
 //
 // Same shape as module.cpp: check every numpy argument and allocate the outputs while
 // holding the GIL, run the kernel without it, return the outputs. The friendlier API
-// is Python: recserve.crossing (FieldCrossing, DCNCrossing).
+// is Python: recserve.core.crossing, used by
+// recserve.engine.crossing (FieldCrossing, DCNCrossing).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstdint>
 #include <optional>
-#include <sstream>
-#include <string>
 #include <utility>
 
+#include "array_checks.h"
 #include "bindings.h"
 #include "recserve/assert.h"
 #include "recserve/crossing.h"
@@ -22,77 +22,30 @@ namespace py = pybind11;
 namespace recserve::bindings {
 namespace {
 
-template <typename T>
-struct DtypeName;
-template <>
-struct DtypeName<float> {
-    static constexpr const char* value = "float32";
-};
-template <>
-struct DtypeName<int64_t> {
-    static constexpr const char* value = "int64";
-};
-
-std::string shape_string(const py::array& a) {
-    std::ostringstream out;
-    out << "(";
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) {
-        out << a.shape(i) << (a.ndim() == 1 || i + 1 < a.ndim() ? "," : "");
-    }
-    out << ")";
-    return out.str();
-}
-
-// `a` must be an ndim-D, C-contiguous, aligned array of T; returns its data.
-template <typename T>
-const T* checked(const py::array& a, const char* name, py::ssize_t ndim, const char* layout,
-                 const char* fn = "crossing_deepfm") {
-    RECSERVE_THROW_IF_NOT(a.ndim() == ndim, fn << ": " << name << " must be a " << ndim
-                                               << "-D array " << layout << ", got a "
-                                               << a.ndim() << "-D array of shape "
-                                               << shape_string(a));
-    RECSERVE_THROW_IF_NOT(py::isinstance<py::array_t<T>>(a),
-                          fn << ": " << name << " must have dtype " << DtypeName<T>::value
-                             << ", got " << std::string(py::str(a.dtype()))
-                             << "; convert it with np.asarray(" << name
-                             << ", dtype=np." << DtypeName<T>::value << ")");
-    RECSERVE_THROW_IF_NOT(a.flags() & py::array::c_style,
-                          fn << ": " << name << " must be C-contiguous (row-major); pass "
-                             << "np.ascontiguousarray(" << name << ")");
-    RECSERVE_THROW_IF_NOT(reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) == 0,
-                          fn << ": " << name << " is not aligned to " << alignof(T)
-                             << " bytes; pass a copy, np.array(" << name << ")");
-    return static_cast<const T*>(a.data());
-}
-
-void check_dim(bool ok, const char* what, const py::array& a, int64_t expected,
-               const char* fn = "crossing_deepfm") {
-    RECSERVE_THROW_IF_NOT(ok, fn << ": " << what << " must be " << expected
-                                                  << ", got shape " << shape_string(a));
-}
-
 std::pair<py::array_t<float>, py::array_t<float>> crossing_deepfm(
         double user_scalar, const py::array& user_sum, const py::array& user_hidden,
         const py::array& item_scalar, const py::array& item_sum, const py::array& item_hidden,
         const std::optional<py::array>& rows) {
-    const float* us = checked<float>(user_sum, "user_sum", 1, "[D]");
-    const float* uh = checked<float>(user_hidden, "user_hidden", 1, "[H1]");
-    const float* is = checked<float>(item_scalar, "item_scalar", 1, "[I]");
-    const float* isum = checked<float>(item_sum, "item_sum", 2, "[I, D]");
-    const float* ih = checked<float>(item_hidden, "item_hidden", 2, "[I, H1]");
+    constexpr const char* fn = "crossing_deepfm";
+    const float* us = checked_array<float>(user_sum, fn, "user_sum", 1, "[D]");
+    const float* uh = checked_array<float>(user_hidden, fn, "user_hidden", 1, "[H1]");
+    const float* is = checked_array<float>(item_scalar, fn, "item_scalar", 1, "[I]");
+    const float* isum = checked_array<float>(item_sum, fn, "item_sum", 2, "[I, D]");
+    const float* ih = checked_array<float>(item_hidden, fn, "item_hidden", 2, "[I, H1]");
     const int64_t D = user_sum.shape(0);
     const int64_t H1 = user_hidden.shape(0);
     const int64_t I = item_scalar.shape(0);
-    check_dim(item_sum.shape(0) == I, "item_sum's rows (the number of items I)", item_sum, I);
-    check_dim(item_sum.shape(1) == D, "item_sum's columns (the size D of user_sum)", item_sum, D);
-    check_dim(item_hidden.shape(0) == I, "item_hidden's rows (the number of items I)",
+    check_dim(item_sum.shape(0) == I, fn, "item_sum's rows (the number of items I)", item_sum, I);
+    check_dim(item_sum.shape(1) == D, fn, "item_sum's columns (the size D of user_sum)",
+              item_sum, D);
+    check_dim(item_hidden.shape(0) == I, fn, "item_hidden's rows (the number of items I)",
               item_hidden, I);
-    check_dim(item_hidden.shape(1) == H1, "item_hidden's columns (the size H1 of user_hidden)",
+    check_dim(item_hidden.shape(1) == H1, fn, "item_hidden's columns (the size H1 of user_hidden)",
               item_hidden, H1);
     const int64_t* r = nullptr;
     int64_t N = I;
     if (rows.has_value()) {
-        r = checked<int64_t>(*rows, "rows", 1, "[N]");
+        r = checked_array<int64_t>(*rows, fn, "rows", 1, "[N]");
         N = rows->shape(0);
     }
     py::array_t<float> linear(N);
@@ -111,24 +64,24 @@ std::pair<py::array_t<float>, py::array_t<float>> crossing_dcn_first(
         const py::array& user_x0, const py::array& user_hidden, const py::array& item_x0,
         const py::array& item_hidden, const std::optional<py::array>& rows) {
     constexpr const char* fn = "crossing_dcn_first";
-    const float* ux = checked<float>(user_x0, "user_x0", 1, "[DU]", fn);
-    const float* uh = checked<float>(user_hidden, "user_hidden", 1, "[D]", fn);
-    const float* ix = checked<float>(item_x0, "item_x0", 2, "[I, DI]", fn);
-    const float* ih = checked<float>(item_hidden, "item_hidden", 2, "[I, D]", fn);
+    const float* ux = checked_array<float>(user_x0, fn, "user_x0", 1, "[DU]");
+    const float* uh = checked_array<float>(user_hidden, fn, "user_hidden", 1, "[D]");
+    const float* ix = checked_array<float>(item_x0, fn, "item_x0", 2, "[I, DI]");
+    const float* ih = checked_array<float>(item_hidden, fn, "item_hidden", 2, "[I, D]");
     const int64_t DU = user_x0.shape(0);
     const int64_t DI = item_x0.shape(1);
     const int64_t D = user_hidden.shape(0);
     const int64_t I = item_x0.shape(0);
-    check_dim(D == DU + DI, "user_hidden's size D (user_x0's size DU + item_x0's columns DI)",
-              user_hidden, DU + DI, fn);
-    check_dim(item_hidden.shape(0) == I, "item_hidden's rows (the number of items I)",
-              item_hidden, I, fn);
-    check_dim(item_hidden.shape(1) == D, "item_hidden's columns (the size D of user_hidden)",
-              item_hidden, D, fn);
+    check_dim(D == DU + DI, fn, "user_hidden's size D (user_x0's size DU + item_x0's columns DI)",
+              user_hidden, DU + DI);
+    check_dim(item_hidden.shape(0) == I, fn, "item_hidden's rows (the number of items I)",
+              item_hidden, I);
+    check_dim(item_hidden.shape(1) == D, fn, "item_hidden's columns (the size D of user_hidden)",
+              item_hidden, D);
     const int64_t* r = nullptr;
     int64_t N = I;
     if (rows.has_value()) {
-        r = checked<int64_t>(*rows, "rows", 1, "[N]", fn);
+        r = checked_array<int64_t>(*rows, fn, "rows", 1, "[N]");
         N = rows->shape(0);
     }
     py::array_t<float> x0({N, D});

@@ -2,11 +2,11 @@
 //
 // Private entry points on raw device pointers (Python ints: torch's data_ptr()) and a raw
 // cudaStream_t (torch.cuda.current_stream().cuda_stream). Nothing here can check that a
-// pointer really addresses a device buffer of the stated shape: recserve.kernels and
-// recserve.crossing derive every argument from checked torch tensors, check the exclusion
-// CSR on the host (check_exclude_csr) before uploading it, and pass crossing rows as a host
-// numpy array, which the C++ side copies and checks before any launch. Each call releases
-// the GIL and only enqueues work on the stream.
+// pointer really addresses a device buffer of the stated shape: recserve.core.kernels
+// and recserve.core.crossing derive every argument from checked torch tensors, check the
+// exclusion CSR on the host (check_exclude_csr) before uploading it, and pass crossing
+// rows as a host numpy array, which the C++ side copies and checks before any launch.
+// Each call releases the GIL and only enqueues work on the stream.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "array_checks.h"
 #include "bindings.h"
 #include "cuda/crossing_cuda.cuh"
 #include "cuda/topk_cuda.cuh"
@@ -67,17 +68,9 @@ const int64_t* host_rows(const std::optional<py::array>& rows, const char* fn, i
     if (!rows.has_value()) {
         return nullptr;
     }
-    const py::array& a = *rows;
-    RECSERVE_THROW_IF_NOT(a.ndim() == 1, fn << ": rows must be a 1-D array [N], got "
-                                             << a.ndim() << "-D");
-    RECSERVE_THROW_IF_NOT(py::isinstance<py::array_t<int64_t>>(a),
-                          fn << ": rows must have dtype int64, got "
-                             << std::string(py::str(a.dtype()))
-                             << "; convert it with np.asarray(rows, dtype=np.int64)");
-    RECSERVE_THROW_IF_NOT(a.flags() & py::array::c_style,
-                          fn << ": rows must be C-contiguous; pass np.ascontiguousarray(rows)");
-    N = a.shape(0);
-    return static_cast<const int64_t*>(a.data());
+    const int64_t* r = checked_array<int64_t>(*rows, fn, "rows", 1, "[N]");
+    N = rows->shape(0);
+    return r;
 }
 
 void cuda_crossing_deepfm(double user_scalar, std::uintptr_t user_sum,

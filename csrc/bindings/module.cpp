@@ -9,18 +9,18 @@
 //   3. holding the GIL again: return the outputs.
 // Bad input raises ValueError (std::invalid_argument) or IndexError (std::out_of_range)
 // with a message that says how to fix it. The public, friendlier API is Python:
-// recserve.kernels, which converts inputs before calling this module.
+// recserve.core.kernels, which converts inputs before calling this module.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstdint>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "array_checks.h"
 #include "bindings.h"
 #include "recserve/assert.h"
 #include "recserve/simd.h"
@@ -34,56 +34,10 @@ namespace py = pybind11;
 
 namespace {
 
+using recserve::bindings::checked_array;
+using recserve::bindings::shape_string;
 using OptionalArray = std::optional<py::array>;
 using TopkResult = std::pair<py::array_t<float>, py::array_t<int64_t>>;
-
-template <typename T>
-const char* dtype_name();
-template <>
-const char* dtype_name<float>() {
-    return "float32";
-}
-template <>
-const char* dtype_name<int64_t>() {
-    return "int64";
-}
-template <>
-const char* dtype_name<uint16_t>() {
-    return "uint16";
-}
-
-std::string shape_of(const py::array& a) {
-    std::ostringstream out;
-    out << "(";
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) {
-        out << a.shape(i) << (a.ndim() == 1 || i + 1 < a.ndim() ? "," : "");
-    }
-    out << ")";
-    return out.str();
-}
-
-// Checks that `a` is an ndim-D, C-contiguous, aligned array of T and returns its data.
-// `name` and `layout` (e.g. "queries", "[B, D]") are for the messages.
-template <typename T>
-const T* checked_data(const py::array& a, const char* fn, const char* name, py::ssize_t ndim,
-                      const char* layout) {
-    RECSERVE_THROW_IF_NOT(a.ndim() == ndim, fn << ": " << name << " must be a " << ndim
-                                               << "-D array " << layout << ", got a "
-                                               << a.ndim() << "-D array of shape "
-                                               << shape_of(a));
-    RECSERVE_THROW_IF_NOT(py::isinstance<py::array_t<T>>(a),
-                          fn << ": " << name << " must have dtype " << dtype_name<T>()
-                             << ", got " << std::string(py::str(a.dtype()))
-                             << "; convert it with np.asarray(" << name
-                             << ", dtype=np." << dtype_name<T>() << ")");
-    RECSERVE_THROW_IF_NOT(a.flags() & py::array::c_style,
-                          fn << ": " << name << " must be C-contiguous (row-major); pass "
-                             << "np.ascontiguousarray(" << name << ")");
-    RECSERVE_THROW_IF_NOT(reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) == 0,
-                          fn << ": " << name << " is not aligned to " << alignof(T)
-                             << " bytes; pass a copy, np.array(" << name << ")");
-    return static_cast<const T*>(a.data());
-}
 
 // The CSR exclusion list (per query row b, item indices ids[indptr[b]:indptr[b+1]]),
 // copied into C++-owned memory and validated there, once. Call while holding the GIL.
@@ -94,8 +48,8 @@ recserve::ExcludeList checked_exclude(const OptionalArray& indptr, const Optiona
     if (!indptr.has_value()) {
         return {};
     }
-    const int64_t* p = checked_data<int64_t>(*indptr, fn, "exclude_indptr", 1, "[B + 1]");
-    const int64_t* e = checked_data<int64_t>(*ids, fn, "exclude_ids", 1, "[nnz]");
+    const int64_t* p = checked_array<int64_t>(*indptr, fn, "exclude_indptr", 1, "[B + 1]");
+    const int64_t* e = checked_array<int64_t>(*ids, fn, "exclude_ids", 1, "[nnz]");
     RECSERVE_THROW_IF_NOT(indptr->shape(0) == B + 1,
                           fn << ": exclude_indptr must have B + 1 = " << B + 1
                              << " entries (one more than the number of queries), got "
@@ -115,7 +69,7 @@ TopkResult topk_scores(const py::array& scores, int64_t k, const OptionalArray& 
     const char* fn = "topk_scores";
     check_k_and_threads(fn, k, num_threads);
     const recserve::SimdLevel level = recserve::resolve_simd_level(simd_level);
-    const float* s = checked_data<float>(scores, fn, "scores", 2, "[B, N]");
+    const float* s = checked_array<float>(scores, fn, "scores", 2, "[B, N]");
     const int64_t B = scores.shape(0);
     const int64_t N = scores.shape(1);
     const recserve::ExcludeList ex = checked_exclude(exclude_indptr, exclude_ids, fn, B, N);
@@ -134,11 +88,11 @@ TopkResult topk_scores(const py::array& scores, int64_t k, const OptionalArray& 
 template <typename Item>
 const Item* checked_items(const py::array& items, const py::array& queries, const char* fn,
                           const char* name) {
-    const Item* x = checked_data<Item>(items, fn, name, 2, "[N, D]");
+    const Item* x = checked_array<Item>(items, fn, name, 2, "[N, D]");
     RECSERVE_THROW_IF_NOT(items.shape(1) == queries.shape(1),
                           fn << ": queries and " << name << " must have the same dimension D, "
-                             << "got queries " << shape_of(queries) << " and " << name << " "
-                             << shape_of(items));
+                             << "got queries " << shape_string(queries) << " and " << name << " "
+                             << shape_string(items));
     return x;
 }
 
@@ -149,7 +103,7 @@ TopkResult topk_inner_product(const py::array& queries, const py::array& items, 
     const char* fn = "topk_inner_product";
     check_k_and_threads(fn, k, num_threads);
     const recserve::SimdLevel level = recserve::resolve_simd_level(simd_level);
-    const float* q = checked_data<float>(queries, fn, "queries", 2, "[B, D]");
+    const float* q = checked_array<float>(queries, fn, "queries", 2, "[B, D]");
     const float* x = checked_items<float>(items, queries, fn, "items");
     const int64_t B = queries.shape(0);
     const int64_t D = queries.shape(1);
@@ -174,18 +128,19 @@ TopkResult topk_inner_product_bf16(const py::array& queries, const py::array& it
     const char* fn = "topk_inner_product_bf16";
     check_k_and_threads(fn, k, num_threads);
     const recserve::SimdLevel level = recserve::resolve_simd_level(simd_level);
-    const float* q = checked_data<float>(queries, fn, "queries", 2, "[B, D]");
+    const float* q = checked_array<float>(queries, fn, "queries", 2, "[B, D]");
     const float* x = checked_items<float>(items, queries, fn, "items");
     const uint16_t* xb = checked_items<uint16_t>(items_bf16, queries, fn, "items_bf16");
-    const float* n = checked_data<float>(norms, fn, "norms", 1, "[N]");
+    const float* n = checked_array<float>(norms, fn, "norms", 1, "[N]");
     const int64_t B = queries.shape(0);
     const int64_t D = queries.shape(1);
     const int64_t N = items.shape(0);
     RECSERVE_THROW_IF_NOT(items_bf16.shape(0) == N && norms.shape(0) == N,
                           fn << ": items, items_bf16 and norms must have the same number of "
                                 "rows N, got "
-                             << shape_of(items) << ", " << shape_of(items_bf16) << " and "
-                             << shape_of(norms) << "; build them with recserve.kernels.ItemMatrix");
+                             << shape_string(items) << ", " << shape_string(items_bf16)
+                             << " and " << shape_string(norms)
+                             << "; build them with recserve.core.kernels.ItemMatrix");
     const recserve::ExcludeList ex = checked_exclude(exclude_indptr, exclude_ids, fn, B, N);
     py::array_t<float> values({B, k});
     py::array_t<int64_t> indices({B, k});
@@ -201,7 +156,7 @@ TopkResult topk_inner_product_bf16(const py::array& queries, const py::array& it
 
 py::array_t<uint16_t> to_bfloat16(const py::array& x) {
     const char* fn = "to_bfloat16";
-    const float* data = checked_data<float>(x, fn, "x", x.ndim(), "(any shape)");
+    const float* data = checked_array<float>(x, fn, "x", x.ndim(), "(any shape)");
     std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
     py::array_t<uint16_t> out(shape);
     uint16_t* o = out.mutable_data();
@@ -214,7 +169,7 @@ py::array_t<uint16_t> to_bfloat16(const py::array& x) {
 }
 
 py::array_t<float> row_norms(const py::array& items) {
-    const float* x = checked_data<float>(items, "row_norms", "items", 2, "[N, D]");
+    const float* x = checked_array<float>(items, "row_norms", "items", 2, "[N, D]");
     const int64_t N = items.shape(0);
     const int64_t D = items.shape(1);
     py::array_t<float> out(N);
@@ -238,7 +193,7 @@ void check_exclude(const py::array& exclude_indptr, const py::array& exclude_ids
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "recserve C++ core: top-k selection (CPU, and CUDA when built with it). "
-              "Use recserve.kernels, which converts inputs; this module only checks them.";
+              "Use recserve.core.kernels, which converts inputs; this module only checks them.";
 
     m.def("topk_scores", &topk_scores, py::arg("scores"), py::arg("k"),
           py::arg("exclude_indptr") = py::none(), py::arg("exclude_ids") = py::none(),
@@ -274,8 +229,9 @@ PYBIND11_MODULE(_core, m) {
                 return recserve::topk_small_batch(recserve::resolve_simd_level(simd_level));
             },
             py::arg("simd_level") = "",
-            "Private, for tests: the batch size from which topk_inner_product uses the packed "
-            "path at this SIMD level (smaller batches use the rows path; see topk.h).");
+            "The batch size from which topk_inner_product uses the packed path at this SIMD "
+            "level (smaller batches use the rows path; see topk.h). The batch plan keeps "
+            "query chunks below it, through recserve.core.kernels.topk_small_batch().");
     m.def("check_exclude_csr", &check_exclude, py::arg("exclude_indptr"),
           py::arg("exclude_ids"), py::arg("num_rows"), py::arg("num_items"),
           "Raise ValueError/IndexError unless (exclude_indptr, exclude_ids) is a valid int64 "

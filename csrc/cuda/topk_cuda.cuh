@@ -11,15 +11,15 @@
 //
 // Exclusion is applied inside the selection: a candidate that passes the threshold is
 // looked up (binary search) in its row's exclusion list, which must be sorted ascending
-// per row (recserve.kernels sorts it on the host; an unsorted row may let an excluded id
-// through, but never reads outside the list).
+// per row (recserve.core.kernels sorts it on the host; an unsorted row may let an
+// excluded id through, but never reads outside the list).
 //
 // What is checked: shapes, 0 <= k <= kMaxK, N < 2^31, non-null pointers, all on the host,
 // throwing std::invalid_argument. Device-side contents cannot be checked without a copy, so
 // the kernels guard every value read from device memory before using it as an address:
 // exclusion offsets are clamped to [0, nnz], and exclusion ids are only compared, never
 // used as addresses. Callers wanting the IndexError contract check the CSR on the host
-// first (recserve::check_exclude_csr), as recserve.kernels does.
+// first (recserve::check_exclude_csr), as recserve.core.kernels does.
 //
 // Selection is a block-select (csrc/cuda/select.cuh): per-thread register queues, a
 // per-query queue of K2 >= k pairs in shared memory merged by a bitonic sort of a few

@@ -146,11 +146,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(options.log_format, logging.DEBUG if args.verbose else logging.INFO)
-    if options.processes > 1:
-        # Straight to the supervisor, which never imports torch (server/supervisor.py).
-        from recserve.server.supervisor import supervise as serve
-    else:
-        from recserve.server import serve
+    from recserve.server import serve  # the supervisor of --processes N never loads torch
+
     try:
         serve(options)
     except (OSError, ValueError, ModelNotFound) as exc:

@@ -145,12 +145,18 @@ def test_reload_under_continuous_load_fails_no_request(repo: Path, source: Path,
         assert err.value.code == grpc.StatusCode.NOT_FOUND
 
 
+def poller_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "repository-poll"}
+
+
 def test_the_poller_finds_a_new_version_and_stops_with_the_server(repo: Path, source: Path) -> None:
+    before = poller_threads()
     with serving(repo, poll_seconds=0.1) as running:
-        assert running.poller is not None and running.poller.polling
+        ours = poller_threads() - before
+        assert len(ours) == 1, "the server started no repository poller"
         publish(source, repo / "deepfm", 2)
         wait_for(lambda: running.repository.versions("deepfm") == [2], 10, "the poll")
-    assert not running.poller.polling
+    wait_for(lambda: not any(t.is_alive() for t in ours), 5, "the poller to stop")
 
 
 # -- refusals ---------------------------------------------------------------------------

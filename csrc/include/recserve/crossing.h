@@ -9,8 +9,8 @@
 //
 // (user_scalar = b + w_U + fm_UU, item_scalar = w_I + fm_II, *_sum = Σ of the side's
 // field vectors, *_hidden = that side's columns of the first MLP layer, b1 on the user
-// side; see python/recserve/crossing.py). crossing_deepfm computes, in one pass over the
-// candidates, exactly what the rest of the model consumes:
+// side; see python/recserve/engine/crossing.py). crossing_deepfm computes, in one pass
+// over the candidates, exactly what the rest of the model consumes:
 //
 //   linear[n]    = user_scalar + item_scalar[r] + <user_sum, item_sum[r]>     [N]
 //   hidden[n, :] = relu(user_hidden + item_hidden[r, :])                      [N, H1]

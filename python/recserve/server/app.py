@@ -38,7 +38,7 @@ log = logging.getLogger("recserve.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 
-__all__ = ["SERVICE_NAME", "RunningServer", "ServeOptions", "build_server", "serve", "serve_one"]
+__all__ = ["SERVICE_NAME", "RunningServer", "ServeOptions", "build_server", "serve_one"]
 
 
 @dataclass
@@ -190,23 +190,14 @@ def build_server(options: ServeOptions) -> RunningServer:
     return running
 
 
-def serve(options: ServeOptions) -> None:
-    """Run in the foreground until SIGINT or SIGTERM, then stop gracefully. With
-    ``processes`` > 1, supervise that many serving processes on one port instead."""
-    if options.processes > 1:
-        from .supervisor import supervise
-
-        supervise(options)
-        return
-    serve_one(options)
-
-
 def serve_one(
     options: ServeOptions,
     on_start: Callable[[RunningServer], None] | None = None,
     on_serving: Callable[[RunningServer, list[LoadedModel]], None] | None = None,
 ) -> None:
-    """One serving process: :func:`serve` without the supervisor. ``on_start`` runs once
+    """One serving process, in the foreground until SIGINT or SIGTERM, then a graceful
+    stop (``recserve.server.serve`` runs it, or N of them under the supervisor of
+    ``--processes N``, which runs it in each serving process). ``on_start`` runs once
     the server is built (signal handlers follow at once), ``on_serving`` once its models
     serve; the serving processes of --processes N report to their supervisor there."""
     running = build_server(options)

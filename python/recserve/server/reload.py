@@ -38,10 +38,6 @@ class RepositoryPoller:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @property
-    def polling(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def start(self) -> None:
         if self.seconds <= 0 or self._thread is not None:
             return

@@ -1,4 +1,4 @@
-"""Trains CFGAN (``training/models/cfgan.py``) with the top-N protocol of ``topn.py``.
+"""Trains CFGAN (``training/models/cfgan.py``) with the top-N protocol of ``training/topn/``.
 
 Each epoch alternates ``d_steps`` passes of discriminator updates and ``g_steps`` passes
 of generator updates over shuffled user mini-batches; every update draws fresh ZR and

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import FieldEmbedding
+from .layers import FieldEmbedding, mlp_tower, split_tower
 
 
 class DeepFM(nn.Module):
@@ -54,13 +54,7 @@ class DeepFM(nn.Module):
         self.first_order = FieldEmbedding(*args, dim=1)
         self.bias = nn.Parameter(torch.zeros(1))
         n_fields = len(single) + len(item_multi_widths)
-        layers: list[nn.Module] = []
-        width = n_fields * embedding_dim
-        for size in hidden:
-            layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
-            width = size
-        layers.append(nn.Linear(width, 1))
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = mlp_tower(n_fields * embedding_dim, hidden, dropout)
 
     def forward(
         self, user: torch.Tensor, item: torch.Tensor, item_multi: torch.Tensor
@@ -84,11 +78,7 @@ class DeepFM(nn.Module):
         the head is the rest of the MLP after the first ReLU (its dropout is identity in
         eval). The head shares its parameters with this model. Needs a hidden layer.
         """
-        if len(self.mlp) < 4:
-            raise ValueError("a DeepFM without hidden layers has no first layer to split off")
-        first = self.mlp[0]
-        assert isinstance(first, nn.Linear) and isinstance(self.mlp[1], nn.ReLU)
-        return first, nn.Sequential(*list(self.mlp)[3:])
+        return split_tower(self.mlp)
 
     @torch.jit.unused
     def embedding_penalty(

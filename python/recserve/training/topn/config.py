@@ -1,0 +1,61 @@
+"""Settings of the top-N trainers, saved in each artifact's manifest."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class PopConfig:
+    """Most-popular has nothing to learn; the seed is kept for a uniform interface."""
+
+    seed: int = 42
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BPRConfig:
+    """BPR-MF settings; saved in the artifact's manifest."""
+
+    seed: int = 42
+    epochs: int = 100  # upper bound; early stopping usually ends sooner
+    patience: int = 5  # epochs without a better validation NDCG@10 before stopping
+    batch_size: int = 1024  # (user, positive, negative) triples per step
+    learning_rate: float = 5e-3
+    embedding_dim: int = 64
+    l2: float = 1e-4  # L2 on the embedding rows a batch uses, per triple
+    num_threads: int = 1
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SequenceConfig:
+    """GRU4Rec / LSTM settings; saved in the artifact's manifest."""
+
+    seed: int = 42
+    cell: str = "gru"  # "gru" (GRU4Rec) or "lstm"
+    epochs: int = 40  # upper bound; early stopping usually ends sooner
+    patience: int = 3  # epochs without a better validation NDCG@10 before stopping
+    batch_size: int = 64  # sequence windows per step
+    max_length: int = 50  # items of history the model reads (training windows and serving)
+    learning_rate: float = 3e-3
+    embedding_dim: int = 64
+    hidden_size: int = 128
+    num_layers: int = 1
+    dropout: float = 0.2
+    weight_decay: float = 0.0
+    num_threads: int = 1
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LSTMConfig(SequenceConfig):
+    """The LSTM variant of GRU4Rec: the same settings with ``cell="lstm"``."""
+
+    cell: str = "lstm"
