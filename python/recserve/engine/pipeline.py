@@ -68,11 +68,19 @@ class Runner(Protocol):
     ) -> Ranking: ...
 
 
+def check_csr(indptr: np.ndarray, items: np.ndarray, n_rows: int, n_items: int, what: str) -> None:
+    """Refuses a per-user item list (CSR) that does not fit the catalog."""
+    if indptr.shape != (n_rows + 1,) or indptr[-1] != items.size:
+        raise ValueError(f"{what} table is inconsistent")
+    if items.size and (items.min() < 0 or items.max() >= n_items):
+        raise ValueError(f"{what} table refers to items outside the catalog")
+
+
 class CatalogPipeline:
     """What every pipeline shares: the catalog's id tables, seen items, and Rank.
 
-    A subclass loads ``user_ids``, ``item_ids``, ``item_titles``, ``seen_indptr``,
-    ``seen_items`` and ``limits``, and defines ``encode_user(user_id, context) ->
+    A subclass loads the catalog with :meth:`load_catalog` (``user_ids``, ``item_ids``,
+    ``item_titles``, ``seen_indptr``, ``seen_items``), sets ``limits``, and defines ``encode_user(user_id, context) ->
     (user state, user row or -1)``, ``score_rows(user state, item rows or None) ->
     scores``, ``prepare_recommend`` and, when it has batch work, ``prepare_scores`` and
     ``compute_batch``. Rank is the same for every family: score the known candidates,
@@ -99,6 +107,18 @@ class CatalogPipeline:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
         self.device = device
         return self
+
+    def load_catalog(self, tables: Mapping[str, np.ndarray]) -> None:
+        """The id, title and seen-item tables every family's artifact carries, checked
+        (raises ValueError for an inconsistent artifact)."""
+        self.user_ids = tables["user_ids"]
+        self.item_ids = tables["item_ids"]
+        self.item_titles = tables.get("item_titles", np.full(self.item_ids.shape, "", dtype="<U1"))
+        self.seen_indptr = tables["seen_indptr"]
+        self.seen_items = tables["seen_items"]
+        if not (np.all(np.diff(self.item_ids) > 0) and np.all(np.diff(self.user_ids) > 0)):
+            raise ValueError("id tables must be sorted and unique")
+        check_csr(self.seen_indptr, self.seen_items, self.num_users, self.num_items, "seen-items")
 
     @property
     def num_items(self) -> int:
@@ -254,12 +274,8 @@ class RankerPipeline(CatalogPipeline):
         self.schema: FeatureSchema = artifact.schema
         self.module = artifact.modules["model"]
         t = artifact.tables
-        self.user_ids = t["user_ids"]
+        self.load_catalog(t)
         self.user_features = t["user_features"]
-        self.item_ids = t["item_ids"]
-        self.item_titles = t.get("item_titles", np.full(self.item_ids.shape, "", dtype="<U1"))
-        self.seen_indptr = t["seen_indptr"]
-        self.seen_items = t["seen_items"]
         self._item_features = torch.from_numpy(np.ascontiguousarray(t["item_features"]))
         self._item_multi = torch.from_numpy(np.ascontiguousarray(t["item_multi"]))
         self._user_columns = {f.name: i for i, f in enumerate(self.schema.single_valued("user"))}
@@ -268,18 +284,11 @@ class RankerPipeline(CatalogPipeline):
         self.head_dtype = head_dtype if self.crossing is not None else "float32"
 
     def _check_tables(self) -> None:
-        n_items = self.item_ids.size
-        n_users = self.user_ids.size
-        if not (np.all(np.diff(self.item_ids) > 0) and np.all(np.diff(self.user_ids) > 0)):
-            raise ValueError("id tables must be sorted and unique")
+        n_items = self.num_items
         if self._item_features.shape[0] != n_items or self._item_multi.shape[0] != n_items:
             raise ValueError("item tables disagree on the number of items")
-        if self.user_features.shape != (n_users, len(self._user_columns)):
+        if self.user_features.shape != (self.num_users, len(self._user_columns)):
             raise ValueError("user feature table does not match the schema")
-        if self.seen_indptr.shape != (n_users + 1,) or self.seen_indptr[-1] != self.seen_items.size:
-            raise ValueError("seen-items table is inconsistent")
-        if self.seen_items.size and (self.seen_items.min() < 0 or self.seen_items.max() >= n_items):
-            raise ValueError("seen-items table refers to items outside the catalog")
 
     # -- user side -------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from ..results import Ranking
 from .artifact import Artifact
 from .batch_plan import InnerProductQuery, Prepared, run_inner_products, stage, timed_batch
 from .errors import InvalidRequest
-from .pipeline import DEFAULT_RECOMMEND_K, SCORES_BACKEND, CatalogPipeline
+from .pipeline import DEFAULT_RECOMMEND_K, SCORES_BACKEND, CatalogPipeline, check_csr
 from .request_context import RequestContext
 from .schema import encode_ids
 from .validation import Limits, check_k, check_recent, check_user_id
@@ -70,11 +70,7 @@ class RetrievalPipeline(CatalogPipeline):
         self.limits = limits or Limits()
         self.schema = artifact.schema
         t = artifact.tables
-        self.user_ids = t["user_ids"]
-        self.item_ids = t["item_ids"]
-        self.item_titles = t.get("item_titles", np.full(self.item_ids.shape, "", dtype="<U1"))
-        self.seen_indptr = t["seen_indptr"]
-        self.seen_items = t["seen_items"]
+        self.load_catalog(t)
         self.item_vectors = (
             np.ascontiguousarray(t["item_vectors"], dtype=np.float32)
             if self.uses_item_vectors
@@ -84,15 +80,12 @@ class RetrievalPipeline(CatalogPipeline):
         self._check_tables()
 
     def _check_tables(self) -> None:
-        n_items, n_users = self.item_ids.size, self.user_ids.size
-        if not (np.all(np.diff(self.item_ids) > 0) and np.all(np.diff(self.user_ids) > 0)):
-            raise ValueError("id tables must be sorted and unique")
+        n_items = self.num_items
         vectors = self.item_vectors
         if vectors is not None and (vectors.ndim != 2 or vectors.shape[0] != n_items):
             raise ValueError(f"item_vectors {vectors.shape} do not match {n_items} items")
         if self.popularity.shape != (n_items,):
             raise ValueError("popularity table does not match the catalog")
-        _check_csr(self.seen_indptr, self.seen_items, n_users, n_items, "seen-items")
 
     # -- user side -------------------------------------------------------------------
 
@@ -238,7 +231,7 @@ class SequencePipeline(RetrievalPipeline):
         self.max_history = int(artifact.manifest.get("max_history", 50))
         if self.max_history < 1:
             raise ValueError(f"max_history must be >= 1, got {self.max_history}")
-        _check_csr(
+        check_csr(
             self.history_indptr, self.history_items, self.num_users, self.num_items, "history"
         )
 
@@ -287,13 +280,6 @@ class GeneratorPipeline(RetrievalPipeline):
         if user_vector is None:
             return super().score_rows(None, item_rows)
         return user_vector if item_rows is None else user_vector[item_rows]
-
-
-def _check_csr(indptr: np.ndarray, items: np.ndarray, n_rows: int, n_items: int, what: str) -> None:
-    if indptr.shape != (n_rows + 1,) or indptr[-1] != items.size:
-        raise ValueError(f"{what} table is inconsistent")
-    if items.size and (items.min() < 0 or items.max() >= n_items):
-        raise ValueError(f"{what} table refers to items outside the catalog")
 
 
 def make_retrieval_pipeline(artifact: Artifact, limits: Limits | None = None) -> RetrievalPipeline:
