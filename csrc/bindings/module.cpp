@@ -57,6 +57,21 @@ recserve::ExcludeList checked_exclude(const OptionalArray& indptr, const Optiona
     return recserve::ExcludeList(p, B, e, static_cast<int64_t>(ids->shape(0)), N);
 }
 
+// Allocates the [B, k] outputs, runs `kernel(values, indices)` without the GIL, and
+// returns them: the last two steps of every top-k entry point.
+template <typename Kernel>
+TopkResult run_topk(int64_t B, int64_t k, Kernel&& kernel) {
+    py::array_t<float> values({B, k});
+    py::array_t<int64_t> indices({B, k});
+    float* v = values.mutable_data();
+    int64_t* i = indices.mutable_data();
+    {
+        py::gil_scoped_release release;
+        kernel(v, i);
+    }
+    return {std::move(values), std::move(indices)};
+}
+
 void check_k_and_threads(const char* fn, int64_t k, int num_threads) {
     RECSERVE_THROW_IF_NOT(k >= 0, fn << ": k must be >= 0, got " << k);
     RECSERVE_THROW_IF_NOT(num_threads >= 1, fn << ": num_threads must be >= 1, got "
@@ -73,15 +88,9 @@ TopkResult topk_scores(const py::array& scores, int64_t k, const OptionalArray& 
     const int64_t B = scores.shape(0);
     const int64_t N = scores.shape(1);
     const recserve::ExcludeList ex = checked_exclude(exclude_indptr, exclude_ids, fn, B, N);
-    py::array_t<float> values({B, k});
-    py::array_t<int64_t> indices({B, k});
-    float* v = values.mutable_data();
-    int64_t* i = indices.mutable_data();
-    {
-        py::gil_scoped_release release;
+    return run_topk(B, k, [&](float* v, int64_t* i) {
         recserve::topk_scores(s, B, N, k, ex, v, i, num_threads, level);
-    }
-    return {std::move(values), std::move(indices)};
+    });
 }
 
 // Checked queries [B, D] and items [N, D] (float32 or, for the bfloat16 copy, uint16).
@@ -109,15 +118,9 @@ TopkResult topk_inner_product(const py::array& queries, const py::array& items, 
     const int64_t D = queries.shape(1);
     const int64_t N = items.shape(0);
     const recserve::ExcludeList ex = checked_exclude(exclude_indptr, exclude_ids, fn, B, N);
-    py::array_t<float> values({B, k});
-    py::array_t<int64_t> indices({B, k});
-    float* v = values.mutable_data();
-    int64_t* i = indices.mutable_data();
-    {
-        py::gil_scoped_release release;
+    return run_topk(B, k, [&](float* v, int64_t* i) {
         recserve::topk_inner_product(q, x, B, N, D, k, ex, v, i, num_threads, level);
-    }
-    return {std::move(values), std::move(indices)};
+    });
 }
 
 TopkResult topk_inner_product_bf16(const py::array& queries, const py::array& items,
@@ -142,16 +145,10 @@ TopkResult topk_inner_product_bf16(const py::array& queries, const py::array& it
                              << " and " << shape_string(norms)
                              << "; build them with recserve.core.kernels.ItemMatrix");
     const recserve::ExcludeList ex = checked_exclude(exclude_indptr, exclude_ids, fn, B, N);
-    py::array_t<float> values({B, k});
-    py::array_t<int64_t> indices({B, k});
-    float* v = values.mutable_data();
-    int64_t* i = indices.mutable_data();
-    {
-        py::gil_scoped_release release;
+    return run_topk(B, k, [&](float* v, int64_t* i) {
         recserve::topk_inner_product_bf16(q, x, xb, n, B, N, D, k, ex, v, i, num_threads,
                                           level);
-    }
-    return {std::move(values), std::move(indices)};
+    });
 }
 
 py::array_t<uint16_t> to_bfloat16(const py::array& x) {

@@ -65,6 +65,21 @@ def _metrics(
     }
 
 
+def labelled_data(data: InteractionData, config: TrainConfig) -> EncodedData:
+    """``data`` encoded for a ranker, labels from ``config.positive_rating``, with the
+    torch threads the run asks for; refuses data whose labels are all the same."""
+    torch.set_num_threads(config.num_threads)
+    encoded = encode_movielens(data, config.positive_rating)
+    if encoded.labels.min() == encoded.labels.max():
+        raise ValueError(
+            f"{data.name}: every interaction gets the same label (rating >= "
+            f"{config.positive_rating:g} is {'true' if encoded.labels[0] else 'false'} for all); "
+            "a CTR ranker needs rated data. For implicit feedback use --model pop, bpr, "
+            "gru4rec or lstm, or add a rating column to the log's schema"
+        )
+    return encoded
+
+
 def train_ranker(
     name: str,
     data: InteractionData,
@@ -77,15 +92,7 @@ def train_ranker(
 ) -> TrainedRanker:
     """Random 80/10/10 split by ``config.seed``, train ranker ``name``, report test AUC
     and LogLoss. ``run_dir``/``resume``: checkpoints and curves, see ``trainer.fit``."""
-    torch.set_num_threads(config.num_threads)
-    encoded = encode_movielens(data, config.positive_rating)
-    if encoded.labels.min() == encoded.labels.max():
-        raise ValueError(
-            f"{data.name}: every interaction gets the same label (rating >= "
-            f"{config.positive_rating:g} is {'true' if encoded.labels[0] else 'false'} for all); "
-            "a CTR ranker needs rated data. For implicit feedback use --model pop, bpr, "
-            "gru4rec or lstm, or add a rating column to the log's schema"
-        )
+    encoded = labelled_data(data, config)
     rows = random_split(encoded.labels.size, config.seed)
     inputs = RankerInputs(encoded)
     torch.manual_seed(config.seed)
@@ -125,15 +132,7 @@ def ranker_from_checkpoint(
     ``data`` (the run's data set, split again by the run's seed)."""
     known = {f.name for f in fields(config_type)}
     config = config_type(**{k: v for k, v in state["config"].items() if k in known})
-    torch.set_num_threads(config.num_threads)
-    encoded = encode_movielens(data, config.positive_rating)
-    if encoded.labels.min() == encoded.labels.max():
-        raise ValueError(
-            f"{data.name}: every interaction gets the same label (rating >= "
-            f"{config.positive_rating:g} is {'true' if encoded.labels[0] else 'false'} for all); "
-            "a CTR ranker needs rated data. For implicit feedback use --model pop, bpr, "
-            "gru4rec or lstm, or add a rating column to the log's schema"
-        )
+    encoded = labelled_data(data, config)
     rows = random_split(encoded.labels.size, config.seed)
     model = build_ranker(state["model_name"], encoded, config)
     model.load_state_dict(state["best_state"])

@@ -264,6 +264,21 @@ def _write_lines(path: Path, lines: list[str], encoding: str) -> None:
     path.write_bytes(payload)
 
 
+def _write_rows(
+    path: Path, separator: str, columns: list[list], encoding: str, header: str | None = None
+) -> None:
+    """One line per row of ``columns`` (lists of equal length), fields joined by
+    ``separator``, after an optional header line."""
+    rows = [separator.join(map(str, row)) for row in zip(*columns, strict=True)]
+    _write_lines(path, ([header] if header is not None else []) + rows, encoding)
+
+
+def _rating_columns(data: InteractionData) -> list[list]:
+    """user, item, rating, timestamp: the ratings file of every layout."""
+    ratings = [_format_rating(rating) for rating in data.rating.tolist()]
+    return [data.user_id.tolist(), data.item_id.tolist(), ratings, data.timestamp.tolist()]
+
+
 def write_grouplens(data: InteractionData, directory: str | Path) -> Path:
     """Write ``data`` as GroupLens ``u.data``, ``u.user`` and ``u.item`` into ``directory``.
 
@@ -280,34 +295,11 @@ def write_grouplens(data: InteractionData, directory: str | Path) -> Path:
     if unknown:
         raise ValueError(f"GroupLens u.item has flags only for {GENRES}; got genres {unknown}")
 
-    _write_lines(
-        target / "u.data",
-        [
-            f"{user}\t{item}\t{_format_rating(rating)}\t{timestamp}"
-            for user, item, rating, timestamp in zip(
-                data.user_id.tolist(),
-                data.item_id.tolist(),
-                data.rating.tolist(),
-                data.timestamp.tolist(),
-                strict=True,
-            )
-        ],
-        "latin-1",
-    )
-    _write_lines(
-        target / "u.user",
-        [
-            f"{user}|{age}|{gender}|{occupation}|00000"
-            for user, age, gender, occupation in zip(
-                users.user_id.tolist(),
-                users.age.tolist(),
-                users.gender.tolist(),
-                users.occupation.tolist(),
-                strict=True,
-            )
-        ],
-        "latin-1",
-    )
+    _write_rows(target / "u.data", "\t", _rating_columns(data), "latin-1")
+    zip_codes = ["00000"] * users.user_id.size
+    user_columns = [users.user_id.tolist(), users.age.tolist(), users.gender.tolist()]
+    user_columns += [users.occupation.tolist(), zip_codes]
+    _write_rows(target / "u.user", "|", user_columns, "latin-1")
     item_lines = []
     for item, title, year, genres in zip(
         items.item_id.tolist(),
@@ -339,51 +331,18 @@ def write_atomic(data: InteractionData, directory: str | Path) -> Path:
         _check_no_separator("genre", np.array(genres, dtype=np.str_), " \t\n\r", "atomic")
 
     inter_file, user_file, item_file = (target / name for name in ATOMIC_FILES)
-    _write_lines(
-        inter_file,
-        ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
-        + [
-            f"{user}\t{item}\t{_format_rating(rating)}\t{timestamp}"
-            for user, item, rating, timestamp in zip(
-                data.user_id.tolist(),
-                data.item_id.tolist(),
-                data.rating.tolist(),
-                data.timestamp.tolist(),
-                strict=True,
-            )
-        ],
-        "utf-8",
-    )
-    _write_lines(
-        user_file,
-        ["user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token"]
-        + [
-            f"{user}\t{age}\t{gender}\t{occupation}\t00000"
-            for user, age, gender, occupation in zip(
-                users.user_id.tolist(),
-                users.age.tolist(),
-                users.gender.tolist(),
-                users.occupation.tolist(),
-                strict=True,
-            )
-        ],
-        "utf-8",
-    )
-    _write_lines(
-        item_file,
-        ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"]
-        + [
-            f"{item}\t{title}\t{year if year else ''}\t{' '.join(genres)}"
-            for item, title, year, genres in zip(
-                items.item_id.tolist(),
-                items.title.tolist(),
-                items.release_year.tolist(),
-                items.genres,
-                strict=True,
-            )
-        ],
-        "utf-8",
-    )
+    header = "user_id:token\titem_id:token\trating:float\ttimestamp:float"
+    _write_rows(inter_file, "\t", _rating_columns(data), "utf-8", header)
+    header = "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token"
+    zip_codes = ["00000"] * users.user_id.size
+    user_columns = [users.user_id.tolist(), users.age.tolist(), users.gender.tolist()]
+    user_columns += [users.occupation.tolist(), zip_codes]
+    _write_rows(user_file, "\t", user_columns, "utf-8", header)
+    header = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"
+    years = [year if year else "" for year in items.release_year.tolist()]
+    classes = [" ".join(genres) for genres in items.genres]
+    item_columns = [items.item_id.tolist(), items.title.tolist(), years, classes]
+    _write_rows(item_file, "\t", item_columns, "utf-8", header)
     return target
 
 
@@ -430,34 +389,12 @@ def write_movielens_1m(data: InteractionData, directory: str | Path) -> Path:
 
     ratings_file, users_file, movies_file = (target / name for name in GROUPLENS_1M_FILES)
     sep = SEPARATOR_1M
-    _write_lines(
-        ratings_file,
-        [
-            f"{user}{sep}{item}{sep}{_format_rating(rating)}{sep}{timestamp}"
-            for user, item, rating, timestamp in zip(
-                data.user_id.tolist(),
-                data.item_id.tolist(),
-                data.rating.tolist(),
-                data.timestamp.tolist(),
-                strict=True,
-            )
-        ],
-        "latin-1",
-    )
-    _write_lines(
-        users_file,
-        [
-            f"{user}{sep}{gender}{sep}{age}{sep}{occupation_code[occupation]}{sep}00000"
-            for user, gender, age, occupation in zip(
-                users.user_id.tolist(),
-                users.gender.tolist(),
-                age_group_1m(users.age).tolist(),
-                users.occupation.tolist(),
-                strict=True,
-            )
-        ],
-        "latin-1",
-    )
+    _write_rows(ratings_file, sep, _rating_columns(data), "latin-1")
+    occupations = [occupation_code[occupation] for occupation in users.occupation.tolist()]
+    zip_codes = ["00000"] * users.user_id.size
+    user_columns = [users.user_id.tolist(), users.gender.tolist()]
+    user_columns += [age_group_1m(users.age).tolist(), occupations, zip_codes]
+    _write_rows(users_file, sep, user_columns, "latin-1")
     movie_lines = []
     for item, title, year, genres in zip(
         items.item_id.tolist(),
