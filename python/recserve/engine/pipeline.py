@@ -139,6 +139,30 @@ class CatalogPipeline:
             for r, s in zip(rows.tolist(), scores.tolist(), strict=True)
         ]
 
+    def answer(
+        self, rows: np.ndarray, values: np.ndarray, user_row: int, unknown_ids: list[int]
+    ) -> Ranking:
+        """The Ranking of a top-k selection (rows -1 are slots nothing filled: NaN scores,
+        fewer candidates than k)."""
+        keep = rows >= 0
+        return Ranking(
+            items=self._to_items(rows[keep], values[keep]),
+            cold_start_user=user_row < 0,
+            unknown_item_ids=unknown_ids,
+        )
+
+    def recommend_inputs(
+        self, k: int, recent_item_ids: Sequence[int], request_context: RequestContext | None
+    ) -> tuple[int, np.ndarray, list[int]]:
+        """Recommend's checked inputs besides the user: the number of items to answer,
+        the catalog rows of the recent items, and the recent ids the catalog lacks."""
+        with stage(request_context, "feature"):
+            check_k(k, self.limits)
+            recent = check_recent(recent_item_ids, self.limits)
+            codes = encode_ids(self.item_ids, recent)
+        k = min(k or DEFAULT_RECOMMEND_K, self.num_items)
+        return k, codes[codes > 0] - 1, recent[codes == 0].tolist()
+
     # -- the three parts of a request (recserve.engine.batch_plan) ---------------------------
 
     def encode_user_timed(
@@ -191,12 +215,8 @@ class CatalogPipeline:
                 scores = to_scores(output)
             with stage(rc, "topk"):
                 values, order = kernels.topk_scores(scores, k, backend=SCORES_BACKEND)
-                keep = order >= 0  # NaN scores are never selected
-                return Ranking(
-                    items=self._to_items(rows[order[keep]], values[keep]),
-                    cold_start_user=user_row < 0,
-                    unknown_item_ids=candidates[~known].tolist(),
-                )
+                selected = np.where(order >= 0, rows[order], -1)  # NaN scores: never selected
+                return self.answer(selected, values, user_row, candidates[~known].tolist())
 
         return Prepared(work, finish, rc)
 
@@ -410,12 +430,8 @@ class RankerPipeline(CatalogPipeline):
         request_context: RequestContext | None = None,
     ) -> Prepared:
         rc = request_context
-        with stage(rc, "feature"):
-            check_k(k, self.limits)
-            recent = check_recent(recent_item_ids, self.limits)
-            codes = encode_ids(self.item_ids, recent)
+        k, recent_rows, unknown_ids = self.recommend_inputs(k, recent_item_ids, rc)
         user_features, user_row = self.encode_user_timed(user_id, context or {}, rc)
-        k = min(k or DEFAULT_RECOMMEND_K, self.num_items)
         work, to_scores = self.prepare_scores(user_features, None, rc)
 
         def finish(output: Any) -> Ranking:
@@ -424,13 +440,8 @@ class RankerPipeline(CatalogPipeline):
             with stage(rc, "topk"):
                 exclude = None
                 if not include_seen:
-                    exclude = [np.concatenate([self.seen_rows(user_row), codes[codes > 0] - 1])]
+                    exclude = [np.concatenate([self.seen_rows(user_row), recent_rows])]
                 values, rows = kernels.topk_scores(scores, k, exclude, backend=SCORES_BACKEND)
-                keep = rows >= 0
-                return Ranking(
-                    items=self._to_items(rows[keep], values[keep]),
-                    cold_start_user=user_row < 0,
-                    unknown_item_ids=recent[codes == 0].tolist(),
-                )
+                return self.answer(rows, values, user_row, unknown_ids)
 
         return Prepared(work, finish, rc)

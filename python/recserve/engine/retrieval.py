@@ -39,10 +39,10 @@ from ..results import Ranking
 from .artifact import Artifact
 from .batch_plan import InnerProductQuery, Prepared, run_inner_products, stage, timed_batch
 from .errors import InvalidRequest
-from .pipeline import DEFAULT_RECOMMEND_K, SCORES_BACKEND, CatalogPipeline, check_csr
+from .pipeline import SCORES_BACKEND, CatalogPipeline, check_csr
 from .request_context import RequestContext
 from .schema import encode_ids
-from .validation import Limits, check_k, check_recent, check_user_id
+from .validation import Limits, check_user_id
 
 EMBEDDING_FAMILY = "embedding"
 SEQUENCE_FAMILY = "sequence"
@@ -167,13 +167,8 @@ class RetrievalPipeline(CatalogPipeline):
         request_context: RequestContext | None = None,
     ) -> Prepared:
         rc = request_context
-        with stage(rc, "feature"):
-            check_k(k, self.limits)
-            recent = check_recent(recent_item_ids, self.limits)
-            codes = encode_ids(self.item_ids, recent)
-            recent_rows = codes[codes > 0] - 1
+        k, recent_rows, unknown_ids = self.recommend_inputs(k, recent_item_ids, rc)
         vector, user_row = self.encode_user_timed(user_id, context or {}, rc, recent_rows)
-        k = min(k or DEFAULT_RECOMMEND_K, self.num_items)
         exclude = None
         if not include_seen:
             exclude = np.concatenate([self.seen_rows(user_row), recent_rows])
@@ -189,12 +184,7 @@ class RetrievalPipeline(CatalogPipeline):
                     scores = self.popularity if vector is None else vector
                     excluded = None if exclude is None else [exclude]
                     values, rows = kernels.topk_scores(scores, k, excluded, backend=SCORES_BACKEND)
-                keep = rows >= 0
-                return Ranking(
-                    items=self._to_items(rows[keep], values[keep]),
-                    cold_start_user=user_row < 0,
-                    unknown_item_ids=recent[codes == 0].tolist(),
-                )
+                return self.answer(rows, values, user_row, unknown_ids)
 
         return Prepared(work, finish, rc)
 

@@ -274,7 +274,7 @@ def write_json(summary: dict[str, Any], path: str | Path) -> None:
 
 def write_plot(summary: dict[str, Any], samples: Samples, path: str | Path) -> None:
     """The answers' latency distribution, and latency over time with the per-second p99."""
-    from matplotlib.figure import Figure  # lazily: plotting is optional (the train extra)
+    from matplotlib.figure import Figure  # lazily: plotting is optional (the plot extra)
 
     start = summary["warmup_s"]
     end = start + summary["options"]["duration"]

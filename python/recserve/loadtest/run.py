@@ -114,7 +114,7 @@ def _check_outputs(options: BenchOptions) -> None:
         if path and not Path(path).parent.is_dir():
             raise ValueError(f"{flag} {path}: the folder {Path(path).parent} does not exist")
     if options.plot and importlib.util.find_spec("matplotlib") is None:
-        raise ValueError("--plot needs matplotlib: pip install matplotlib")
+        raise ValueError('--plot needs matplotlib: pip install "recserve[plot]"')
 
 
 def _gather(
