@@ -13,7 +13,12 @@ from recserve.core import kernels
 from recserve.engine.artifact import load_artifact
 from recserve.engine.dispatch import make_pipeline
 from recserve.engine.errors import InvalidRequest
-from recserve.engine.retrieval import EmbeddingPipeline, GeneratorPipeline, SequencePipeline
+from recserve.engine.retrieval import (
+    EmbeddingPipeline,
+    GeneratorPipeline,
+    SequencePipeline,
+    merge_recent,
+)
 from recserve.engine.validation import Limits
 from recserve.training import gan, topn
 from recserve.training.data import make_synthetic_movielens
@@ -126,6 +131,43 @@ def test_recent_click_changes_sequence_answer_at_once(pipelines) -> None:
         state, pipeline.item_vectors, 10, [np.append(pipeline.seen_rows(5), row)], backend="cpu"
     )
     np.testing.assert_allclose([i.score for i in after.items], values, rtol=1e-6)
+
+
+def merged_by_brute_force(history: list[int], recent: list[int]) -> list[int]:
+    overlap = max(
+        (n for n in range(1, min(len(history), len(recent)) + 1) if history[-n:] == recent[:n]),
+        default=0,
+    )
+    return history + recent[overlap:]
+
+
+def test_merge_recent_appends_only_what_the_history_does_not_end_with() -> None:
+    rng = np.random.default_rng()
+    for _ in range(3000):  # few distinct values, so that overlaps are common
+        history = rng.integers(0, 3, rng.integers(0, 14)).tolist()
+        recent = rng.integers(0, 3, rng.integers(0, 14)).tolist()
+        merged = merge_recent(np.array(history, np.int64), np.array(recent, np.int64))
+        assert merged.dtype == np.int64
+        assert merged.tolist() == merged_by_brute_force(history, recent), (history, recent)
+    assert merge_recent(np.array([1, 2, 3]), np.array([2, 3, 4])).tolist() == [1, 2, 3, 4]
+    assert merge_recent(np.array([1, 2, 3]), np.array([1, 2])).tolist() == [1, 2, 3, 1, 2]
+
+
+def test_recent_items_the_history_ends_with_are_not_appended_again(pipelines) -> None:
+    pipeline = pipelines["gru4rec"]
+    user_row = 5
+    user_id = int(pipeline.user_ids[user_row])
+    tail = pipeline.item_ids[pipeline.history_rows(user_row)[-3:]].tolist()
+    assert len(tail) == 3
+    for include_seen in (False, True):
+        alone = pipeline.recommend(user_id, k=10, include_seen=include_seen)
+        resent = pipeline.recommend(user_id, k=10, recent_item_ids=tail, include_seen=include_seen)
+        assert resent.items == alone.items
+    # the tail sent again with a new click: the same answer as the new click alone
+    clicked = pipeline.recommend(user_id, k=1).items[0].item_id
+    once = pipeline.recommend(user_id, k=10, recent_item_ids=[clicked])
+    with_tail = pipeline.recommend(user_id, k=10, recent_item_ids=[*tail, clicked])
+    assert with_tail.items == once.items
 
 
 def test_recent_click_changes_generator_answer_at_once(pipelines) -> None:

@@ -6,7 +6,8 @@ Three artifact families (docs/artifact.md):
   are excluded from the answer but do not change the user's vector.
 - ``sequence`` (GRU4Rec, LSTM): the ``encoder`` program turns the user's items, oldest
   first, into a user vector. The request's known ``recent_item_ids`` (in order, newest
-  last) are appended to the user's stored history, and the last ``max_history`` items
+  last) are merged into the user's stored history (:func:`merge_recent`: the part the
+  history already ends with is not appended again), and the last ``max_history`` items
   are encoded, so a click sent in the request changes the answer at once.
 - ``generator`` (CFGAN): the ``generator`` program maps the user's purchase vector (the
   multi-hot of their stored items plus the request's known ``recent_item_ids``) to a
@@ -232,7 +233,7 @@ class SequencePipeline(RetrievalPipeline):
         return self.history_items[self.history_indptr[user_row] : self.history_indptr[user_row + 1]]
 
     def user_vector(self, user_row: int, recent_rows: np.ndarray) -> np.ndarray | None:
-        items = np.concatenate([self.history_rows(user_row), recent_rows])[-self.max_history :]
+        items = merge_recent(self.history_rows(user_row), recent_rows)[-self.max_history :]
         if items.size == 0:
             return None
         sequence = torch.from_numpy(items + 1).unsqueeze(0)  # [1, L], newest last
@@ -270,6 +271,38 @@ class GeneratorPipeline(RetrievalPipeline):
         if user_vector is None:
             return super().score_rows(None, item_rows)
         return user_vector if item_rows is None else user_vector[item_rows]
+
+
+def merge_recent(history: np.ndarray, recent: np.ndarray) -> np.ndarray:
+    """``history`` followed by the part of ``recent`` it does not already end with.
+
+    A client that sends the user's latest clicks cannot know which of them the stored
+    history holds; appending them again would feed the encoder a repeated tail. So the
+    longest prefix of ``recent`` that is a suffix of ``history`` is dropped: history
+    [a, b, c] with recent [b, c, d] gives [a, b, c, d], with recent [b, c] or [c] just
+    [a, b, c]. Found with the KMP failure function, in O(len(recent)).
+    """
+    n = min(history.size, recent.size)
+    if n == 0:
+        return np.concatenate([history, recent])
+    pattern = recent.tolist()
+    # failure[i]: length of the longest proper prefix of pattern[: i + 1] that is also
+    # its suffix
+    failure = [0] * len(pattern)
+    matched = 0
+    for i in range(1, len(pattern)):
+        while matched and pattern[i] != pattern[matched]:
+            matched = failure[matched - 1]
+        if pattern[i] == pattern[matched]:
+            matched += 1
+        failure[i] = matched
+    matched = 0  # how much of pattern the history's tail matches so far
+    for value in history[-n:].tolist():
+        while matched and (matched == len(pattern) or value != pattern[matched]):
+            matched = failure[matched - 1]
+        if value == pattern[matched]:
+            matched += 1
+    return np.concatenate([history, recent[matched:]])
 
 
 def make_retrieval_pipeline(artifact: Artifact, limits: Limits | None = None) -> RetrievalPipeline:
