@@ -431,13 +431,7 @@ def write_interaction_log(
     tables = {
         "interactions.csv": (
             ("user_id", "item_id", "rating", "timestamp"),
-            zip(
-                data.user_id.tolist(),
-                data.item_id.tolist(),
-                [_format_rating(rating) for rating in data.rating.tolist()],
-                data.timestamp.tolist(),
-                strict=True,
-            ),
+            zip(*_rating_columns(data), strict=True),
         ),
         "users.csv": (
             ("user_id", "age", "gender", "occupation"),
