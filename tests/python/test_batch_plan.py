@@ -9,10 +9,12 @@ import torch
 
 from recserve import _core
 from recserve.core import kernels
+from recserve.engine import batch_plan
 from recserve.engine.artifact import load_artifact
 from recserve.engine.batch_plan import (
     HeadRows,
     InnerProductQuery,
+    row_groups,
     run_head_rows,
     run_inner_products,
 )
@@ -111,11 +113,17 @@ def test_a_batch_gives_each_request_its_unbatched_answer_bit_for_bit(pipelines, 
         assert one == other  # ids, order, float32 scores, titles, flags: all equal
 
 
+@pytest.mark.parametrize("max_rows", [batch_plan.MAX_HEAD_ROWS, 97])
 @pytest.mark.parametrize(
     "name", ["deepfm", "deepfm-bf16", "deepfm-int8", "dcnv2", "dcnv2-int8", "wide_deep"]
 )
-def test_head_rows_in_a_batch_equal_each_request_alone(pipelines, name: str) -> None:
-    """Many row counts, so that rows land on every offset of the GEMM's blocks."""
+def test_head_rows_in_a_batch_equal_each_request_alone(
+    pipelines, name: str, max_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many row counts, so that rows land on every offset of the GEMM's blocks; the batch
+    (about 4,500 rows) runs as several calls, of at most ``max_rows`` rows or of one
+    request where a request has more."""
+    monkeypatch.setattr(batch_plan, "MAX_HEAD_ROWS", max_rows)
     pipeline = pipelines[name]
     rng = np.random.default_rng(1)
     user, _ = pipeline.encode_user(int(pipeline.user_ids[0]), {})
@@ -128,6 +136,19 @@ def test_head_rows_in_a_batch_equal_each_request_alone(pipelines, name: str) -> 
     together = run_head_rows(pipeline.head, works)
     for work, logits in zip(works, together, strict=True):
         assert torch.equal(run_head_rows(pipeline.head, [work])[0], logits)
+
+
+def test_row_groups_keep_order_and_cap_the_rows_of_a_call() -> None:
+    def works(*rows: int) -> list[HeadRows]:
+        return [HeadRows((torch.zeros(n, 1),)) for n in rows]
+
+    def shape(groups: list[list[HeadRows]]) -> list[list[int]]:
+        return [[w.rows for w in group] for group in groups]
+
+    assert shape(row_groups(works(3, 4, 2, 9, 1, 1), max_rows=7)) == [[3, 4], [2], [9], [1, 1]]
+    assert shape(row_groups(works(5), max_rows=2)) == [[5]]  # alone when over the cap
+    assert row_groups([], max_rows=7) == []
+    assert shape(row_groups(works(1000, 1000, 1000))) == [[1000, 1000], [1000]]
 
 
 def test_queries_beyond_one_kernel_call_equal_each_query_alone() -> None:
