@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     directory = args.model_repo / args.model
     versions = list_versions(directory)
     if not versions:
-        print(f"error: no version of {args.model} in {args.model_repo}; run scripts/start.sh")
+        print(
+            f"error: no version of {args.model} in {args.model_repo}; run scripts/start.sh",
+            file=sys.stderr,
+        )
         return 2
     pipeline = make_pipeline(load_artifact(directory / str(versions[-1])))
     caps = [int(v) for v in args.max_rows.split(",")]

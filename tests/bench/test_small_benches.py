@@ -1,0 +1,54 @@
+"""bench/grpc_ceiling.py and bench/head_batching.py end to end with tiny settings: every
+row measured and printed (tests check no timing)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_bench(name: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / name), *args],
+        capture_output=True, text=True, timeout=300, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_grpc_ceiling_measures_both_servers(tmp_path: Path) -> None:
+    out = run_bench(
+        "grpc_ceiling.py", "--duration", "0.5", "--rounds", "1", "--candidates", "20",
+        "--concurrency", "4", "--processes", "1", "--json", str(tmp_path / "ceiling.json"),
+    )  # fmt: skip
+    rows = re.findall(r"^\| (sync|aio) \| 1 \| (\d+) \|.*\| (\d+) \|", out, re.MULTILINE)
+    assert [server for server, _, _ in rows] == ["sync", "aio"], out
+    assert all(int(answers) > 0 and errors == "0" for _, answers, errors in rows), out
+    assert re.search(r"aio / sync throughput: [0-9.]+x", out), out
+    assert (tmp_path / "ceiling.json").is_file()
+
+
+@pytest.mark.slow
+def test_head_batching_measures_every_cap(model_repo: Path) -> None:
+    out = run_bench(
+        "head_batching.py", "--model-repo", str(model_repo), "--candidates", "30",
+        "--batch-sizes", "1,3", "--max-rows", "16,64", "--rounds", "1", "--calls", "1",
+    )  # fmt: skip
+    rows = [line for line in out.splitlines() if re.match(r"^\| 30 \| [13] \|", line)]
+    assert len(rows) == 2, out
+    assert all(len(re.findall(r"[0-9.]+x", row)) == 2 for row in rows), out
+
+
+def test_head_batching_says_what_to_do_without_a_model(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "head_batching.py"), "--model-repo", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 2 and "scripts/start.sh" in done.stderr
