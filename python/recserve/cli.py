@@ -1,4 +1,5 @@
-"""The `recserve` command: serve, train, data, and client calls to a running server."""
+"""The `recserve` command: serve, train, data, client calls to a running server, and the
+load generator and the evaluation that measure one."""
 
 from __future__ import annotations
 
@@ -185,6 +186,52 @@ def _bench(args: argparse.Namespace) -> int:
     return run(options)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from recserve import evaluate
+
+    if args.make_split:
+        from recserve.training.commands import load_data
+
+        held = evaluate.hold_out_last(load_data(args.data, args.data_dir))
+        schema = evaluate.write_split(held, args.make_split)
+        print(
+            f"wrote {schema.parent} ({held.train.user_id.size} training interactions) and "
+            f"{Path(args.make_split) / evaluate.HOLDOUT_FILE} ({held.user_ids.size} held-out "
+            f"users). Train on the first, serve, then: recserve evaluate --split "
+            f"{args.make_split} --target HOST:PORT"
+        )
+        return 0
+    try:
+        held = evaluate.read_split(args.split)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.users:
+        held = evaluate.HeldOut(
+            held.train, held.user_ids[: args.users], held.item_ids[: args.users]
+        )
+    request = evaluate.Request(args.k, args.model, args.rank_with, args.retrieve_n)
+
+    def bar(answers, total):  # type: ignore[no-untyped-def]
+        if args.no_progress:
+            return answers
+        try:
+            from tqdm import tqdm
+        except ImportError:  # a client-only install: no bar
+            return answers
+        return tqdm(answers, total=total, desc="Recommend", unit="user", leave=False)
+
+    with _open_client(args) as client:
+        result = evaluate.evaluate_server(
+            client, held, request, concurrency=args.concurrency,
+            rare_below=args.rare_below, progress=bar,
+        )  # fmt: skip
+    print(json.dumps(result, indent=2) if args.json else evaluate.format_result(result))
+    if args.output:
+        evaluate.write_json(result, args.output)
+    return 1 if result["served"]["errors"] else 0
+
+
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target",
@@ -311,6 +358,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_arguments(bench)
     bench.set_defaults(handler=_bench)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="measure a running server's Recommend answers on held-out interactions",
+        description="Holds out each user's last interaction (--make-split writes the split: "
+        "train the served model on its training part), then asks the server one Recommend "
+        "per held-out user and reports HR/NDCG/MRR@k, catalog coverage and the share of "
+        "rarely interacted items, next to most-popular computed in the same run. Exit "
+        "status 1 when a request failed.",
+    )
+    where = evaluate.add_mutually_exclusive_group(required=True)
+    where.add_argument("--split", type=Path, help="a split written by --make-split")
+    where.add_argument(
+        "--make-split", type=Path, metavar="DIR", help="write the split of --data here and exit"
+    )
+    evaluate.add_argument("--data", default="ml-100k", help="data set, as for recserve train")
+    evaluate.add_argument("--data-dir", type=Path, default=Path("data"))
+    evaluate.add_argument("-k", type=int, default=10, help="items per answer")
+    evaluate.add_argument("--model", default="", help="model (default: server's default)")
+    evaluate.add_argument("--rank-with", default="", help="ranker of a cascade")
+    evaluate.add_argument("--retrieve-n", type=int, default=0, help="cascade's retrieved items")
+    evaluate.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    evaluate.add_argument(
+        "--rare-below", type=int, default=20, help="rare item: fewer training interactions"
+    )
+    evaluate.add_argument("--users", type=int, default=0, help="only the first N users (0: all)")
+    evaluate.add_argument("--output", type=Path, help="also write the JSON result here")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_client_options(evaluate)
+    evaluate.set_defaults(handler=_evaluate)
     return parser
 
 
