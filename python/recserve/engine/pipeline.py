@@ -80,11 +80,11 @@ class CatalogPipeline:
     """What every pipeline shares: the catalog's id tables, seen items, and Rank.
 
     A subclass loads the catalog with :meth:`load_catalog` (``user_ids``, ``item_ids``,
-    ``item_titles``, ``seen_indptr``, ``seen_items``), sets ``limits``, and defines ``encode_user(user_id, context) ->
-    (user state, user row or -1)``, ``score_rows(user state, item rows or None) ->
-    scores``, ``prepare_recommend`` and, when it has batch work, ``prepare_scores`` and
-    ``compute_batch``. Rank is the same for every family: score the known candidates,
-    select with the C++ ``topk_scores``.
+    ``item_titles``, ``seen_indptr``, ``seen_items``), sets ``limits``, and defines
+    ``encode_user(user_id, context) -> (user state, user row or -1)``,
+    ``score_rows(user state, item rows or None) -> scores``, ``prepare_recommend`` and,
+    when it has batch work, ``prepare_scores`` and ``compute_batch``. Rank is the same
+    for every family: score the known candidates, select with the C++ ``topk_scores``.
     """
 
     user_ids: np.ndarray
