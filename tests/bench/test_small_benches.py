@@ -52,3 +52,37 @@ def test_head_batching_says_what_to_do_without_a_model(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 2 and "scripts/start.sh" in done.stderr
+
+
+@pytest.mark.slow
+def test_sequence_models_measures_both_models(tmp_path: Path) -> None:
+    import torch
+
+    from recserve.training import topn
+    from recserve.training.data import make_synthetic_movielens
+
+    torch.set_num_threads(1)
+    data = make_synthetic_movielens(n_users=30, n_items=25, n_interactions=400, seed=3)
+    small = dict(epochs=1, embedding_dim=8, hidden_size=8, max_length=10, num_threads=1)
+    topn.train_sequence(data, topn.SequenceConfig(**small)).export(tmp_path, "gru4rec", "s")
+    topn.train_sequence(data, topn.SASRecConfig(**small)).export(tmp_path, "sasrec", "s")
+    out = run_bench(
+        "sequence_models.py", "--model-repo", str(tmp_path), "--concurrency", "1,2",
+        "--duration", "0.5", "--rounds", "1",
+    )  # fmt: skip
+    rows = re.findall(
+        r"^\| (gru4rec|sasrec) \| ([12]) \| 1 \| (\d+) \|.*\| (\d+) \|$", out, re.MULTILINE
+    )
+    assert sorted((m, c) for m, c, _, _ in rows) == [
+        ("gru4rec", "1"), ("gru4rec", "2"), ("sasrec", "1"), ("sasrec", "2")
+    ], out  # fmt: skip
+    assert all(int(answers) > 0 and errors == "0" for _, _, answers, errors in rows), out
+    assert len(re.findall(r"sasrec / gru4rec: p50 [0-9.]+x", out)) == 2, out
+
+
+def test_sequence_models_says_what_to_train(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sequence_models.py"), "--model-repo", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 2 and "recserve train --model" in done.stderr

@@ -36,6 +36,7 @@ def trained() -> dict[str, topn.TrainedTopN]:
         "bpr": topn.train_bpr(data, topn.BPRConfig(epochs=2, embedding_dim=8)),
         "gru4rec": topn.train_sequence(data, topn.SequenceConfig(**SMALL_SEQUENCE)),
         "lstm": topn.train_sequence(data, topn.LSTMConfig(**SMALL_SEQUENCE)),
+        "sasrec": topn.train_sequence(data, topn.SASRecConfig(**SMALL_SEQUENCE)),
         "cfgan": gan.train_cfgan(data, gan.CFGANConfig(**SMALL_CFGAN)),
     }
 
@@ -76,7 +77,7 @@ def test_embedding_round_trip_scores(trained, pipelines, name: str) -> None:
         np.testing.assert_allclose(pipeline.score_rows(vector, None), want[row], atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["gru4rec", "lstm"])
+@pytest.mark.parametrize("name", ["gru4rec", "lstm", "sasrec"])
 def test_sequence_round_trip_scores(trained, pipelines, name: str) -> None:
     model, pipeline = trained[name].model, pipelines[name]
     for row in (0, 11):

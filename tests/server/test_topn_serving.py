@@ -15,7 +15,13 @@ from recserve.training import gan, topn
 from recserve.training.data import make_synthetic_movielens
 
 SMALL_SEQUENCE = dict(epochs=2, embedding_dim=8, hidden_size=8, max_length=10, num_threads=1)
-FAMILIES = {"pop": "embedding", "bpr": "embedding", "gru4rec": "sequence", "cfgan": "generator"}
+FAMILIES = {
+    "pop": "embedding",
+    "bpr": "embedding",
+    "gru4rec": "sequence",
+    "sasrec": "sequence",
+    "cfgan": "generator",
+}
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +34,8 @@ def topn_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bpr.export(repo, "bpr", "synthetic")
     gru = topn.train_sequence(data, topn.SequenceConfig(**SMALL_SEQUENCE))
     gru.export(repo, "gru4rec", "synthetic")
+    sasrec = topn.train_sequence(data, topn.SASRecConfig(**SMALL_SEQUENCE))
+    sasrec.export(repo, "sasrec", "synthetic")
     cfgan = gan.train_cfgan(
         data, gan.CFGANConfig(epochs=2, generator_hidden=[8], discriminator_hidden=[8])
     )
@@ -75,7 +83,7 @@ def test_model_info(topn_client: Client, name: str) -> None:
     assert "test_ndcg@10" in info.metrics and info.num_items == 40 and info.num_users == 50
 
 
-@pytest.mark.parametrize("name", ["gru4rec", "cfgan"])
+@pytest.mark.parametrize("name", ["gru4rec", "sasrec", "cfgan"])
 def test_click_in_request_changes_answer(topn_client: Client, name: str) -> None:
     before = topn_client.recommend(2, k=10, model=name)
     clicked = before.items[0].item_id

@@ -17,10 +17,11 @@ from recserve.training.data import (
     load_movielens_100k,
 )
 from recserve.training.export import script_model
-from recserve.training.models import bpr, gru4rec, popularity
+from recserve.training.models import bpr, gru4rec, popularity, sasrec
 from recserve.training.models.bpr import BPRMF, bpr_loss
 from recserve.training.models.gru4rec import GRU4Rec
 from recserve.training.models.popularity import Popularity
+from recserve.training.models.sasrec import SASRec
 
 SEQUENCE = torch.tensor([[0, 2, 5, 1]])
 
@@ -30,7 +31,7 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-@pytest.mark.parametrize("module", [popularity, bpr, gru4rec])
+@pytest.mark.parametrize("module", [popularity, bpr, gru4rec, sasrec])
 def test_docstring_examples(module) -> None:
     assert doctest.testmod(module).failed == 0
 
@@ -90,12 +91,14 @@ def test_bpr_correctness() -> None:
 # -- GRU4Rec / LSTM ------------------------------------------------------------------
 
 
-def _sequence_model(cell: str) -> GRU4Rec:
+def _sequence_model(cell: str) -> GRU4Rec | SASRec:
     torch.manual_seed(0)
+    if cell == "sasrec":
+        return SASRec(6, max_length=4, embedding_dim=4, num_heads=2, hidden_size=5).eval()
     return GRU4Rec(6, embedding_dim=4, hidden_size=5, cell=cell).eval()
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "sasrec"])
 def test_sequence_basic_and_shape(cell: str) -> None:
     model = _sequence_model(cell)
     batch = torch.tensor([[0, 0, 3, 1], [2, 5, 6, 4]])
@@ -112,7 +115,17 @@ def test_sequence_basic_and_shape(cell: str) -> None:
         GRU4Rec(6, cell="rnn")
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_sasrec_attends_only_to_earlier_items() -> None:
+    """Causal: the state after a prefix does not change with what follows it."""
+    model = _sequence_model("sasrec")
+    states = model.sequence_states(torch.tensor([[2, 5, 6, 4], [2, 5, 1, 3]]))
+    assert torch.allclose(states[0, :2], states[1, :2], atol=1e-6)
+    assert not torch.allclose(states[0, 2], states[1, 2], atol=1e-4)
+    with pytest.raises(ValueError, match="num_heads"):
+        SASRec(6, max_length=4, embedding_dim=5, num_heads=2)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "sasrec"])
 def test_sequence_script(cell: str) -> None:
     model = _sequence_model(cell)
     scripted = script_model(model)
@@ -152,11 +165,12 @@ def test_bpr_learns_planted_groups(planted: InteractionData, popularity_ndcg: fl
     assert trained.metrics["test_ndcg@10"] > popularity_ndcg + 0.2
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "sasrec"])
 def test_sequence_model_learns_planted_order(
     planted: InteractionData, popularity_ndcg: float, cell: str
 ) -> None:
-    config = topn.SequenceConfig(
+    settings = topn.SASRecConfig if cell == "sasrec" else topn.SequenceConfig
+    config = settings(
         cell=cell, epochs=15, patience=3, embedding_dim=16, hidden_size=32, max_length=10,
         batch_size=32, learning_rate=1e-2, dropout=0.0,
     )  # fmt: skip

@@ -4,7 +4,7 @@ Three artifact families (docs/artifact.md):
 
 - ``embedding`` (most-popular, BPR-MF): a stored vector per user; ``recent_item_ids``
   are excluded from the answer but do not change the user's vector.
-- ``sequence`` (GRU4Rec, LSTM): the ``encoder`` program turns the user's items, oldest
+- ``sequence`` (GRU4Rec, LSTM, SASRec): the ``encoder`` program turns the user's items, oldest
   first, into a user vector. The request's known ``recent_item_ids`` (in order, newest
   last) are merged into the user's stored history (:func:`merge_recent`: the part the
   history already ends with is not appended again), and the last ``max_history`` items

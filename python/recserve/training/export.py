@@ -23,6 +23,7 @@ from .models.dcnv2 import DCNv2
 from .models.deepfm import DeepFM
 from .models.gru4rec import GRU4Rec
 from .models.layers import FieldEmbedding
+from .models.sasrec import SASRec
 from .models.wide_deep import WideDeep
 
 
@@ -190,7 +191,7 @@ def export_embedding(
 
 
 def export_sequence(
-    model: GRU4Rec,
+    model: GRU4Rec | SASRec,
     schema: FeatureSchema,
     tables: dict[str, np.ndarray],
     repo: str | os.PathLike[str],

@@ -20,6 +20,7 @@ from .topn import (
     BPRConfig,
     LSTMConfig,
     PopConfig,
+    SASRecConfig,
     SequenceConfig,
     train_bpr,
     train_popularity,
@@ -130,6 +131,7 @@ MODELS: dict[str, ModelEntry] = {
                 ("bpr", BPRConfig, train_bpr),
                 ("gru4rec", SequenceConfig, train_sequence),
                 ("lstm", LSTMConfig, train_sequence),
+                ("sasrec", SASRecConfig, train_sequence),
                 ("cfgan", CFGANConfig, train_cfgan),
             )
         ),

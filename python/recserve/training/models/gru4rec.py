@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layers import items_first, state_at
+
 
 class GRU4Rec(nn.Module):
     r"""Embedding -> GRU (or LSTM) -> last hidden state, scored against the item table.
@@ -73,16 +75,8 @@ class GRU4Rec(nn.Module):
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         # items: int64 [B, L], right-aligned (newest last), 0 = padding
-        length = (items > 0).sum(dim=1)  # [B]
-        width = items.shape[1]
-        shift = width - length  # [B]: leading padding
-        positions = torch.arange(width, device=items.device).unsqueeze(0)  # [1, L]
-        source = (positions + shift.unsqueeze(1)) % width  # [B, L]
-        aligned = torch.gather(items, 1, source)  # [B, L], items first, then padding
-        states = self.sequence_states(aligned)  # [B, L, d]
-        last = (length - 1).clamp(min=0)  # [B]
-        index = last.view(-1, 1, 1).expand(-1, 1, states.shape[2])  # [B, 1, d]
-        return states.gather(1, index).squeeze(1)  # [B, d]
+        aligned, last = items_first(items)  # items first, then padding
+        return state_at(self.sequence_states(aligned), last)  # [B, d]
 
     def item_vectors(self) -> torch.Tensor:
         return self.item_embedding.weight[1:]  # [I, d]

@@ -1,6 +1,7 @@
-"""Layers the ranker families share: the field embedding every CTR model starts from, and
-the ReLU tower (with its split into first layer and head, which the fused crossing kernel
-needs). A new model imports them from here."""
+"""Layers the model families share: the field embedding every CTR model starts from, the
+ReLU tower (with its split into first layer and head, which the fused crossing kernel
+needs), and the alignment of item sequences the sequence models read. A new model
+imports them from here."""
 
 from __future__ import annotations
 
@@ -91,3 +92,23 @@ def split_tower(mlp: nn.Sequential) -> tuple[nn.Linear, nn.Sequential]:
     first = mlp[0]
     assert isinstance(first, nn.Linear) and isinstance(mlp[1], nn.ReLU)
     return first, nn.Sequential(*list(mlp)[3:])
+
+
+def items_first(items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-aligned sequences (item rows + 1, newest last, 0 = left padding) moved to the
+    front, and the position of each one's newest item: (int64 [B, L], int64 [B]).
+
+    A sequence model that reads the result from the front never sees padding before an
+    item, so its state does not depend on how much padding a sequence carries."""
+    length = (items > 0).sum(dim=1)  # [B]
+    width = items.shape[1]
+    shift = width - length  # [B]: leading padding
+    positions = torch.arange(width, device=items.device).unsqueeze(0)  # [1, L]
+    source = (positions + shift.unsqueeze(1)) % width  # [B, L]
+    return torch.gather(items, 1, source), (length - 1).clamp(min=0)
+
+
+def state_at(states: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """``states[b, last[b]]`` for every b: [B, L, d], [B] -> [B, d]."""
+    index = last.view(-1, 1, 1).expand(-1, 1, states.shape[2])  # [B, 1, d]
+    return states.gather(1, index).squeeze(1)

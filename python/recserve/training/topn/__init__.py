@@ -1,4 +1,4 @@
-"""Trains the top-N recommenders (popularity, BPR-MF, GRU4Rec/LSTM) and evaluates them.
+"""Trains the top-N recommenders (popularity, BPR-MF, GRU4Rec/LSTM, SASRec) and evaluates them.
 
 Every model is trained on the training part of a leave-one-out split
 (``training/evaluation.py``), early-stopped on validation NDCG@10 (the weights of the
@@ -11,12 +11,12 @@ uses the same loop).
 """
 
 from .bpr import sample_negatives, train_bpr
-from .config import BPRConfig, LSTMConfig, PopConfig, SequenceConfig
+from .config import BPRConfig, LSTMConfig, PopConfig, SASRecConfig, SequenceConfig
 from .loop import Report, Scorer, TopNEpochLog, epoch_bar, fit_topn, topn_metrics, with_run_info
 from .popularity import train_popularity
 from .prepare import SPLIT, TopNData, prepare_topn, start_run
 from .scorers import pad_right, sequence_scorer, user_scorer
-from .sequence import sequence_windows, train_sequence
+from .sequence import sequence_model, sequence_windows, train_sequence
 from .trained import TrainedTopN
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "LSTMConfig",
     "PopConfig",
     "Report",
+    "SASRecConfig",
     "Scorer",
     "SequenceConfig",
     "TopNData",
@@ -35,6 +36,7 @@ __all__ = [
     "pad_right",
     "prepare_topn",
     "sample_negatives",
+    "sequence_model",
     "sequence_scorer",
     "sequence_windows",
     "start_run",

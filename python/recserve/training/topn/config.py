@@ -34,10 +34,10 @@ class BPRConfig:
 
 @dataclass
 class SequenceConfig:
-    """GRU4Rec / LSTM settings; saved in the artifact's manifest."""
+    """GRU4Rec / LSTM / SASRec settings; saved in the artifact's manifest."""
 
     seed: int = 42
-    cell: str = "gru"  # "gru" (GRU4Rec) or "lstm"
+    cell: str = "gru"  # "gru" (GRU4Rec), "lstm" or "sasrec" (SASRecConfig)
     epochs: int = 40  # upper bound; early stopping usually ends sooner
     patience: int = 3  # epochs without a better validation NDCG@10 before stopping
     batch_size: int = 64  # sequence windows per step
@@ -59,3 +59,16 @@ class LSTMConfig(SequenceConfig):
     """The LSTM variant of GRU4Rec: the same settings with ``cell="lstm"``."""
 
     cell: str = "lstm"
+
+
+@dataclass
+class SASRecConfig(SequenceConfig):
+    """SASRec settings: the sequence settings with ``cell="sasrec"``, where
+    ``num_layers`` counts Transformer blocks and ``hidden_size`` is the width of each
+    block's feed-forward layer; ``max_length`` is also the number of learned positions."""
+
+    cell: str = "sasrec"
+    learning_rate: float = 1e-3
+    num_layers: int = 2
+    num_heads: int = 2
+    hidden_size: int = 128

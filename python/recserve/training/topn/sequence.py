@@ -1,4 +1,4 @@
-"""GRU4Rec / LSTM: next-item cross-entropy over windows of each user's sequence."""
+"""GRU4Rec / LSTM / SASRec: next-item cross-entropy over windows of each user's sequence."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from ..data import InteractionData
 from ..evaluation import LeaveOneOut
 from ..models.gru4rec import GRU4Rec
-from .config import SequenceConfig
+from ..models.sasrec import SASRec
+from .config import SASRecConfig, SequenceConfig
 from .loop import Report, epoch_bar, fit_topn, topn_metrics, with_run_info
 from .prepare import start_run
 from .scorers import sequence_scorer
@@ -45,6 +46,28 @@ def sequence_windows(split: LeaveOneOut, max_length: int) -> tuple[torch.Tensor,
     return torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets))
 
 
+def sequence_model(num_items: int, config: SequenceConfig) -> GRU4Rec | SASRec:
+    """The untrained model ``config.cell`` names: SASRec, or GRU4Rec with a GRU or LSTM."""
+    if isinstance(config, SASRecConfig):
+        return SASRec(
+            num_items,
+            config.max_length,
+            embedding_dim=config.embedding_dim,
+            num_heads=config.num_heads,
+            num_layers=config.num_layers,
+            hidden_size=config.hidden_size,
+            dropout=config.dropout,
+        )
+    return GRU4Rec(
+        num_items,
+        embedding_dim=config.embedding_dim,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        dropout=config.dropout,
+        cell=config.cell,
+    )
+
+
 def train_sequence(
     data: InteractionData,
     config: SequenceConfig,
@@ -56,14 +79,7 @@ def train_sequence(
 ) -> TrainedTopN:
     started, prepared, generator = start_run(data, config)
     split = prepared.split
-    model = GRU4Rec(
-        split.num_items,
-        embedding_dim=config.embedding_dim,
-        hidden_size=config.hidden_size,
-        num_layers=config.num_layers,
-        dropout=config.dropout,
-        cell=config.cell,
-    )
+    model = sequence_model(split.num_items, config)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -89,7 +105,7 @@ def train_sequence(
             bar.set_postfix(loss=f"{total / seen:.4f}", steps_per_s=f"{rate:,.0f}")
         return total / max(seen, 1)
 
-    name = config.cell if config.cell == "lstm" else "gru4rec"
+    name = {"gru": "gru4rec"}.get(config.cell, config.cell)  # gru4rec, lstm, sasrec
     score = sequence_scorer(model, config.max_length)
     history = fit_topn(
         model,

@@ -15,6 +15,7 @@ from ..models.bpr import BPRMF
 from ..models.cfgan import CFGAN
 from ..models.gru4rec import GRU4Rec
 from ..models.popularity import Popularity
+from ..models.sasrec import SASRec
 from .loop import TopNEpochLog
 from .prepare import SPLIT, TopNData
 
@@ -23,7 +24,7 @@ from .prepare import SPLIT, TopNData
 class TrainedTopN:
     """A trained top-N model with its metrics; ``export`` writes its artifact."""
 
-    name: str  # pop, bpr, gru4rec, lstm, cfgan
+    name: str  # pop, bpr, gru4rec, lstm, sasrec, cfgan
     model: nn.Module
     prepared: TopNData
     config: Any
@@ -32,7 +33,7 @@ class TrainedTopN:
 
     def export(self, repo: str | os.PathLike[str], name: str, data_name: str) -> Path:
         config = {**self.config.to_json(), "model": self.name, "data": data_name, "split": SPLIT}
-        if isinstance(self.model, GRU4Rec):
+        if isinstance(self.model, GRU4Rec | SASRec):
             return export_sequence(
                 self.model,
                 self.prepared.schema,

@@ -1,0 +1,124 @@
+"""Recommend latency of two sequence models served side by side: SASRec against GRU4Rec
+(the baseline), in one run, on one server.
+
+Both are family ``sequence``: per request the encoder program reads the user's stored
+history merged with the request's ``recent_item_ids``, and the C++ top-k scans the
+catalog with the resulting vector. One ``recserve serve`` holds both models; a closed
+loop of ``recserve bench --rpc recommend`` (``--history`` recent items per request)
+measures each model at each concurrency, the models alternating within every round.
+
+    recserve train --model gru4rec --data ml-100k && recserve train --model sasrec --data ml-100k
+    python bench/sequence_models.py                       # c = 1 and 8, 2 rounds
+    python bench/sequence_models.py --concurrency 1,8,32 --rounds 3 --json seq.json
+
+Prints answers/s, p50 and p99 per model, concurrency and round, then the ratios of the
+means (SASRec / GRU4Rec: above 1 the transformer is slower, or answers more). The machine
+and the recserve SIMD level head the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serving import ServerConfig, Started, machine, running
+
+from recserve.core import kernels
+from recserve.loadtest import BenchOptions, run
+
+
+def measure(started: Started, model: str, concurrency: int, args: argparse.Namespace) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        options = BenchOptions(
+            target=started.target, rpc="recommend", model=model, concurrency=concurrency,
+            processes=args.processes, duration=args.duration, warmup=1.0, history=args.history,
+            k=args.k, seed=args.seed, json=f.name, progress=False,
+        )  # fmt: skip
+        err = io.StringIO()
+        if run(options, out=io.StringIO(), err=err) != 0:
+            raise RuntimeError(f"the load run on {model} failed:\n{err.getvalue()}")
+        report = json.loads(Path(f.name).read_text())
+    return {
+        "model": model,
+        "concurrency": concurrency,
+        "answers_per_s": report["throughput_rps"],
+        "p50_ms": report["latency_ms"]["p50"],
+        "p99_ms": report["latency_ms"]["p99"],
+        "errors": report["requests"]["errors"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-repo", type=Path, default=Path("model-repo"))
+    parser.add_argument("--baseline", default="gru4rec")
+    parser.add_argument("--model", default="sasrec")
+    parser.add_argument("--concurrency", default="1,8")
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--history", type=int, default=10, help="recent items per request")
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--processes", type=int, default=1, help="generator processes")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="write every row here")
+    args = parser.parse_args(argv)
+    models = [args.baseline, args.model]
+    missing = [m for m in models if not (args.model_repo / m).is_dir()]
+    if missing:
+        print(
+            f"error: {', '.join(missing)} not in {args.model_repo}; train them with "
+            f"`recserve train --model NAME --data ml-100k --model-repo {args.model_repo}`",
+            file=sys.stderr,
+        )
+        return 2
+    argv_serve = [sys.executable, "-m", "recserve.cli", "serve", "--model-repo",
+                  str(args.model_repo), "--host", "127.0.0.1", "--grace", "0",
+                  "--poll-seconds", "0"]  # fmt: skip
+    host = machine()
+    print(f"machine: {host['cpu']}, {host['cores']} cores, recserve SIMD level "
+          f"{kernels.SIMD_LEVEL}, torch {host['torch']}")  # fmt: skip
+    print(f"Recommend, k = {args.k}, {args.history} recent items per request, closed loop, "
+          f"{args.duration:g} s per point, {args.processes} generator process(es)")  # fmt: skip
+    print("| model | concurrency | round | answers/s | p50 ms | p99 ms | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    rows: list[dict[str, Any]] = []
+    levels = [int(c) for c in args.concurrency.split(",")]
+    with (
+        tempfile.TemporaryDirectory() as logs,
+        running(ServerConfig("recserve", "recserve", argv_serve), Path(logs)) as started,
+    ):
+        for round_ in range(1, args.rounds + 1):
+            for concurrency in levels:
+                for model in models:
+                    row = {**measure(started, model, concurrency, args), "round": round_}
+                    rows.append(row)
+                    print(f"| {model} | {concurrency} | {round_} | {row['answers_per_s']:.0f} | "
+                          f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['errors']} |",
+                          flush=True)  # fmt: skip
+    for concurrency in levels:
+
+        def mean(model: str, key: str, c: int = concurrency) -> float:
+            return statistics.mean(
+                r[key] for r in rows if r["model"] == model and r["concurrency"] == c
+            )
+
+        ratios = ", ".join(
+            f"{label} {mean(args.model, key) / mean(args.baseline, key):.2f}x"
+            for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("answers_per_s", "answers/s"))
+        )
+        print(f"c = {concurrency}: {args.model} / {args.baseline}: {ratios} (means of rounds)")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": host, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
