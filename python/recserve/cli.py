@@ -122,6 +122,10 @@ def _client_call(args: argparse.Namespace) -> int:
                         f"{mark} {m.name} v{m.version} ({m.family}, {m.num_users} users, "
                         f"{m.num_items} items)  {metrics}"
                     )
+                if not args.json:
+                    retriever, ranker = client.default_recommend()
+                    cascade = f"{retriever} -> {ranker} (cascade)" if ranker else retriever
+                    print(f"Recommend with no model: {cascade}")
         except RecserveError as exc:
             hint = ""
             if exc.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from recserve import Client, RecserveError
+from recserve.engine.errors import ModelNotFound
 from recserve.server.app import RunningServer, ServeOptions, build_server
 from recserve.training import topn
 from recserve.training.data import InteractionData
@@ -102,3 +103,66 @@ def test_a_cascade_with_nothing_left_to_retrieve_is_an_empty_answer(
     every_item = cascade_server.repository.get("gru4rec").pipeline.item_ids.tolist()
     answer = cascade(client, 3, 5, recent_item_ids=every_item)
     assert answer.items == [] and answer.ranked_by_name == "deepfm"
+
+
+def test_the_default_recommend_is_the_servers_default_cascade(
+    cascade_server: RunningServer,
+) -> None:
+    """--default-rank-with makes a Recommend that names no model the cascade; naming a
+    model (or a ranker) still gets exactly what was named."""
+    repo = cascade_server.repository.root
+    running = build_server(
+        ServeOptions(
+            model_repo=repo,
+            port=0,
+            metrics_port=-1,
+            default_model="gru4rec",
+            default_rank_with="deepfm",
+        )
+    )
+    running.repository.load_all()
+    running.set_serving(True)
+    try:
+        with Client(f"127.0.0.1:{running.port}", timeout=10) as c:
+            assert c.default_recommend() == ("gru4rec", "deepfm")
+            default = c.recommend(3, k=5, recent_item_ids=[2])
+            named = c.recommend(3, k=5, recent_item_ids=[2], model="gru4rec", rank_with="deepfm")
+            assert (default.model_name, default.ranked_by_name) == ("gru4rec", "deepfm")
+            assert [(i.item_id, i.score) for i in default.items] == [
+                (i.item_id, i.score) for i in named.items
+            ]
+            alone = c.recommend(3, k=5, model="gru4rec")
+            assert not alone.ranked_by_name
+    finally:
+        running.stop(0)
+
+
+def test_the_plain_default_recommend_is_no_cascade(client: Client) -> None:
+    assert client.default_recommend() == ("gru4rec", "")
+    assert not client.recommend(3, k=5).ranked_by_name
+
+
+@pytest.mark.parametrize(
+    ("ranker", "message"),
+    [
+        ("nope", "--default-rank-with 'nope' is not among the loaded models"),
+        ("gru4rec", "--default-rank-with 'gru4rec' is a 'sequence' model, not a ranker"),
+    ],
+)
+def test_a_default_ranker_that_cannot_rank_stops_the_start(
+    cascade_server: RunningServer, ranker: str, message: str
+) -> None:
+    running = build_server(
+        ServeOptions(
+            model_repo=cascade_server.repository.root,
+            port=0,
+            metrics_port=-1,
+            default_model="gru4rec",
+            default_rank_with=ranker,
+        )
+    )
+    try:
+        with pytest.raises(ModelNotFound, match=message):
+            running.repository.load_all()
+    finally:
+        running.stop(0)

@@ -302,7 +302,8 @@ export class RecserveClient {
 
   /**
    * Lists every loaded model (newest version of each), sorted by name.
-   * @returns {Promise<{models: ModelInfo[], defaultModel: string}>}
+   * `defaultRankWith` names the ranker of the default Recommend's cascade ("" if none).
+   * @returns {Promise<{models: ModelInfo[], defaultModel: string, defaultRankWith: string}>}
    */
   listModels() {
     return this.call("ListModels", {});

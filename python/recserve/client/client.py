@@ -481,6 +481,12 @@ class Client:
         response = self._call(self._stub.ListModels, pb.ListModelsRequest())
         return [_model_info(m) for m in response.models], response.default_model
 
+    def default_recommend(self) -> tuple[str, str]:
+        """What a Recommend that names no model runs: (retriever, ranker), the ranker ''
+        when the server's default is the retriever alone, not a cascade."""
+        response = self._call(self._stub.ListModels, pb.ListModelsRequest())
+        return response.default_model, response.default_rank_with
+
     def is_serving(self) -> bool:
         """True when the server's health check says SERVING (over replicas: the replica
         the call reached; with client-side health checking, a call reaches only replicas

@@ -123,6 +123,7 @@ def build_server(options: ServeOptions) -> RunningServer:
         limits,
         options.default_model,
         options.head_dtype,
+        default_rank_with=options.default_rank_with,
         metrics=metrics,
         keep_versions=options.keep_versions,
         device=device,

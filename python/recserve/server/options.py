@@ -33,6 +33,11 @@ class ServeOptions:
     host: str = _opt("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
     port: int = _opt(50051, "gRPC port (0: pick a free one)")
     default_model: str = _opt("", "model used when a request names none (default: first by name)")
+    default_rank_with: str = _opt(
+        "",
+        "ranker that orders the default model's candidates when a Recommend names neither "
+        "a model nor rank_with, making the default a cascade (default: none)",
+    )
     workers: int = _opt(
         64, "gRPC handler threads; a request holds one while it waits for its batch"
     )

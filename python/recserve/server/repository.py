@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recserve.engine.artifact import MODEL_NAME, ArtifactError, list_versions, load_artifact
+from recserve.engine.artifact import (
+    MODEL_NAME,
+    RANKER_FAMILIES,
+    ArtifactError,
+    list_versions,
+    load_artifact,
+)
 from recserve.engine.dispatch import make_pipeline
 from recserve.engine.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 from recserve.engine.pipeline import CatalogPipeline, Runner
@@ -91,6 +97,7 @@ class ModelRepository:
         metrics: Metrics | None = None,
         keep_versions: int = 1,
         device: str = "cpu",
+        default_rank_with: str = "",
     ) -> None:
         if keep_versions < 1:
             raise ValueError(f"keep_versions must be at least 1; got {keep_versions}")
@@ -102,6 +109,7 @@ class ModelRepository:
         self.keep_versions = keep_versions
         self._metrics = metrics
         self._default = default_model
+        self.default_rank_with = default_rank_with  # "": the default Recommend is no cascade
         self._models: dict[str, dict[int, LoadedModel]] = {}
         self._lock = threading.Lock()  # guards _models, _holds, _retired, _draining
         self._scan_lock = threading.Lock()  # one scan at a time
@@ -140,7 +148,23 @@ class ModelRepository:
                 f"--default-model {self._default!r} is not among the loaded models "
                 f"({', '.join(names) or 'none'})"
             )
+        if self.default_rank_with:
+            self._check_default_ranker(names)
         return self.served()
+
+    def _check_default_ranker(self, names: list[str]) -> None:
+        name = self.default_rank_with
+        if name not in names:
+            raise ModelNotFound(
+                f"--default-rank-with {name!r} is not among the loaded models "
+                f"({', '.join(names) or 'none'})"
+            )
+        family = self.get(name, 0).pipeline.artifact.family
+        if family not in RANKER_FAMILIES:
+            raise ModelNotFound(
+                f"--default-rank-with {name!r} is a {family!r} model, not a ranker "
+                f"({', '.join(RANKER_FAMILIES)})"
+            )
 
     def reload(self) -> list[RepositoryEvent]:
         """Rescans the repository and returns what changed, in order.

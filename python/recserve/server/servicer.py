@@ -205,6 +205,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self, request: pb.RecommendRequest, context: grpc.ServicerContext
     ) -> pb.RecommendResponse:
         with self.call_scope("Recommend", request.request_id, context) as call:
+            default_ranker = self.repository.default_rank_with
+            if not request.model.name and not request.rank_with.name and default_ranker:
+                # The server's default Recommend is a cascade (--default-rank-with).
+                request = _with_ranker(request, default_ranker)
             if request.rank_with.name:
                 return self._cascade(request, call)
             with self.repository.acquire(request.model.name, request.model.version) as model:
@@ -289,7 +293,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 versions.setdefault(m.name, []).append(m.version)
             newest = {m.name: m for m in reversed(served)}  # newest first within a name
             infos = [converters.model_info(newest[name], versions[name]) for name in sorted(newest)]
-            return pb.ListModelsResponse(models=infos, default_model=self.repository.default_model)
+            return pb.ListModelsResponse(
+                models=infos,
+                default_model=self.repository.default_model,
+                default_rank_with=self.repository.default_rank_with,
+            )
 
     def ReloadModels(
         self, request: pb.ReloadModelsRequest, context: grpc.ServicerContext
@@ -302,3 +310,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 if self.after_reload is not None:
                     self.after_reload()
             return converters.reload_response(events, self.repository.served())
+
+
+def _with_ranker(request: pb.RecommendRequest, ranker: str) -> pb.RecommendRequest:
+    """A copy of ``request`` whose ``rank_with`` names ``ranker`` (newest version)."""
+    cascade = pb.RecommendRequest()
+    cascade.CopyFrom(request)
+    cascade.rank_with.name = ranker
+    return cascade
