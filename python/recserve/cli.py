@@ -38,7 +38,8 @@ def _print_answer(answer: Answer, as_json: bool) -> None:
         print(json.dumps(asdict(answer), indent=2))
         return
     note = " (cold-start user)" if answer.cold_start_user else ""
-    print(f"model {answer.model_name} v{answer.model_version}{note}")
+    ranked_by = f", ranked by {answer.ranked_by_name}" if answer.ranked_by_name else ""
+    print(f"model {answer.model_name} v{answer.model_version}{ranked_by}{note}")
     print(f"{'#':>3}  {'item':>7}  {'score':>6}  title")
     for rank, item in enumerate(answer.items, 1):
         print(f"{rank:>3}  {item.item_id:>7}  {item.score:>6.3f}  {item.title}")
