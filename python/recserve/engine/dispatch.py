@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .artifact import RANKER_FAMILIES, Artifact
+from .din import DIN_FAMILY, DinPipeline
 from .pipeline import CatalogPipeline, RankerPipeline
 from .retrieval import RETRIEVAL_FAMILIES, make_retrieval_pipeline
 from .validation import Limits
@@ -20,7 +21,10 @@ def make_pipeline(
         return RankerPipeline(artifact, limits, head_dtype=head_dtype).place_on(device)
     if artifact.family in RETRIEVAL_FAMILIES:
         return make_retrieval_pipeline(artifact, limits).place_on(device)
+    if artifact.family == DIN_FAMILY:
+        return DinPipeline(artifact, limits).place_on(device)
+    families = (*RANKER_FAMILIES, *RETRIEVAL_FAMILIES, DIN_FAMILY)
     raise ValueError(
         f"{artifact.path}: model family {artifact.family!r} cannot be served by this recserve "
-        f"(it serves: {', '.join(RANKER_FAMILIES + RETRIEVAL_FAMILIES)})"
+        f"(it serves: {', '.join(families)})"
     )

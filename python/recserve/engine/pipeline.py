@@ -67,6 +67,17 @@ class Runner(Protocol):
         request_context: RequestContext | None = None,
     ) -> Ranking: ...
 
+    def rank_retrieved(
+        self,
+        user_id: int,
+        item_ids: Sequence[int],
+        retriever_scores: Sequence[float],
+        k: int = 0,
+        recent_item_ids: Sequence[int] = (),
+        context: Mapping[str, str] | None = None,
+        request_context: RequestContext | None = None,
+    ) -> Ranking: ...
+
 
 def check_csr(indptr: np.ndarray, items: np.ndarray, n_rows: int, n_items: int, what: str) -> None:
     """Refuses a per-user item list (CSR) that does not fit the catalog."""
@@ -230,6 +241,44 @@ class CatalogPipeline:
     ) -> Ranking:
         return self.run_one(
             self.prepare_rank(user_id, candidate_item_ids, k, context, request_context)
+        )
+
+    # -- a cascade's second stage -------------------------------------------------------
+
+    # False: the model ranks only a retriever's items, in a cascade (family din)
+    answers_alone = True
+
+    def check_retriever(self, name: str) -> None:
+        """Raises InvalidRequest when this ranker cannot rank retriever ``name``'s items."""
+
+    def prepare_rank_retrieved(
+        self,
+        user_id: int,
+        item_ids: Sequence[int],
+        retriever_scores: Sequence[float],
+        k: int = 0,
+        recent_item_ids: Sequence[int] = (),
+        context: Mapping[str, str] | None = None,
+        request_context: RequestContext | None = None,
+    ) -> Prepared:
+        """The per-request part of ranking a retriever's items: for a ranker that reads
+        neither the retriever's scores nor the recent items, exactly a Rank of them."""
+        return self.prepare_rank(user_id, item_ids, k, context, request_context)
+
+    def rank_retrieved(
+        self,
+        user_id: int,
+        item_ids: Sequence[int],
+        retriever_scores: Sequence[float],
+        k: int = 0,
+        recent_item_ids: Sequence[int] = (),
+        context: Mapping[str, str] | None = None,
+        request_context: RequestContext | None = None,
+    ) -> Ranking:
+        return self.run_one(
+            self.prepare_rank_retrieved(
+                user_id, item_ids, retriever_scores, k, recent_item_ids, context, request_context
+            )
         )
 
     def prepare_recommend(

@@ -162,6 +162,21 @@ class Batcher:
             functools.partial(self.pipeline.prepare_recommend, *args), request_context
         )
 
+    def rank_retrieved(
+        self,
+        user_id: int,
+        item_ids: Sequence[int],
+        retriever_scores: Sequence[float],
+        k: int = 0,
+        recent_item_ids: Sequence[int] = (),
+        context: Mapping[str, str] | None = None,
+        request_context: RequestContext | None = None,
+    ) -> Ranking:
+        args = (user_id, item_ids, retriever_scores, k, recent_item_ids, context, request_context)
+        return self._serve(
+            functools.partial(self.pipeline.prepare_rank_retrieved, *args), request_context
+        )
+
     def close(self) -> None:
         """Refuses new requests, answers the accepted ones, then stops the workers."""
         with self._cond:

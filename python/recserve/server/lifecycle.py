@@ -29,6 +29,10 @@ def warm_up(pipeline: CatalogPipeline) -> None:
     k = min(5, len(items), limits.max_k)
     for _ in range(WARM_UP_CALLS):
         try:
+            if not pipeline.answers_alone:  # a cascade's second stage: as in a cascade
+                scores = [float(-i) for i in range(len(items))]
+                pipeline.rank_retrieved(user_id, items, scores, k=k, recent_item_ids=items[:2])
+                continue
             if items:  # an empty catalog has nothing to rank
                 pipeline.rank(user_id, items, k=k)
             pipeline.recommend(user_id, k=k, recent_item_ids=items[:2])  # type: ignore[attr-defined]

@@ -24,6 +24,7 @@ from recserve.engine.artifact import (
     list_versions,
     load_artifact,
 )
+from recserve.engine.din import DIN_FAMILY
 from recserve.engine.dispatch import make_pipeline
 from recserve.engine.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 from recserve.engine.pipeline import CatalogPipeline, Runner
@@ -159,12 +160,17 @@ class ModelRepository:
                 f"--default-rank-with {name!r} is not among the loaded models "
                 f"({', '.join(names) or 'none'})"
             )
-        family = self.get(name, 0).pipeline.artifact.family
-        if family not in RANKER_FAMILIES:
+        pipeline = self.get(name, 0).pipeline
+        family = pipeline.artifact.family
+        if family not in (*RANKER_FAMILIES, DIN_FAMILY):
             raise ModelNotFound(
                 f"--default-rank-with {name!r} is a {family!r} model, not a ranker "
-                f"({', '.join(RANKER_FAMILIES)})"
+                f"({', '.join((*RANKER_FAMILIES, DIN_FAMILY))})"
             )
+        try:
+            pipeline.check_retriever(self.default_model)
+        except InvalidRequest as exc:
+            raise ModelNotFound(f"--default-rank-with {name!r}: {exc}") from None
 
     def reload(self) -> list[RepositoryEvent]:
         """Rescans the repository and returns what changed, in order.

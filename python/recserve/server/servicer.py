@@ -18,6 +18,7 @@ import grpc
 
 from recserve.engine import explain
 from recserve.engine.artifact import RANKER_FAMILIES
+from recserve.engine.din import DIN_FAMILY
 from recserve.engine.errors import InvalidRequest
 from recserve.engine.pipeline import DEFAULT_RECOMMEND_K
 from recserve.engine.request_context import RequestContext
@@ -41,6 +42,9 @@ CASCADE_RETRIEVE_FACTOR = 10
 # (a control character, non-ASCII text) is percent-encoded in the trailing metadata,
 # else gRPC fails the whole call with INTERNAL "Invalid metadata".
 _METADATA_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+# What may be a cascade's rank_with: the CTR rankers, and the ranker of retrieved items.
+CASCADE_RANKERS = (*RANKER_FAMILIES, DIN_FAMILY)
 
 
 def metadata_value(text: str) -> str:
@@ -245,11 +249,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         ):
             call.models += [retriever, ranker]
             family = ranker.pipeline.artifact.family
-            if family not in RANKER_FAMILIES:
+            if family not in CASCADE_RANKERS:
                 raise InvalidRequest(
                     f"rank_with model {ranker.name!r} is a {family!r} model, not a ranker "
-                    f"({', '.join(RANKER_FAMILIES)})"
+                    f"({', '.join(CASCADE_RANKERS)})"
                 )
+            ranker.pipeline.check_retriever(retriever.name)
             retrieved = retriever.runner.recommend(
                 request.user_id,
                 k=retrieve_n,
@@ -258,10 +263,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 request_context=call.request,
             )
             if retrieved.items:
-                ranking = ranker.runner.rank(
+                ranking = ranker.runner.rank_retrieved(
                     request.user_id,
                     [item.item_id for item in retrieved.items],
+                    [item.score for item in retrieved.items],
                     k=request.k or DEFAULT_RECOMMEND_K,
+                    recent_item_ids=request.recent_item_ids,
                     context=dict(request.user_features),
                     request_context=call.request,
                 )

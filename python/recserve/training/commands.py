@@ -154,9 +154,10 @@ def train_command(args: argparse.Namespace) -> int:
         + (f"; run dir {run.run_dir}" + (" (resuming)" if resume else "") if run else "")
     )
     extra = (run,) if run is not None else ()
+    repo = {"model_repo": args.model_repo} if entry.reads_repo else {}
     progress = sys.stderr.isatty() and workers.is_main
     try:
-        trained = entry.train(data, config, report, progress, *extra)
+        trained = entry.train(data, config, report, progress, *extra, **repo)
     except ValueError as error:  # the data cannot train this model; the message says why
         raise SystemExit(f"error: {error}") from None
     except RuntimeError as error:

@@ -18,11 +18,13 @@ from .gan import CFGANConfig, train_cfgan
 from .ranker import train_ranker
 from .topn import (
     BPRConfig,
+    DINConfig,
     LSTMConfig,
     PopConfig,
     SASRecConfig,
     SequenceConfig,
     train_bpr,
+    train_din,
     train_popularity,
     train_sequence,
 )
@@ -50,6 +52,9 @@ class ModelEntry:
     # and writes checkpoints and curves there; for rankers ``recserve export --run-dir``
     # then works too.
     checkpoints: bool = False
+    # True: ``train`` also takes the model repository (keyword ``model_repo``), where it
+    # reads the model it learns from (the DIN ranker: its retriever).
+    reads_repo: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,5 +140,6 @@ MODELS: dict[str, ModelEntry] = {
                 ("cfgan", CFGANConfig, train_cfgan),
             )
         ),
+        ModelEntry("din", "topn", DINConfig, train_din, TOPN_HEADLINE, reads_repo=True),
     )
 }

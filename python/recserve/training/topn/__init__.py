@@ -7,11 +7,12 @@ best validation epoch are kept), and reported on the test items with the same co
 One module per job: ``config`` (settings), ``prepare`` (split and serving tables),
 ``loop`` (the early-stopping loop and metrics), ``scorers``, ``trained`` (export), and
 one trainer per model (``popularity``, ``bpr``, ``sequence``; CFGAN in ``training/gan.py``
-uses the same loop).
+uses the same loop). ``din`` trains the ranker of a sequence retriever's candidates.
 """
 
 from .bpr import sample_negatives, train_bpr
-from .config import BPRConfig, LSTMConfig, PopConfig, SASRecConfig, SequenceConfig
+from .config import BPRConfig, DINConfig, LSTMConfig, PopConfig, SASRecConfig, SequenceConfig
+from .din import TrainedDIN, train_din
 from .loop import Report, Scorer, TopNEpochLog, epoch_bar, fit_topn, topn_metrics, with_run_info
 from .popularity import train_popularity
 from .prepare import SPLIT, TopNData, prepare_topn, start_run
@@ -22,6 +23,7 @@ from .trained import TrainedTopN
 __all__ = [
     "SPLIT",
     "BPRConfig",
+    "DINConfig",
     "LSTMConfig",
     "PopConfig",
     "Report",
@@ -30,6 +32,7 @@ __all__ = [
     "SequenceConfig",
     "TopNData",
     "TopNEpochLog",
+    "TrainedDIN",
     "TrainedTopN",
     "epoch_bar",
     "fit_topn",
@@ -42,6 +45,7 @@ __all__ = [
     "start_run",
     "topn_metrics",
     "train_bpr",
+    "train_din",
     "train_popularity",
     "train_sequence",
     "user_scorer",

@@ -74,3 +74,26 @@ class SASRecConfig(SequenceConfig):
     num_layers: int = 2
     num_heads: int = 2
     hidden_size: int = 128
+
+
+@dataclass
+class DINConfig:
+    """Settings of the DIN ranker of a retriever's candidates (training/topn/din.py)."""
+
+    seed: int = 42
+    retriever: str = "sasrec"  # the model of --model-repo whose candidates it ranks
+    epochs: int = 6  # of the learned signals, on the positions the retriever was fitted to
+    batch_size: int = 256  # positions per step
+    learning_rate: float = 2e-3
+    embedding_dim: int = 64
+    max_length: int = 50  # history items the attention reads
+    hard_negatives: int = 50  # the retriever's best items that were not next, per position
+    random_negatives: int = 10  # uniform items, per position
+    retrieve_n: int = 100  # candidates per list the blend is fitted on (the cascade's default)
+    blend_steps: int = 300  # full-batch Adam steps of the blend
+    blend_learning_rate: float = 0.05
+    blend_users: float = 0.8  # share of users fitting the blend; the others are its test
+    num_threads: int = 1
+
+    def to_json(self) -> dict:
+        return asdict(self)
