@@ -51,7 +51,8 @@ def test_start_script_trains_serves_and_answers(
             recommended = run_recserve("recommend", "--user", "196", "-k", "10", "--json", *target)
             assert recommended.returncode == 0, recommended.stderr
             answer = json.loads(recommended.stdout)
-            assert answer["model_name"] == "sasrec"  # the default for Recommend
+            # the default Recommend: the cascade
+            assert (answer["model_name"], answer["ranked_by_name"]) == ("sasrec", "din")
             items = answer["items"]
             assert len(items) == 10 and all(i["title"] for i in items)
             assert not {i["item_id"] for i in items} & rated_by(196)
@@ -74,7 +75,7 @@ def test_start_script_trains_serves_and_answers(
                 server.kill()
     output = (tmp_path / "start.log").read_text()
     print(output[-3000:], file=sys.stderr)
-    assert "serving deepfm v1, sasrec v1 on" in output
+    assert "serving deepfm v1, din v1, sasrec v1 on" in output
     assert "Traceback" not in output
 
     def metrics(model: str) -> dict[str, float]:
@@ -85,3 +86,7 @@ def test_start_script_trains_serves_and_answers(
     # retriever's leave-one-out NDCG@10 well above most-popular's 0.045.
     assert metrics("deepfm")["test_auc"] >= 0.78
     assert metrics("sasrec")["test_ndcg@10"] >= 0.09
+    # and the cascade's ranker orders the retriever's items better than the retriever, on
+    # the users its blend was not fitted to
+    din = metrics("din")
+    assert din["test_ndcg@10"] > din["test_retriever_ndcg@10"]

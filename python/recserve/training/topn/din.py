@@ -299,7 +299,9 @@ def train_din(
         f"loss {blend_loss:.4f}"
     )
 
-    metrics: dict[str, float] = {"epochs": float(config.epochs), "train_loss": losses[-1]}
+    metrics: dict[str, float] = {"epochs": float(config.epochs)}
+    if losses:  # none with epochs = 0: the blend of the retriever's score and popularity
+        metrics["train_loss"] = losses[-1]
     for stage, lists in held_out.items():
         test_users = lists.subset(~blend_users[lists.users.numpy() - 1])
         for key, value in list_metrics(ranked(model, test_users), test_users.target).items():
