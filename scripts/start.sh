@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to served models: set up, fetch MovieLens-100k, train and
 # export what the repository lacks, then serve on 127.0.0.1:50051 in the foreground
-# (Ctrl-C stops it cleanly). The default Recommend is the cascade SASRec -> DIN; DeepFM
-# answers Rank. DeepFM trains beside SASRec on the second core; DIN needs SASRec first.
+# (Ctrl-C stops it cleanly). The default Recommend is the cascade SASRec -> DIN (DIN
+# learns from SASRec's answers, so it trains second). DeepFM, which answers Rank, trains
+# in the background once the cascade serves; the server loads it when it is exported.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,25 +24,13 @@ train() { recserve train --model "$1" --data ml-100k --data-dir data --model-rep
 
 if ! has_model "$RETRIEVER" || ! has_model "$CASCADE_RANKER" || ! has_model "$RANKER"; then
   recserve data fetch ml-100k --data-dir data
-  ranker_log=$(mktemp)
-  ranker_pid=""
-  if ! has_model "$RANKER"; then
-    echo "training $RANKER in the background (log: $ranker_log)"
-    train "$RANKER" >"$ranker_log" 2>&1 &
-    ranker_pid=$!
-    trap 'kill "$ranker_pid" 2>/dev/null || true' EXIT  # a failed start leaves no trainer behind
-  fi
-  has_model "$RETRIEVER" || train "$RETRIEVER"
-  has_model "$CASCADE_RANKER" || train "$CASCADE_RANKER"
-  if [ -n "$ranker_pid" ]; then
-    if ! wait "$ranker_pid"; then
-      cat "$ranker_log" >&2
-      exit 1
-    fi
-    tail -n 2 "$ranker_log"
-    trap - EXIT
-  fi
-  rm -f "$ranker_log"
+fi
+has_model "$RETRIEVER" || train "$RETRIEVER"
+has_model "$CASCADE_RANKER" || train "$CASCADE_RANKER"
+if ! has_model "$RANKER"; then
+  ranker_log=$(mktemp -t "recserve-train-$RANKER-XXXXXX")
+  echo "training $RANKER in the background (log: $ranker_log); the server loads it when it is exported"
+  train "$RANKER" >"$ranker_log" 2>&1 &
 fi
 exec recserve serve --model-repo "$MODEL_REPO" --host 127.0.0.1 --port "$PORT" \
   --default-model "${RECSERVE_DEFAULT_MODEL:-$RETRIEVER}" \

@@ -68,6 +68,15 @@ def test_start_script_trains_serves_and_answers(
                 181,
                 258,
             ]
+            # DeepFM trains in the background once the cascade serves; the server's
+            # repository poll loads it when it is exported
+            with Client(f"127.0.0.1:{port}", timeout=2) as client:
+                while "deepfm" not in [m.name for m in client.list_models()[0]]:
+                    assert server.poll() is None, (tmp_path / "start.log").read_text()
+                    assert time.monotonic() < deadline + 300, "deepfm not served"
+                    time.sleep(2)
+                ranked_by_deepfm = client.rank(196, [1, 50, 100, 181, 258], model="deepfm")
+                assert len(ranked_by_deepfm.items) == 5
             server.send_signal(signal.SIGINT)
             assert server.wait(timeout=30) == 0
         finally:
@@ -75,7 +84,7 @@ def test_start_script_trains_serves_and_answers(
                 server.kill()
     output = (tmp_path / "start.log").read_text()
     print(output[-3000:], file=sys.stderr)
-    assert "serving deepfm v1, din v1, sasrec v1 on" in output
+    assert "serving din v1, sasrec v1 on" in output and "loaded deepfm/1" in output
     assert "Traceback" not in output
 
     def metrics(model: str) -> dict[str, float]:

@@ -39,6 +39,7 @@ from ..models.din import DIN
 from .config import DINConfig
 from .loop import Report, epoch_bar
 from .prepare import SPLIT, TopNData, start_run
+from .scorers import pad_right
 
 
 class Retriever:
@@ -83,13 +84,10 @@ def load_retriever(model_repo: str | os.PathLike[str], name: str, prepared: TopN
 
 
 def right_aligned(sequences: list[np.ndarray], width: int) -> torch.Tensor:
-    """Item rows + 1, newest last, the last ``width`` of each, 0 = left padding: [N, width]."""
-    out = np.zeros((len(sequences), width), dtype=np.int64)
-    for i, sequence in enumerate(sequences):
-        tail = sequence[-width:]
-        if tail.size:
-            out[i, width - tail.size :] = tail + 1
-    return torch.from_numpy(out)
+    """Item rows + 1, newest last, the last ``width`` of each, 0 = left padding: exactly
+    [N, width], so the lists of all users stack."""
+    padded = pad_right(sequences, width)
+    return F.pad(padded, (width - padded.shape[1], 0))
 
 
 @dataclass
