@@ -22,7 +22,7 @@ import torch
 
 from ..core import kernels
 from ..results import Ranking
-from .artifact import Artifact
+from .artifact import DIN_FAMILY, Artifact
 from .batch_plan import Prepared, stage
 from .errors import InvalidRequest
 from .pipeline import SCORES_BACKEND, CatalogPipeline, check_csr
@@ -30,8 +30,6 @@ from .request_context import RequestContext
 from .retrieval import merge_recent
 from .schema import encode_ids
 from .validation import Limits, check_k, check_recent, check_user_id
-
-DIN_FAMILY = "din"
 
 
 class DinPipeline(CatalogPipeline):

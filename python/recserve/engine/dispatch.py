@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .artifact import RANKER_FAMILIES, Artifact
-from .din import DIN_FAMILY, DinPipeline
+from .artifact import DIN_FAMILY, RANKER_FAMILIES, Artifact
+from .din import DinPipeline
 from .pipeline import CatalogPipeline, RankerPipeline
 from .retrieval import RETRIEVAL_FAMILIES, make_retrieval_pipeline
 from .validation import Limits

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from recserve.engine.artifact import (
+    CASCADE_RANKER_FAMILIES,
     MODEL_NAME,
-    RANKER_FAMILIES,
     ArtifactError,
     list_versions,
     load_artifact,
 )
-from recserve.engine.din import DIN_FAMILY
 from recserve.engine.dispatch import make_pipeline
 from recserve.engine.errors import InvalidRequest, ModelNotFound, ModelUnavailable
 from recserve.engine.pipeline import CatalogPipeline, Runner
@@ -162,10 +161,10 @@ class ModelRepository:
             )
         pipeline = self.get(name, 0).pipeline
         family = pipeline.artifact.family
-        if family not in (*RANKER_FAMILIES, DIN_FAMILY):
+        if family not in CASCADE_RANKER_FAMILIES:
             raise ModelNotFound(
                 f"--default-rank-with {name!r} is a {family!r} model, not a ranker "
-                f"({', '.join((*RANKER_FAMILIES, DIN_FAMILY))})"
+                f"({', '.join(CASCADE_RANKER_FAMILIES)})"
             )
         try:
             pipeline.check_retriever(self.default_model)

@@ -17,8 +17,7 @@ from contextlib import contextmanager
 import grpc
 
 from recserve.engine import explain
-from recserve.engine.artifact import RANKER_FAMILIES
-from recserve.engine.din import DIN_FAMILY
+from recserve.engine.artifact import CASCADE_RANKER_FAMILIES
 from recserve.engine.errors import InvalidRequest
 from recserve.engine.pipeline import DEFAULT_RECOMMEND_K
 from recserve.engine.request_context import RequestContext
@@ -42,9 +41,6 @@ CASCADE_RETRIEVE_FACTOR = 10
 # (a control character, non-ASCII text) is percent-encoded in the trailing metadata,
 # else gRPC fails the whole call with INTERNAL "Invalid metadata".
 _METADATA_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
-
-# What may be a cascade's rank_with: the CTR rankers, and the ranker of retrieved items.
-CASCADE_RANKERS = (*RANKER_FAMILIES, DIN_FAMILY)
 
 
 def metadata_value(text: str) -> str:
@@ -249,10 +245,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         ):
             call.models += [retriever, ranker]
             family = ranker.pipeline.artifact.family
-            if family not in CASCADE_RANKERS:
+            if family not in CASCADE_RANKER_FAMILIES:
                 raise InvalidRequest(
                     f"rank_with model {ranker.name!r} is a {family!r} model, not a ranker "
-                    f"({', '.join(CASCADE_RANKERS)})"
+                    f"({', '.join(CASCADE_RANKER_FAMILIES)})"
                 )
             ranker.pipeline.check_retriever(retriever.name)
             retrieved = retriever.runner.recommend(

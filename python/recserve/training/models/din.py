@@ -80,6 +80,16 @@ class DIN(nn.Module):
         retriever_scores: torch.Tensor,
     ) -> torch.Tensor:
         user_match, interest = self.signals(users, history, candidates)
+        return self.blended(user_match, interest, candidates, retriever_scores)
+
+    def blended(
+        self,
+        user_match: torch.Tensor,
+        interest: torch.Tensor,
+        candidates: torch.Tensor,
+        retriever_scores: torch.Tensor,
+    ) -> torch.Tensor:
+        """The final score from the signals (the blend's training reuses the signals)."""
         mean = retriever_scores.mean(dim=1, keepdim=True)
         spread = retriever_scores.std(dim=1, keepdim=True, unbiased=False)
         standardised = (retriever_scores - mean) / (spread + 1e-6)

@@ -244,25 +244,12 @@ def fit_blend(model: DIN, lists: RetrievedLists, config: DINConfig) -> float:
     optimizer = torch.optim.Adam(model.blend.parameters(), lr=config.blend_learning_rate)
     loss = torch.zeros(())
     for _ in range(config.blend_steps):
-        scores = blend_scores(model, lists, user_match, interest)
+        scores = model.blended(user_match, interest, lists.candidates, lists.retriever_scores)
         loss = F.cross_entropy(scores, lists.target)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     return loss.item()
-
-
-def blend_scores(
-    model: DIN, lists: RetrievedLists, user_match: torch.Tensor, interest: torch.Tensor
-) -> torch.Tensor:
-    """The model's forward with precomputed signals (the blend's fitting loop)."""
-    scores = lists.retriever_scores
-    standardised = (scores - scores.mean(1, keepdim=True)) / (
-        scores.std(1, keepdim=True, unbiased=False) + 1e-6
-    )
-    popularity = model.log_popularity[lists.candidates]
-    inputs = torch.stack([standardised, user_match, interest, popularity], dim=-1)
-    return model.blend(inputs).squeeze(-1)
 
 
 def train_din(
