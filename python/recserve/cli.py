@@ -168,6 +168,21 @@ def _train(args: argparse.Namespace) -> int:
     return train_command(args)
 
 
+def _package(args: argparse.Namespace) -> int:
+    from recserve.packaging import PackageError, TwoTowerFiles, package_two_tower
+
+    files = TwoTowerFiles(
+        args.items, args.item_embeddings, args.users, args.user_embeddings, args.interactions
+    )
+    try:
+        path = package_two_tower(files, args.model_repo, args.name)
+    except PackageError as exc:
+        print(f"error: {exc}; nothing was written", file=sys.stderr)
+        return 2
+    print(f"packaged {path}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from recserve.training.commands import export_command
 
@@ -317,6 +332,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, help="where the run's data set is (default: the run's --data-dir)"
     )
     export.set_defaults(handler=_export)
+
+    package = sub.add_parser(
+        "package", help="package a model trained elsewhere into a model repository"
+    )
+    package_sub = package.add_subparsers(dest="kind", required=True)
+    two_tower = package_sub.add_parser(
+        "two-tower",
+        help="a two-tower retriever: user and item embeddings",
+        description="Checks the files, then writes a new version of --name (family "
+        "embedding: score = <user vector, item vector>) that `recserve serve` answers "
+        "Recommend and Rank with. Row r of each .npy is the vector of the r-th id of its "
+        "CSV table. Exit status 2, with the file and field named, when a file is wrong; "
+        "nothing is written then. See docs/packaging.md.",
+    )
+    two_tower.add_argument("--items", type=Path, required=True, help="CSV: id[, title]")
+    two_tower.add_argument(
+        "--item-embeddings", type=Path, required=True, help=".npy float [items, d]"
+    )
+    two_tower.add_argument("--users", type=Path, required=True, help="CSV: id")
+    two_tower.add_argument(
+        "--user-embeddings", type=Path, required=True, help=".npy float [users, d]"
+    )
+    two_tower.add_argument(
+        "--interactions",
+        type=Path,
+        help="CSV: user_id, item_id; excluded from each user's answers, and the "
+        "cold-start order (most interacted first)",
+    )
+    two_tower.add_argument("--model-repo", type=Path, default=Path("model-repo"))
+    two_tower.add_argument("--name", required=True, help="model name in the repository")
+    two_tower.set_defaults(handler=_package)
 
     data = sub.add_parser("data", help="obtain data sets")
     data_sub = data.add_subparsers(dest="action", required=True)
