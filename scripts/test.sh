@@ -12,4 +12,5 @@ bash scripts/setup_client_tools.sh
 ruff check .
 ruff format --check .
 lint-imports --no-cache  # the import rules between subpackages (docs/architecture.md)
-python -m pytest "$@"
+# The 25 slowest tests close the report: where the CI run's time goes.
+python -m pytest --durations=25 "$@"
