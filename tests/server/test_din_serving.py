@@ -84,14 +84,27 @@ def test_the_default_recommend_is_the_retriever_ranked_by_din(
     np.testing.assert_allclose([i.score for i in answer.items], scores[best], rtol=1e-6)
 
 
-def test_a_click_in_the_request_reaches_the_ranker(client: Client) -> None:
-    before = client.recommend(5, k=10)
-    clicked = [before.items[0].item_id, before.items[1].item_id]
-    after = client.recommend(5, k=10, recent_item_ids=clicked)
-    assert not set(clicked) & {i.item_id for i in after.items}
-    assert [i.item_id for i in after.items] != [
-        i.item_id for i in before.items if i.item_id not in clicked
-    ] or [i.score for i in after.items] != [i.score for i in before.items[2:]]
+def test_a_click_in_the_request_reaches_the_ranker(client: Client, din_repo: Path) -> None:
+    """The same retrieved items with the same scores: a recent item changes DIN's scores
+    (its history input), and is merged, not repeated, when the history ends with it."""
+    pipeline = DinPipeline(load_artifact(din_repo / "din" / "1"))
+    user = int(pipeline.user_ids[5])
+    history = pipeline.item_ids[pipeline.history_rows(5)]
+    items = [int(i) for i in pipeline.item_ids if i not in set(history.tolist())][:8]
+    scores = [float(-i) for i in range(len(items))]
+    clicked = int(history[0])  # an old item: appended as the newest, the history changes
+
+    def answer(recent: list[int]) -> list[tuple[int, float]]:
+        ranking = pipeline.rank_retrieved(user, items, scores, k=8, recent_item_ids=recent)
+        return [(i.item_id, i.score) for i in ranking.items]
+
+    assert answer([clicked]) != answer([])
+    assert answer([int(history[-1])]) == answer([])  # the history already ends with it
+    before = client.recommend(user, k=10)
+    after = client.recommend(user, k=10, recent_item_ids=[clicked])
+    assert [(i.item_id, i.score) for i in after.items] != [
+        (i.item_id, i.score) for i in before.items
+    ]
 
 
 def test_an_unknown_user_is_ranked_from_the_recent_items(client: Client) -> None:

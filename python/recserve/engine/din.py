@@ -25,7 +25,7 @@ from ..results import Ranking
 from .artifact import DIN_FAMILY, Artifact
 from .batch_plan import Prepared, stage
 from .errors import InvalidRequest
-from .pipeline import SCORES_BACKEND, CatalogPipeline, check_csr
+from .pipeline import SCORES_BACKEND, CatalogPipeline
 from .request_context import RequestContext
 from .retrieval import merge_recent
 from .schema import encode_ids
@@ -43,17 +43,9 @@ class DinPipeline(CatalogPipeline):
         self.artifact = artifact
         self.limits = limits or Limits()
         self.schema = artifact.schema
-        tables = artifact.tables
-        self.load_catalog(tables)
+        self.load_catalog(artifact.tables)
         self.ranker = artifact.modules["ranker"]
-        self.history_indptr = tables["history_indptr"]
-        self.history_items = tables["history_items"]
-        check_csr(
-            self.history_indptr, self.history_items, self.num_users, self.num_items, "history"
-        )
-        self.max_history = int(artifact.manifest.get("max_history", 50))
-        if self.max_history < 1:
-            raise ValueError(f"max_history must be >= 1, got {self.max_history}")
+        self.load_history(artifact)
         retriever = artifact.manifest.get("retriever") or {}
         self.retriever = str(retriever.get("name", ""))
         if not self.retriever:
@@ -119,11 +111,6 @@ class DinPipeline(CatalogPipeline):
                 return self.answer(selected, values, user_row, ids[~known].tolist())
 
         return Prepared(None, finish, rc)
-
-    def history_rows(self, user_row: int) -> np.ndarray:
-        if user_row < 0:
-            return np.empty(0, dtype=np.int64)
-        return self.history_items[self.history_indptr[user_row] : self.history_indptr[user_row + 1]]
 
     def score(
         self, user_row: int, history: np.ndarray, rows: np.ndarray, scores: np.ndarray

@@ -87,6 +87,13 @@ def check_csr(indptr: np.ndarray, items: np.ndarray, n_rows: int, n_items: int, 
         raise ValueError(f"{what} table refers to items outside the catalog")
 
 
+def _row_items(indptr: np.ndarray, items: np.ndarray, row: int) -> np.ndarray:
+    """Row ``row`` of a CSR table (empty for row -1, an unknown user)."""
+    if row < 0:
+        return np.empty(0, dtype=np.int64)
+    return items[indptr[row] : indptr[row + 1]]
+
+
 class CatalogPipeline:
     """What every pipeline shares: the catalog's id tables, seen items, and Rank.
 
@@ -140,9 +147,24 @@ class CatalogPipeline:
         return int(self.user_ids.size)
 
     def seen_rows(self, user_row: int) -> np.ndarray:
-        if user_row < 0:
-            return np.empty(0, dtype=np.int64)
-        return self.seen_items[self.seen_indptr[user_row] : self.seen_indptr[user_row + 1]]
+        return _row_items(self.seen_indptr, self.seen_items, user_row)
+
+    def load_history(self, artifact: Artifact) -> None:
+        """The stored history of a family that reads it (``sequence``, ``din``): each
+        user's item rows in time order, and how many of the newest items the program
+        reads (manifest ``max_history``); raises ValueError for an inconsistent one."""
+        self.history_indptr = artifact.tables["history_indptr"]
+        self.history_items = artifact.tables["history_items"]
+        check_csr(
+            self.history_indptr, self.history_items, self.num_users, self.num_items, "history"
+        )
+        self.max_history = int(artifact.manifest.get("max_history", 50))
+        if self.max_history < 1:
+            raise ValueError(f"max_history must be >= 1, got {self.max_history}")
+
+    def history_rows(self, user_row: int) -> np.ndarray:
+        """The user's stored items, oldest first (empty for an unknown user)."""
+        return _row_items(self.history_indptr, self.history_items, user_row)
 
     def _to_items(self, rows: np.ndarray, scores: np.ndarray) -> list[ScoredItem]:
         return [

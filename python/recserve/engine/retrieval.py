@@ -40,7 +40,7 @@ from ..results import Ranking
 from .artifact import Artifact
 from .batch_plan import InnerProductQuery, Prepared, run_inner_products, stage, timed_batch
 from .errors import InvalidRequest
-from .pipeline import SCORES_BACKEND, CatalogPipeline, check_csr
+from .pipeline import SCORES_BACKEND, CatalogPipeline
 from .request_context import RequestContext
 from .schema import encode_ids
 from .validation import Limits, check_user_id
@@ -217,20 +217,7 @@ class SequencePipeline(RetrievalPipeline):
     def __init__(self, artifact: Artifact, limits: Limits | None = None) -> None:
         super().__init__(artifact, limits)
         self.encoder = artifact.modules["encoder"]
-        self.history_indptr = artifact.tables["history_indptr"]
-        self.history_items = artifact.tables["history_items"]
-        self.max_history = int(artifact.manifest.get("max_history", 50))
-        if self.max_history < 1:
-            raise ValueError(f"max_history must be >= 1, got {self.max_history}")
-        check_csr(
-            self.history_indptr, self.history_items, self.num_users, self.num_items, "history"
-        )
-
-    def history_rows(self, user_row: int) -> np.ndarray:
-        """The user's stored items, oldest first (empty for an unknown user)."""
-        if user_row < 0:
-            return np.empty(0, dtype=np.int64)
-        return self.history_items[self.history_indptr[user_row] : self.history_indptr[user_row + 1]]
+        self.load_history(artifact)
 
     def user_vector(self, user_row: int, recent_rows: np.ndarray) -> np.ndarray | None:
         items = merge_recent(self.history_rows(user_row), recent_rows)[-self.max_history :]
