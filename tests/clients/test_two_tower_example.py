@@ -1,0 +1,124 @@
+"""examples/two_tower end to end on a small log: a two-tower model written in plain
+PyTorch is trained, packaged with `recserve package two-tower`, served, and called from
+the Python client and the Node.js client's example."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from client_runs import require
+from test_node_client import NODE_CLIENT, _missing_node_setup
+
+from recserve import Client
+from recserve.server.app import ServeOptions, build_server
+
+ROOT = Path(__file__).resolve().parents[2]
+GENRES = ["Comedy", "Drama", "Horror", "Sci-Fi"]
+
+
+def write(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    return path
+
+
+def small_log(folder: Path) -> tuple[Path, Path]:
+    """40 users, 30 items, each user's items mostly from one genre."""
+    rng = np.random.default_rng(3)
+    genre = rng.integers(0, len(GENRES), 30)
+    items = [[100 + i, f"film {i}", GENRES[g]] for i, g in enumerate(genre)]
+    rows = []
+    for user in range(40):
+        liked = np.flatnonzero(genre == user % len(GENRES))
+        for item in rng.choice(liked, size=min(5, liked.size), replace=False):
+            rows.append([user + 1, 100 + int(item)])
+    return (
+        write(folder / "log.csv", ["user_id", "item_id"], rows),
+        write(folder / "items.csv", ["item_id", "title", "genres"], items),
+    )
+
+
+@pytest.mark.slow
+def test_the_two_tower_example_trains_packages_serves_and_answers_both_clients(
+    tmp_path: Path, run_recserve
+) -> None:
+    log, items = small_log(tmp_path)
+    out = tmp_path / "towers"
+    script = ROOT / "examples" / "two_tower" / "train_towers.py"
+    trained = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--log",
+            str(log),
+            "--items",
+            str(items),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert trained.returncode == 0, trained.stderr
+    repo = tmp_path / "repo"
+    packaged = run_recserve(
+        "package",
+        "two-tower",
+        "--items",
+        str(out / "items.csv"),
+        "--item-embeddings",
+        str(out / "items.npy"),
+        "--users",
+        str(out / "users.csv"),
+        "--user-embeddings",
+        str(out / "users.npy"),
+        "--interactions",
+        str(out / "interactions.csv"),
+        "--model-repo",
+        str(repo),
+        "--name",
+        "towers",
+    )
+    assert packaged.returncode == 0, packaged.stderr
+
+    running = build_server(
+        ServeOptions(model_repo=repo, port=0, metrics_port=-1, default_model="towers")
+    )
+    running.repository.load_all()
+    running.set_serving(True)
+    try:
+        with Client(f"127.0.0.1:{running.port}", timeout=10) as client:
+            answer = client.recommend(1, k=5)
+        with log.open(newline="") as f:
+            seen = {row[1] for row in csv.reader(f) if row[0] == "1"}
+        assert answer.model_name == "towers" and len(answer.items) == 5
+        assert not {str(i.item_id) for i in answer.items} & seen
+        assert all(i.title.startswith("film ") for i in answer.items)
+
+        require(_missing_node_setup(), "Node.js client")
+        node = shutil.which("node")
+        called = subprocess.run(
+            [node, "examples/recommend.js", f"127.0.0.1:{running.port}", "1"],
+            cwd=NODE_CLIENT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert called.returncode == 0, called.stderr
+        assert "from towers v1" in called.stdout
+        assert str(answer.items[0].item_id) in called.stdout.splitlines()[1]
+    finally:
+        running.stop(0)
