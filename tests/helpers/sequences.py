@@ -33,3 +33,18 @@ def planted_sequences() -> InteractionData:
         base.users,
         base.items,
     )
+
+
+# Settings that train the sequence models and the DIN ranker in well under a second on
+# the small synthetic data sets of the tests.
+SMALL_SEQUENCE = dict(epochs=2, embedding_dim=8, hidden_size=8, max_length=10, num_threads=1)
+SMALL_DIN = dict(
+    epochs=2,
+    embedding_dim=8,
+    max_length=10,
+    hard_negatives=5,
+    random_negatives=3,
+    retrieve_n=12,
+    blend_steps=20,
+    num_threads=1,
+)

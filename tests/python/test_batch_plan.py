@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.sequences import SMALL_SEQUENCE
 
 from recserve import _core
 from recserve.core import kernels
@@ -27,10 +28,11 @@ from recserve.training.data import InteractionData, make_synthetic_movielens
 from recserve.training.ranker import train_ranker
 from recserve.training.registry import MODELS
 
+ONE_EPOCH = {**SMALL_SEQUENCE, "epochs": 1}
+
 # Two hidden layers: a one-layer head of width 8 happens to round alike in any batch, so
 # it would not show a batch-dependent head.
 TINY = dict(epochs=1, embedding_dim=8, hidden=[32, 16], num_threads=1)
-SMALL_SEQUENCE = dict(epochs=1, embedding_dim=8, hidden_size=8, max_length=10, num_threads=1)
 LIMITS = Limits(max_candidates=200, max_k=100)
 COLD_USER = 10**12
 
@@ -57,7 +59,7 @@ def pipelines(
     data = make_synthetic_movielens(n_users=50, n_items=40, n_interactions=700, seed=2)
     retrieval = {
         "bpr": topn.train_bpr(data, topn.BPRConfig(epochs=1, embedding_dim=8)),
-        "gru4rec": topn.train_sequence(data, topn.SequenceConfig(**SMALL_SEQUENCE)),
+        "gru4rec": topn.train_sequence(data, topn.SequenceConfig(**ONE_EPOCH)),
         "cfgan": gan.train_cfgan(
             data, gan.CFGANConfig(epochs=1, generator_hidden=[8], discriminator_hidden=[8])
         ),

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.sequences import SMALL_SEQUENCE
 
 from recserve.core import kernels
 from recserve.engine.artifact import load_artifact
@@ -23,7 +24,6 @@ from recserve.engine.validation import Limits
 from recserve.training import gan, topn
 from recserve.training.data import make_synthetic_movielens
 
-SMALL_SEQUENCE = dict(epochs=2, embedding_dim=8, hidden_size=8, max_length=10, num_threads=1)
 SMALL_CFGAN = dict(epochs=2, generator_hidden=[8], discriminator_hidden=[8], num_threads=1)
 
 

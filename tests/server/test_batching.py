@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from helpers.sequences import SMALL_SEQUENCE
 
 from recserve import Client, RecserveError
 from recserve.engine.errors import DeadlineExceeded, ModelUnavailable
@@ -33,11 +34,12 @@ from recserve.training.data import make_synthetic_movielens
 from recserve.v1 import recserve_pb2 as pb
 from recserve.v1 import recserve_pb2_grpc as pb_grpc
 
+ONE_EPOCH = {**SMALL_SEQUENCE, "epochs": 1}
+
 THREADS = 16
 MODELS = ("deepfm", "bpr", "gru4rec", "cfgan")  # a ranker and each top-N family
 COLD_USER = 10**12
 DEEPFM = pb.ModelSpec(name="deepfm")  # the default model is the first by name, "bpr"
-SMALL_SEQUENCE = dict(epochs=1, embedding_dim=8, hidden_size=8, max_length=10, num_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def repo(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(model_repo / "deepfm", repo / "deepfm")
     data = make_synthetic_movielens(n_users=50, n_items=40, n_interactions=700, seed=2)
     topn.train_bpr(data, topn.BPRConfig(epochs=1, embedding_dim=8)).export(repo, "bpr", "s")
-    topn.train_sequence(data, topn.SequenceConfig(**SMALL_SEQUENCE)).export(repo, "gru4rec", "s")
+    topn.train_sequence(data, topn.SequenceConfig(**ONE_EPOCH)).export(repo, "gru4rec", "s")
     cfgan = gan.CFGANConfig(epochs=1, generator_hidden=[8], discriminator_hidden=[8])
     gan.train_cfgan(data, cfgan).export(repo, "cfgan", "s")
     return repo

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.sequences import SMALL_SEQUENCE
 
 from recserve import Client, RecserveError
 from recserve.engine.errors import ModelNotFound
 from recserve.server.app import RunningServer, ServeOptions, build_server
 from recserve.training import topn
 from recserve.training.data import InteractionData
-
-SMALL_SEQUENCE = dict(epochs=2, embedding_dim=8, hidden_size=8, max_length=10, num_threads=1)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.sequences import SMALL_DIN, SMALL_SEQUENCE
 
 from recserve import Client, RecserveError
 from recserve.engine.artifact import load_artifact
@@ -15,18 +16,6 @@ from recserve.engine.din import DinPipeline
 from recserve.server.app import RunningServer, ServeOptions, build_server
 from recserve.training import topn
 from recserve.training.data import make_synthetic_movielens
-
-SMALL_SEQUENCE = dict(epochs=2, embedding_dim=8, hidden_size=8, max_length=10, num_threads=1)
-SMALL_DIN = dict(
-    epochs=2,
-    embedding_dim=8,
-    max_length=10,
-    hard_negatives=5,
-    random_negatives=3,
-    retrieve_n=12,
-    blend_steps=20,
-    num_threads=1,
-)
 
 
 @pytest.fixture(scope="module")

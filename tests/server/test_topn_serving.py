@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.sequences import SMALL_SEQUENCE
 
 from recserve import Client
 from recserve.server.app import RunningServer, ServeOptions, build_server
 from recserve.training import gan, topn
 from recserve.training.data import make_synthetic_movielens
 
-SMALL_SEQUENCE = dict(epochs=2, embedding_dim=8, hidden_size=8, max_length=10, num_threads=1)
 FAMILIES = {
     "pop": "embedding",
     "bpr": "embedding",

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.sequences import SMALL_DIN, SMALL_SEQUENCE
 
 from recserve.engine.artifact import load_artifact
 from recserve.training import topn
@@ -21,18 +22,6 @@ from recserve.training.topn.din import (
     retrieved_lists,
     right_aligned,
     signal_lists,
-)
-
-SMALL_SEQUENCE = dict(epochs=2, embedding_dim=8, hidden_size=8, max_length=10, num_threads=1)
-SMALL_DIN = dict(
-    epochs=2,
-    embedding_dim=8,
-    max_length=10,
-    hard_negatives=5,
-    random_negatives=3,
-    retrieve_n=12,
-    blend_steps=20,
-    num_threads=1,
 )
 
 
