@@ -51,10 +51,11 @@ import torch
 from torch import nn
 
 from recserve.core import kernels
-from recserve.engine.artifact import load_artifact, torchscript_deprecation_silenced
+from recserve.engine.artifact import load_artifact
 from recserve.engine.batch_plan import HeadRows, run_head_rows
 from recserve.engine.int8_head import eager_head
 from recserve.engine.pipeline import RankerPipeline
+from recserve.engine.programs import torchscript_deprecation_silenced
 from recserve.training.data import make_synthetic_movielens
 from recserve.training.models.deepfm import DeepFM
 from recserve.training.models.layers import FieldEmbedding

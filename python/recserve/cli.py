@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     train = sub.add_parser("train", help="train a model and export it into a repository")
-    from recserve.training.arguments import add_train_arguments
+    from recserve.training.arguments import add_program_format_argument, add_train_arguments
 
     add_train_arguments(train)
     train.set_defaults(handler=_train)
@@ -331,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--data-dir", type=Path, help="where the run's data set is (default: the run's --data-dir)"
     )
+    add_program_format_argument(export)
     export.set_defaults(handler=_export)
 
     package = sub.add_parser(

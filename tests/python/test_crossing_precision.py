@@ -11,11 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from recserve.engine.artifact import load_artifact, torchscript_deprecation_silenced
+from recserve.engine.artifact import load_artifact
 from recserve.engine.batch_plan import HeadRows, run_head_rows
 from recserve.engine.dispatch import make_pipeline
 from recserve.engine.int8_head import check_int8_support, eager_head, quantize_head
 from recserve.engine.pipeline import RankerPipeline
+from recserve.engine.programs import torchscript_deprecation_silenced
 from recserve.training.data.movielens import load_movielens_100k
 from recserve.training.features import encode_movielens, random_split
 from recserve.training.models.dcnv2 import CrossHead

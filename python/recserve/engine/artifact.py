@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
 import tempfile
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +22,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from .programs import (
+    PROGRAM_FORMATS,
+    PROGRAM_SUFFIXES,
+    Program,
+    ProgramError,
+    load_program,
+    program_format_of,
+    save_program,
+)
 from .schema import FeatureSchema
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-PROGRAM_FORMATS = ("torchscript",)
 # Model names: also what a request may name, so never a path ("..", "/" are refused).
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 # Parameter roles of a crossing block, by kind: what the fused kernel computes.
@@ -57,18 +61,6 @@ CASCADE_RANKER_FAMILIES = (*RANKER_FAMILIES, DIN_FAMILY)
 CROSSING_TABLES = {role: f"crossing_{role}" for role in (*_FIELDS, "first_order", "bias")}
 
 
-@contextmanager
-def torchscript_deprecation_silenced() -> Iterator[None]:
-    """PyTorch deprecates TorchScript in favour of torch.export; users asked for TorchScript,
-    and the manifest's program format leaves room for torch.export (docs/artifact.md). Silence
-    only that warning, only around our own TorchScript calls."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning
-        )
-        yield
-
-
 class ArtifactError(ValueError):
     """An artifact that must not be served: unknown format, bad checksum, missing file."""
 
@@ -89,7 +81,7 @@ class CrossingBlock:
     item_fields: int
     item_multi_fields: int
     tables: dict[str, np.ndarray]
-    head: torch.jit.ScriptModule
+    head: Program
 
 
 @dataclass(frozen=True)
@@ -103,7 +95,7 @@ class Artifact:
     program_format: str
     schema: FeatureSchema
     manifest: dict[str, Any]
-    modules: dict[str, torch.jit.ScriptModule]
+    modules: dict[str, Program]
     tables: dict[str, np.ndarray]
     crossing: CrossingBlock | None = None  # absent: serve with the whole "model" program
 
@@ -146,7 +138,7 @@ def save_artifact(
     *,
     family: str,
     schema: FeatureSchema,
-    modules: dict[str, torch.jit.ScriptModule],
+    modules: dict[str, torch.jit.ScriptModule | torch.export.ExportedProgram],
     tables: dict[str, np.ndarray],
     metrics: dict[str, float] | None = None,
     config: dict[str, Any] | None = None,
@@ -155,9 +147,15 @@ def save_artifact(
 ) -> Path:
     """Write a new version of ``name`` into ``repo`` atomically; returns its directory.
 
-    ``version`` defaults to one more than the newest existing version.
+    ``version`` defaults to one more than the newest existing version. The programs are
+    TorchScript modules or ``torch.export`` programs, all in one format (the manifest's
+    ``program_format``; ``torchscript`` when there are none).
     """
     validate_model_name(name)
+    formats = {program_format_of(module) for module in modules.values()}
+    if len(formats) > 1:
+        raise ArtifactError("the programs of one version must share one program format")
+    program_format = formats.pop() if formats else "torchscript"
     model_dir = Path(repo) / name
     model_dir.mkdir(parents=True, exist_ok=True)
     if version is None:
@@ -170,10 +168,9 @@ def save_artifact(
     try:
         files: dict[str, dict[str, str]] = {}
         for key, module in modules.items():
-            path = staging / f"{key}.pt"
-            with torchscript_deprecation_silenced():
-                torch.jit.save(module, str(path))
-            files[path.name] = {"kind": "module", "key": key, "program_format": "torchscript"}
+            path = staging / f"{key}{PROGRAM_SUFFIXES[program_format]}"
+            save_program(module, path)
+            files[path.name] = {"kind": "module", "key": key, "program_format": program_format}
         for key, table in tables.items():
             if table.dtype == object:
                 raise ArtifactError(f"table {key!r} has dtype object; it would need pickle")
@@ -187,7 +184,7 @@ def save_artifact(
             "name": name,
             "version": version,
             "family": family,
-            "program_format": "torchscript",
+            "program_format": program_format,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "schema": schema.to_json(),
             "files": files,
@@ -235,7 +232,7 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
             f"(supported: {', '.join(PROGRAM_FORMATS)})"
         )
 
-    modules: dict[str, torch.jit.ScriptModule] = {}
+    modules: dict[str, Program] = {}
     tables: dict[str, np.ndarray] = {}
     for filename, entry in manifest.get("files", {}).items():
         file_path = path / filename
@@ -247,13 +244,18 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
             if entry["kind"] == "module":
                 data = file_path.read_bytes()
                 _check_sha256(path, filename, hashlib.sha256(data).hexdigest(), entry)
-                modules[entry["key"]] = _load_module(data, entry.get("program_format"))
+                if entry.get("program_format") != program_format:
+                    raise ArtifactError(
+                        f"{path}: {filename} is in program format "
+                        f"{entry.get('program_format')!r}, the manifest says {program_format!r}"
+                    )
+                modules[entry["key"]] = load_program(data, program_format)
             elif entry["kind"] == "table":
                 _check_sha256(path, filename, _sha256(file_path), entry)
                 tables[entry["key"]] = _map_table(file_path)
             else:
                 raise ArtifactError(f"{path}: unknown file kind {entry['kind']!r} for {filename}")
-        except (RuntimeError, ValueError, OSError) as exc:
+        except (RuntimeError, ValueError, OSError, ProgramError) as exc:
             if isinstance(exc, ArtifactError):
                 raise
             raise ArtifactError(f"{path}: cannot load {filename}: {exc}") from None
@@ -298,7 +300,7 @@ def _map_table(file_path: Path) -> np.ndarray:
 def _crossing_block(
     path: Path,
     block: Any,
-    modules: dict[str, torch.jit.ScriptModule],
+    modules: dict[str, Program],
     tables: dict[str, np.ndarray],
 ) -> CrossingBlock | None:
     """The manifest's ``crossing`` block, checked against the files it names (or None)."""
@@ -329,13 +331,3 @@ def _crossing_block(
             "re-export the model"
         ) from None
     return CrossingBlock(kind=block["kind"], tables=named, head=module, **sizes)
-
-
-def _load_module(data: bytes, program_format: str | None) -> torch.jit.ScriptModule:
-    """The one place where program formats are dispatched (torch.export goes here too)."""
-    if program_format == "torchscript":
-        with torchscript_deprecation_silenced():
-            module = torch.jit.load(io.BytesIO(data), map_location="cpu")
-        module.eval()
-        return module
-    raise ArtifactError(f"program format {program_format!r} is not supported")

@@ -35,7 +35,6 @@ data from the request; they are checked on the host (``IndexError``) before any 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +51,7 @@ from ..core.crossing import (
 from .artifact import CROSSING_ROLES, Artifact, CrossingBlock
 from .batch_plan import HeadRows, run_head_rows
 from .int8_head import quantize_head
+from .programs import copy_program
 
 # Head precision -> the dtype its inputs are converted to; the int8 head takes float32
 # and quantizes each row itself (recserve.engine.int8_head).
@@ -232,7 +232,7 @@ class _Crossing:
             self.head = quantize_head(block.head, nonnegative_input=relu_input)
         elif self.head_dtype != torch.float32:  # a converted copy: the artifact stays float32
             with torch.no_grad():  # copies without autograd history, converted in place
-                self.head = copy.deepcopy(block.head).to(self.head_dtype)
+                self.head = copy_program(block.head).to(self.head_dtype)
         self._user_side = UserSide(block, np.float64)
         items = item_tables(block, item_features, item_multi, np.float64)
         self.items = ItemTables(

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .artifact import torchscript_deprecation_silenced
+from .programs import torchscript_deprecation_silenced
 
 # Layers an int8 head may be made of (the program's original class names); Dropout is the
 # identity in eval mode.

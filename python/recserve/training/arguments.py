@@ -17,6 +17,7 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--data-dir", type=Path, default=Path("data"))
     train.add_argument("--model-repo", type=Path, default=Path("model-repo"))
     train.add_argument("--name", default="", help="model name in the repository (default: --model)")
+    add_program_format_argument(train)
     train.add_argument("--config", type=Path, help="JSON file of training settings")
     train.add_argument("--epochs", type=int, help="maximum epochs (overrides --config)")
     train.add_argument("--seed", type=int, help="random seed (overrides --config)")
@@ -30,4 +31,14 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue the run in --run-dir (default: the newest runs/<model>-*) from its "
         "checkpoint; --epochs may raise the maximum",
+    )
+
+
+def add_program_format_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--program-format",
+        choices=("torchscript", "export"),
+        default="torchscript",
+        help="how the model's programs are written: TorchScript (default) or a torch.export "
+        "program (.pt2); export is for the CTR rankers (docs/artifact.md)",
     )

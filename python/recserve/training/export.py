@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from recserve.engine.artifact import (
-    CROSSING_TABLES,
-    save_artifact,
+from recserve.engine.artifact import CROSSING_TABLES, save_artifact
+from recserve.engine.programs import (
+    PROGRAM_FORMATS,
+    export_program,
     torchscript_deprecation_silenced,
 )
 from recserve.engine.schema import FeatureSchema
@@ -32,6 +33,43 @@ def script_model(model: nn.Module) -> torch.jit.ScriptModule:
     model.eval()
     with torchscript_deprecation_silenced():
         return torch.jit.script(model)
+
+
+def program_of(
+    model: nn.Module, program_format: str, example_inputs: tuple[torch.Tensor, ...]
+) -> torch.jit.ScriptModule | torch.export.ExportedProgram:
+    """The serving program of ``model`` in ``program_format``: TorchScript, or a
+    ``torch.export`` program traced on ``example_inputs`` with their first (batch)
+    dimension dynamic."""
+    if program_format == "torchscript":
+        return script_model(model)
+    if program_format == "export":
+        return export_program(model, example_inputs, [0] * len(example_inputs))
+    raise ValueError(
+        f"program format {program_format!r} is not supported "
+        f"(supported: {', '.join(PROGRAM_FORMATS)})"
+    )
+
+
+def _ranker_examples(tables: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+    """A few rows of a ranker program's inputs (user, item, item_multi) from its tables."""
+    n = max(1, min(4, tables["item_features"].shape[0]))
+    users = tables["user_features"]
+    user_rows = np.resize(np.arange(max(users.shape[0], 1)), n)
+    user = users[user_rows] if users.shape[0] else np.zeros((n, users.shape[1]), np.int64)
+    return tuple(
+        torch.from_numpy(np.ascontiguousarray(a[:n]))
+        for a in (user, tables["item_features"], tables["item_multi"])
+    )
+
+
+def _head_examples(block: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    """Rows of a crossing head's inputs: the hidden layer, or DCN-v2's ``x0`` and ``x1``."""
+    if block["kind"] != "dcnv2":
+        return (torch.rand(4, block["hidden"]),)
+    fields = block["user_fields"] + block["item_fields"] + block["item_multi_fields"]
+    width = fields * block["embedding_dim"]
+    return torch.randn(4, width), torch.randn(4, width)
 
 
 def _field_tables(emb: FieldEmbedding, num_user_fields: int) -> dict[str, np.ndarray]:
@@ -123,21 +161,23 @@ def export_ranker(
     config: dict[str, Any],
     extra: dict[str, Any] | None = None,
     crossing: bool = True,
+    program_format: str = "torchscript",
 ) -> Path:
     """Write ``model`` and the tables it is served with as a new version of ``name``.
 
     A DeepFM or Wide&Deep with hidden layers, or a DCN-v2 with cross layers, also gets
     the fused-crossing block (manifest key ``crossing``, its parameter tables and the
     ``head`` program) unless ``crossing`` is False; an artifact without it is served
-    with the whole ``model`` program.
+    with the whole ``model`` program. The programs are in ``program_format``
+    (``torchscript`` or ``export``: recserve.engine.programs).
     """
-    modules = {"model": script_model(model)}
     tables = dict(encoded.tables)
+    modules = {"model": program_of(model, program_format, _ranker_examples(tables))}
     extra = dict(extra or {})
     if crossing and has_crossing(model):
         n_user = len(encoded.schema.single_valued("user"))
         block, crossing_tables, head = crossing_block(model, n_user)
-        modules[block["module"]] = script_model(head)
+        modules[block["module"]] = program_of(head, program_format, _head_examples(block))
         tables.update(crossing_tables)
         extra["crossing"] = block
     return save_artifact(

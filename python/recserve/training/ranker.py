@@ -33,7 +33,13 @@ class TrainedRanker:
     metrics: dict[str, float]  # test_auc, test_logloss, val_auc, train_seconds, ...
     family: str = "deepfm"  # the model name, e.g. "dcnv2"
 
-    def export(self, repo: str | os.PathLike[str], name: str, data_name: str) -> Path:
+    def export(
+        self,
+        repo: str | os.PathLike[str],
+        name: str,
+        data_name: str,
+        program_format: str = "torchscript",
+    ) -> Path:
         return export_ranker(
             self.model,
             self.encoded,
@@ -43,6 +49,7 @@ class TrainedRanker:
             metrics=self.metrics,
             config={**self.config.to_json(), "data": data_name, "split": "random 80/10/10"},
             extra={"label": f"rating >= {self.config.positive_rating:g}"},
+            program_format=program_format,
         )
 
 

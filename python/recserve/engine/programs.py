@@ -1,0 +1,162 @@
+"""Program formats of an artifact: how a model's program is written and read back.
+
+Two formats (manifest ``program_format``, docs/artifact.md):
+
+- ``torchscript``: a ``torch.jit`` archive (``.pt``), what recserve has always written;
+- ``export``: a ``torch.export`` program (``.pt2``), the format PyTorch now points
+  serving to; read back with ``torch.export.load`` and run as its ``.module()``.
+
+A ``.pt2`` archive may carry pickled payloads (tensor subclasses, custom objects, a
+legacy layout), and ``torch.export.load`` would unpickle them with ``weights_only=False``.
+recserve never runs a pickle from a file: :func:`check_pt2_plain` reads the archive's own
+index first and refuses one that holds anything but plain tensors and JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import warnings
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import PurePosixPath
+from typing import Any
+
+import torch
+from torch import nn
+
+PROGRAM_FORMATS = ("torchscript", "export")
+PROGRAM_SUFFIXES = {"torchscript": ".pt", "export": ".pt2"}
+# What a program is once loaded: a TorchScript module, or an exported program's module.
+Program = nn.Module
+
+
+class ProgramError(ValueError):
+    """A program file that must not be loaded, or a model that cannot be exported."""
+
+
+@contextmanager
+def torchscript_deprecation_silenced() -> Iterator[None]:
+    """PyTorch deprecates TorchScript in favour of torch.export; recserve still writes and
+    reads it (the ``export`` format is the other choice). Silence only that warning,
+    only around our own TorchScript calls."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning
+        )
+        yield
+
+
+def copy_program(program: Program) -> Program:
+    """A deep copy of a loaded program. Copying an exported program's module makes torch
+    warn about its own internal tree specs (torch 2.13); only that warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+            category=FutureWarning,
+        )
+        return copy.deepcopy(program)
+
+
+def program_format_of(program: Any) -> str:
+    """The format a program object is written in (raises ProgramError for another object)."""
+    if isinstance(program, torch.jit.ScriptModule):
+        return "torchscript"
+    if isinstance(program, torch.export.ExportedProgram):
+        return "export"
+    raise ProgramError(
+        f"a program must be a TorchScript module or a torch.export ExportedProgram, "
+        f"not {type(program).__name__}"
+    )
+
+
+def save_program(
+    program: torch.jit.ScriptModule | torch.export.ExportedProgram, path: str | os.PathLike[str]
+) -> None:
+    """Writes ``program`` to ``path`` in its own format."""
+    if program_format_of(program) == "torchscript":
+        with torchscript_deprecation_silenced():
+            torch.jit.save(program, str(path))
+    else:
+        torch.export.save(program, str(path))
+
+
+def load_program(data: bytes, program_format: str | None) -> Program:
+    """The program in ``data`` (the bytes of its file), in eval mode, on the CPU."""
+    if program_format == "torchscript":
+        with torchscript_deprecation_silenced():
+            module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+        module.eval()
+        return module
+    if program_format == "export":
+        check_pt2_plain(data)
+        return torch.export.load(io.BytesIO(data)).module()
+    raise ProgramError(
+        f"program format {program_format!r} is not supported "
+        f"(supported: {', '.join(PROGRAM_FORMATS)})"
+    )
+
+
+def check_pt2_plain(data: bytes) -> None:
+    """Refuses a ``.pt2`` archive that would make ``torch.export.load`` unpickle: weights
+    or constants stored as pickles, a legacy single-file layout, custom objects, or
+    sample inputs that are more than tensors."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise ProgramError("not a torch.export program: the file is not a .pt2 archive") from None
+    with archive:
+        names = archive.namelist()
+        for name in names:
+            parts = PurePosixPath(name).parts
+            if len(parts) < 3 or parts[1] not in ("data", "models"):
+                continue
+            section = parts[2] if parts[1] == "data" else "models"
+            if section in ("weights", "constants") and name.endswith(".pt"):
+                raise ProgramError(f"the .pt2 archive stores {name} in the legacy pickled layout")
+            if section in ("weights", "constants") and name.endswith("_config.json"):
+                _check_payload_config(archive.read(name), name)
+            if section == "sample_inputs":
+                try:
+                    torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+                except Exception as exc:  # noqa: BLE001 - any failure means "not plain"
+                    raise ProgramError(
+                        f"the .pt2 archive's {name} is not plain tensors ({exc})"
+                    ) from None
+        if not any(PurePosixPath(n).parts[1:2] == ("models",) for n in names):
+            raise ProgramError("not a torch.export program: the archive holds no model")
+
+
+def _check_payload_config(raw: bytes, name: str) -> None:
+    try:
+        entries = json.loads(raw).get("config", {})
+    except (json.JSONDecodeError, AttributeError):
+        raise ProgramError(f"the .pt2 archive's {name} is not a payload index") from None
+    for fqn, entry in entries.items():
+        path_name = str(entry.get("path_name", ""))
+        pickled = entry.get("use_pickle", False)
+        # constants that are not tensors (torchbind objects) are pickled too
+        plain = path_name.startswith(("weight_", "tensor_"))
+        if pickled or not plain:
+            raise ProgramError(
+                f"the .pt2 archive stores {fqn!r} as a pickled object; export plain tensors "
+                "(no tensor subclasses or custom objects)"
+            )
+
+
+def export_program(
+    model: nn.Module, example_inputs: Sequence[torch.Tensor], batch_dims: Sequence[int | None]
+) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` in eval mode, every input's ``batch_dims[i]`` dynamic
+    and shared (None: the input's shape is fixed)."""
+    model.eval()
+    batch = torch.export.Dim("batch", min=1)
+    shapes = tuple({d: batch} if d is not None else None for d in batch_dims)
+    try:
+        return torch.export.export(model, tuple(example_inputs), dynamic_shapes=shapes)
+    except Exception as exc:
+        raise ProgramError(f"torch.export could not export {type(model).__name__}: {exc}") from exc
