@@ -169,13 +169,29 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _package(args: argparse.Namespace) -> int:
-    from recserve.packaging import PackageError, TwoTowerFiles, package_two_tower
-
-    files = TwoTowerFiles(
-        args.items, args.item_embeddings, args.users, args.user_embeddings, args.interactions
+    from recserve.packaging import (
+        PackageError,
+        RankerFiles,
+        TwoTowerFiles,
+        package_ranker,
+        package_two_tower,
     )
+
     try:
-        path = package_two_tower(files, args.model_repo, args.name)
+        if args.kind == "ranker":
+            files = RankerFiles(
+                args.program, args.features, args.items, args.users, args.interactions
+            )
+            path = package_ranker(files, args.model_repo, args.name)
+        else:
+            towers = TwoTowerFiles(
+                args.items,
+                args.item_embeddings,
+                args.users,
+                args.user_embeddings,
+                args.interactions,
+            )
+            path = package_two_tower(towers, args.model_repo, args.name)
     except PackageError as exc:
         print(f"error: {exc}; nothing was written", file=sys.stderr)
         return 2
@@ -364,6 +380,32 @@ def build_parser() -> argparse.ArgumentParser:
     two_tower.add_argument("--model-repo", type=Path, default=Path("model-repo"))
     two_tower.add_argument("--name", required=True, help="model name in the repository")
     two_tower.set_defaults(handler=_package)
+    ranker = package_sub.add_parser(
+        "ranker",
+        help="a ranker: a TorchScript or torch.export program, its features and tables",
+        description="Checks the files, runs the program on sample rows, then writes a new "
+        "version of --name (family packaged_ranker) that `recserve serve` answers Rank "
+        "with, and Recommend as a cascade's rank_with. The program takes (user int64[B, Fu], "
+        "item int64[B, Fi], item_multi int64[B, M]) encoded as the feature schema says and "
+        "returns one logit per candidate. Exit status 2, with the file and field named, "
+        "when a file is wrong; nothing is written then. See docs/packaging.md.",
+    )
+    ranker.add_argument(
+        "--program", type=Path, required=True, help="TorchScript (.pt) or torch.export (.pt2)"
+    )
+    ranker.add_argument("--features", type=Path, required=True, help="feature schema: TOML or JSON")
+    ranker.add_argument(
+        "--items", type=Path, required=True, help="CSV: id[, title], a column per item feature"
+    )
+    ranker.add_argument("--users", type=Path, help="CSV: id, a column per user feature")
+    ranker.add_argument(
+        "--interactions",
+        type=Path,
+        help="CSV: user_id, item_id; left out of each user's Recommend answers",
+    )
+    ranker.add_argument("--model-repo", type=Path, default=Path("model-repo"))
+    ranker.add_argument("--name", required=True, help="model name in the repository")
+    ranker.set_defaults(handler=_package)
 
     data = sub.add_parser("data", help="obtain data sets")
     data_sub = data.add_subparsers(dest="action", required=True)

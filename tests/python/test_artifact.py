@@ -39,7 +39,9 @@ def test_round_trip_gives_identical_scores(trained_ranker: TrainedRanker, artifa
                 torch.from_numpy(tables["item_features"]),
                 torch.from_numpy(tables["item_multi"]),
             )
-        np.testing.assert_array_equal(served, torch.sigmoid(logits).numpy())
+        # the served probability: the logit's sigmoid in float64, rounded to float32
+        expected = torch.sigmoid(logits.double()).float().numpy()
+        np.testing.assert_array_equal(served, expected)
     for key, table in tables.items():
         np.testing.assert_array_equal(artifact.tables[key], table)
     assert artifact.schema == trained_ranker.encoded.schema

@@ -250,7 +250,7 @@ def test_refuses_a_retrieval_model(tmp_path: Path) -> None:
     family = pipeline.artifact.family
     message = re.escape(
         f"family {family!r} cannot explain its scores; explain needs a ranker "
-        "(mlp, wide_deep, deepfm, dcnv2)"
+        "(mlp, wide_deep, deepfm, dcnv2, packaged_ranker)"
     )
     with pytest.raises(InvalidRequest, match=message):
         explain_rows(pipeline, np.zeros(0, dtype=np.int64), np.array([0]))

@@ -53,10 +53,15 @@ CROSSING_KINDS = tuple(CROSSING_ROLES)
 # crossing kernel and a ``head`` when the artifact has a crossing block. The trainers
 # declare the same names (recserve.training.trainer.RANKERS).
 RANKER_FAMILIES = ("mlp", "wide_deep", "deepfm", "dcnv2")
+# A ranker program trained elsewhere (recserve.packaging.ranker): the signature of the
+# families above, no crossing block.
+PACKAGED_RANKER_FAMILY = "packaged_ranker"
+# Every family a RankerPipeline serves, and explains.
+RANKER_PROGRAM_FAMILIES = (*RANKER_FAMILIES, PACKAGED_RANKER_FAMILY)
 # The ranker of a sequence retriever's items (engine/din.py): a cascade's second stage only.
 DIN_FAMILY = "din"
 # What a Recommend's rank_with may name.
-CASCADE_RANKER_FAMILIES = (*RANKER_FAMILIES, DIN_FAMILY)
+CASCADE_RANKER_FAMILIES = (*RANKER_PROGRAM_FAMILIES, DIN_FAMILY)
 # Role of each parameter table of a crossing block -> its table key in the artifact.
 CROSSING_TABLES = {role: f"crossing_{role}" for role in (*_FIELDS, "first_order", "bias")}
 

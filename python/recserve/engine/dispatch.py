@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .artifact import DIN_FAMILY, RANKER_FAMILIES, Artifact
+from .artifact import DIN_FAMILY, RANKER_PROGRAM_FAMILIES, Artifact
 from .din import DinPipeline
 from .pipeline import CatalogPipeline, RankerPipeline
 from .retrieval import RETRIEVAL_FAMILIES, make_retrieval_pipeline
@@ -17,13 +17,13 @@ def make_pipeline(
 ) -> CatalogPipeline:
     """The pipeline that serves an artifact's family (``head_dtype``: of a ranker's
     crossing head, see RankerPipeline), placed on ``device`` ("cpu" or "cuda")."""
-    if artifact.family in RANKER_FAMILIES:
+    if artifact.family in RANKER_PROGRAM_FAMILIES:
         return RankerPipeline(artifact, limits, head_dtype=head_dtype).place_on(device)
     if artifact.family in RETRIEVAL_FAMILIES:
         return make_retrieval_pipeline(artifact, limits).place_on(device)
     if artifact.family == DIN_FAMILY:
         return DinPipeline(artifact, limits).place_on(device)
-    families = (*RANKER_FAMILIES, *RETRIEVAL_FAMILIES, DIN_FAMILY)
+    families = (*RANKER_PROGRAM_FAMILIES, *RETRIEVAL_FAMILIES, DIN_FAMILY)
     raise ValueError(
         f"{artifact.path}: model family {artifact.family!r} cannot be served by this recserve "
         f"(it serves: {', '.join(families)})"

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..results import Explanation, FieldContribution, Ranking
-from .artifact import RANKER_FAMILIES
+from .artifact import RANKER_PROGRAM_FAMILIES
 from .errors import InvalidRequest
 from .pipeline import CatalogPipeline, RankerPipeline
 from .schema import FeatureSchema, encode_ids
@@ -58,7 +58,7 @@ def check_explainable(pipeline: CatalogPipeline) -> None:
         family = getattr(artifact, "family", type(pipeline).__name__)
         raise InvalidRequest(
             f"family {family!r} cannot explain its scores; explain needs a ranker "
-            f"({', '.join(RANKER_FAMILIES)}): send the request without explain"
+            f"({', '.join(RANKER_PROGRAM_FAMILIES)}): send the request without explain"
         )
     n_fields = len(pipeline.schema.features)
     if n_fields > MAX_EXPLAIN_FIELDS:

@@ -21,7 +21,7 @@ import torch
 
 from ..core import kernels
 from ..results import Ranking, ScoredItem
-from .artifact import RANKER_FAMILIES, Artifact
+from .artifact import RANKER_PROGRAM_FAMILIES, Artifact
 from .batch_plan import (
     DEVICES,
     SCORES_BACKEND,
@@ -179,10 +179,15 @@ class CatalogPipeline:
         fewer candidates than k)."""
         keep = rows >= 0
         return Ranking(
-            items=self._to_items(rows[keep], values[keep]),
+            items=self._to_items(rows[keep], self.answer_scores(values[keep])),
             cold_start_user=user_row < 0,
             unknown_item_ids=unknown_ids,
         )
+
+    def answer_scores(self, values: np.ndarray) -> np.ndarray:
+        """The scores an answer reports for the values its items were selected by (a
+        ranker selects by logit, which never saturates, and reports the probability)."""
+        return values
 
     def recommend_inputs(
         self, k: int, recent_item_ids: Sequence[int], request_context: RequestContext | None
@@ -354,7 +359,7 @@ class RankerPipeline(CatalogPipeline):
         use_crossing: bool = True,
         head_dtype: str = "float32",
     ) -> None:
-        if artifact.family not in RANKER_FAMILIES:
+        if artifact.family not in RANKER_PROGRAM_FAMILIES:
             raise ValueError(f"family {artifact.family!r} is not a ranker")
         if head_dtype not in HEAD_DTYPES:
             raise ValueError(
@@ -442,7 +447,8 @@ class RankerPipeline(CatalogPipeline):
         request_context: RequestContext | None = None,
     ) -> ScoresPlan:
         """The head's input rows for one user against item rows (None = all items), and
-        the scores (probabilities) from the head's logits."""
+        the float32 logits from the head's output: Rank and Recommend select by logit,
+        and :meth:`answer_scores` reports the selected ones as probabilities."""
         n = self.num_items if item_rows is None else item_rows.size
         if n == 0:
             return None, lambda _: np.empty(0, dtype=np.float32)
@@ -464,12 +470,17 @@ class RankerPipeline(CatalogPipeline):
                 user = torch.from_numpy(user_features).to(items.device).unsqueeze(0).expand(n, -1)
                 rows = HeadRows((user, items, multi))
 
-        def to_scores(logits: torch.Tensor) -> np.ndarray:
+        def to_logits(logits: torch.Tensor) -> np.ndarray:
             if linear is not None:
                 logits = logits + linear
-            return torch.sigmoid(logits).to(torch.float32).cpu().numpy()
+            return logits.to(torch.float32).cpu().numpy()
 
-        return rows, to_scores
+        return rows, to_logits
+
+    def answer_scores(self, values: np.ndarray) -> np.ndarray:
+        """Probabilities of the selected logits, computed in float64 so that a logit gets
+        the same float32 score however many are converted at once."""
+        return (1.0 / (1.0 + np.exp(-values.astype(np.float64)))).astype(np.float32)
 
     @property
     def shares_batch_work(self) -> bool:  # type: ignore[override]
@@ -488,8 +499,8 @@ class RankerPipeline(CatalogPipeline):
 
     def score_rows(self, user_features: np.ndarray, item_rows: np.ndarray | None) -> np.ndarray:
         """Scores (probabilities) of one user against item table rows (None = all items)."""
-        rows, to_scores = self.prepare_scores(user_features, item_rows)
-        return to_scores(None if rows is None else self.run_head([rows])[0])
+        rows, to_logits = self.prepare_scores(user_features, item_rows)
+        return self.answer_scores(to_logits(None if rows is None else self.run_head([rows])[0]))
 
     def prepare_recommend(
         self,

@@ -12,7 +12,6 @@ exclusion, and by ``Rank``. Nothing is unpickled: ``.npy`` files load with
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +21,9 @@ import numpy as np
 from recserve.engine.artifact import ArtifactError, save_artifact, validate_model_name
 from recserve.engine.schema import FeatureSchema, FeatureSpec
 
+from .tables import PackageError, parse_ids, read_table, seen_table
+
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
-
-
-class PackageError(ValueError):
-    """What makes the files unusable, naming the file and the field."""
 
 
 @dataclass(frozen=True)
@@ -69,85 +66,6 @@ def read_embeddings(path: Path, rows: int, what: str) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def read_table(
-    path: Path, columns: tuple[str, ...], what: str, optional: tuple[str, ...] = ()
-) -> dict[str, list[str]]:
-    """The named columns of a CSV file with a header, and those of ``optional`` it has
-    (other columns are ignored)."""
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            missing = [c for c in columns if c not in header]
-            if missing:
-                raise PackageError(
-                    f"{what}: {path} has no column {missing[0]!r} in its header "
-                    f"(it has: {', '.join(header) or 'none'})"
-                )
-            wanted = [*columns, *(c for c in optional if c in header)]
-            out: dict[str, list[str]] = {c: [] for c in wanted}
-            for row in reader:
-                for c in wanted:
-                    out[c].append(row[c] or "")
-            return out
-    except FileNotFoundError:
-        raise PackageError(f"{what}: {path} does not exist") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise PackageError(f"{what}: {path} is not a UTF-8 CSV file ({exc})") from None
-
-
-def parse_ids(values: list[str], path: Path, column: str, unique: bool = True) -> np.ndarray:
-    ids = np.empty(len(values), dtype=np.int64)
-    for row, value in enumerate(values):
-        try:
-            ids[row] = int(value)
-        except ValueError:
-            raise PackageError(
-                f"{path}: {column!r} of data row {row + 1} is {value!r}, not an integer id"
-            ) from None
-    if (ids < 0).any():
-        row = int(np.flatnonzero(ids < 0)[0])
-        raise PackageError(f"{path}: {column!r} of data row {row + 1} is negative ({ids[row]})")
-    if unique:
-        values_sorted, counts = np.unique(ids, return_counts=True)
-        if (counts > 1).any():
-            repeated = values_sorted[counts > 1][:5].tolist()
-            raise PackageError(f"{path}: duplicate {column!r} values: {repeated}")
-    return ids
-
-
-def seen_table(
-    files: TwoTowerFiles, user_ids: np.ndarray, item_ids: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(seen_indptr, seen_items, popularity) over sorted user and item rows."""
-    n_users, n_items = user_ids.size, item_ids.size
-    if files.interactions is None:  # nothing seen; the cold-start order is by id
-        return np.zeros(n_users + 1, np.int64), np.empty(0, np.int64), np.zeros(n_items, np.float32)
-    path = files.interactions
-    table = read_table(path, ("user_id", "item_id"), "interactions")
-    users = parse_ids(table["user_id"], path, "user_id", unique=False)
-    items = parse_ids(table["item_id"], path, "item_id", unique=False)
-    user_rows = np.searchsorted(user_ids, users)
-    item_rows = np.searchsorted(item_ids, items)
-    for ids, rows, table_ids, what in (
-        (users, user_rows, user_ids, "user_id"),
-        (items, item_rows, item_ids, "item_id"),
-    ):
-        known = (rows < table_ids.size) & (table_ids[np.minimum(rows, table_ids.size - 1)] == ids)
-        if not known.all():
-            row = int(np.flatnonzero(~known)[0])
-            raise PackageError(
-                f"{path}: {what} {ids[row]} of data row {row + 1} is not in the "
-                f"{'users' if what == 'user_id' else 'items'} table"
-            )
-    pairs = np.unique(user_rows * n_items + item_rows)  # each pair once, by user then item
-    seen_users, seen_items = np.divmod(pairs, n_items)
-    indptr = np.zeros(n_users + 1, np.int64)
-    np.cumsum(np.bincount(seen_users, minlength=n_users), out=indptr[1:])
-    popularity = np.bincount(item_rows, minlength=n_items).astype(np.float32)
-    return indptr, seen_items.astype(np.int64), popularity / max(item_rows.size, 1)
-
-
 def package_two_tower(files: TwoTowerFiles, repo: str | os.PathLike[str], name: str) -> Path:
     """Checks the files and writes a new version of ``name`` into ``repo`` (atomically);
     returns its directory. Raises PackageError, naming the file and field, and writes
@@ -171,7 +89,7 @@ def package_two_tower(files: TwoTowerFiles, repo: str | os.PathLike[str], name: 
         )
     item_order, user_order = np.argsort(item_ids), np.argsort(user_ids)  # served sorted
     item_ids, user_ids = item_ids[item_order], user_ids[user_order]
-    indptr, seen, popularity = seen_table(files, user_ids, item_ids)
+    indptr, seen, popularity = seen_table(files.interactions, user_ids, item_ids)
     title_table = np.asarray(items.get("title", [""] * item_ids.size))[item_order]
     schema = FeatureSchema(
         (
