@@ -86,3 +86,32 @@ def test_sequence_models_says_what_to_train(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 2 and "recserve train --model" in done.stderr
+
+
+@pytest.mark.slow
+def test_packaged_ranker_bench_checks_identity_then_measures_both(model_repo: Path) -> None:
+    """The bench packages the trained ranker from its own artifact: the tables and the
+    answers must come out identical before anything is timed."""
+    out = run_bench(
+        "packaged_ranker.py", "--model-repo", str(model_repo), "--candidates", "40",
+        "--concurrency", "2", "--duration", "0.5", "--rounds", "1",
+    )  # fmt: skip
+    assert "tables and answers of the two are identical" in out, out
+    rows = re.findall(
+        r"^\| (trained|packaged) \| 2 \| 1 \| (\d+) \|.*\| (\d+) \|$", out, re.MULTILINE
+    )
+    assert [model for model, _, _ in rows] == ["trained", "packaged"], out
+    assert all(int(answers) > 0 and errors == "0" for _, answers, errors in rows), out
+    assert re.search(r"packaged / trained: p50 [0-9.]+x", out), out
+
+
+@pytest.mark.slow
+def test_program_formats_bench_times_each_format_exactly(model_repo: Path) -> None:
+    out = run_bench(
+        "program_formats.py", "--model-repo", str(model_repo), "--candidates", "1,37",
+        "--repeats", "2", "--rounds", "1", "--no-aoti",
+    )  # fmt: skip
+    rows = re.findall(r"^\| (head|whole ranking|model program) \| (\w+) \| [0-9.]+ \| "
+                      r"[0-9.]+x \| ([0-9.e+-]+) \|$", out, re.MULTILINE)  # fmt: skip
+    assert len(rows) == 2 * 3 * 2, out  # 2 sizes x 3 parts x 2 formats
+    assert all(float(error) < 1e-5 for _, _, error in rows), out

@@ -1,0 +1,214 @@
+"""One ranker in three program formats: TorchScript (the baseline), a torch.export program
+and an AOTInductor-compiled one, timed on the same inputs in one process.
+
+The model is a ranker of a model repository (by default ``deepfm``, what
+``scripts/start.sh`` trains): its TorchScript artifact is loaded, the eager model is
+rebuilt from the artifact's settings and weights, and that eager model is exported
+(``recserve train --program-format export`` writes the same programs) and compiled
+ahead of time with ``torch._inductor.aoti_compile_and_package``. For each format:
+
+- ``head``: the crossing head alone, on the rows the fused C++ crossing kernel gives for
+  N candidates (one user);
+- ``whole ranking``: the crossing kernel, the head and the scores, N candidates;
+- ``model program``: the whole ``model`` program (the path without the crossing block).
+
+Each is timed ``--repeats`` times, formats interleaved, one torch thread; the table gives
+the median and its ratio to TorchScript (above 1: slower), and the largest relative
+difference of its logits from the eager model's.
+
+    recserve train --model deepfm --data ml-100k
+    python bench/program_formats.py                       # 1000 candidates
+    python bench/program_formats.py --candidates 100,1000 --repeats 200 --no-aoti
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serving import machine
+
+from recserve.core import kernels
+from recserve.engine.artifact import Artifact, list_versions, load_artifact
+from recserve.engine.batch_plan import HeadRows
+from recserve.engine.pipeline import RankerPipeline
+from recserve.training.export import crossing_block, export_ranker
+from recserve.training.features import EncodedData
+from recserve.training.registry import MODELS
+from recserve.training.trainer import build_ranker
+
+FORMATS = ("torchscript", "export", "aoti")
+
+
+def eager_model(artifact: Artifact) -> torch.nn.Module:
+    """The artifact's ranker as an eager module: built from its settings, given the
+    TorchScript program's weights (the same parameter names)."""
+    config_type = MODELS[artifact.family].config_type
+    known = {f.name for f in dataclasses.fields(config_type)}
+    config = config_type(**{k: v for k, v in artifact.manifest["config"].items() if k in known})
+    encoded = EncodedData(artifact.schema, dict(artifact.tables), *(np.empty(0),) * 3)
+    model = build_ranker(artifact.family, encoded, config)
+    # the program also saved the index buffers the eager model rebuilds itself
+    loaded = model.load_state_dict(artifact.modules["model"].state_dict(), strict=False)
+    if loaded.missing_keys:
+        raise ValueError(f"the program lacks the weights {loaded.missing_keys}")
+    return model.eval()
+
+
+def aoti(program_file: Path, out: Path) -> Callable[..., torch.Tensor]:
+    """An exported program file compiled ahead of time, loaded. Its kernels assume the
+    strides they were compiled for, so inputs are made contiguous (the pipeline hands the
+    whole program a user row expanded with stride 0)."""
+    program = torch.export.load(str(program_file))
+    path = torch._inductor.aoti_compile_and_package(program, package_path=str(out))
+    runner = torch._inductor.aoti_load_package(path)
+    return lambda *inputs: runner(*(x.contiguous() for x in inputs))
+
+
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-repo", type=Path, default=Path("model-repo"))
+    parser.add_argument("--model", default="deepfm")
+    parser.add_argument("--candidates", default="1000")
+    parser.add_argument("--repeats", type=int, default=100, help="timed calls per point")
+    parser.add_argument("--rounds", type=int, default=5, help="format interleavings")
+    parser.add_argument("--no-aoti", action="store_true", help="skip AOTInductor (slow build)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    versions = list_versions(args.model_repo / args.model)
+    if not versions:
+        print(f"error: no {args.model} in {args.model_repo}; train it with `recserve train "
+              f"--model deepfm --data ml-100k --model-repo {args.model_repo}`", file=sys.stderr)  # fmt: skip
+        return 2
+    artifact = load_artifact(args.model_repo / args.model / str(versions[-1]))
+    if artifact.crossing is None or artifact.program_format != "torchscript":
+        print("error: the bench needs a TorchScript ranker with a crossing block", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    model = eager_model(artifact)
+    formats = [f for f in FORMATS if f != "aoti" or not args.no_aoti]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        encoded = EncodedData(artifact.schema, dict(artifact.tables), *(np.empty(0),) * 3)
+        exported_dir = export_ranker(
+            model, encoded, tmp, "exported", family=artifact.family, metrics={}, config={},
+            program_format="export",
+        )  # fmt: skip
+        pipelines = {
+            "torchscript": (RankerPipeline(artifact), RankerPipeline(artifact, use_crossing=False)),
+        }
+        exported = load_artifact(exported_dir)
+        pipelines["export"] = (
+            RankerPipeline(exported),
+            RankerPipeline(exported, use_crossing=False),
+        )
+        if "aoti" in formats:
+            started = time.perf_counter()
+            crossing, whole = RankerPipeline(exported), RankerPipeline(exported, use_crossing=False)
+            crossing.crossing.head = aoti(exported_dir / "head.pt2", Path(tmp) / "head-aoti.pt2")
+            whole.module = aoti(exported_dir / "model.pt2", Path(tmp) / "model-aoti.pt2")
+            pipelines["aoti"] = (crossing, whole)
+            print(f"AOTInductor build of both programs: {time.perf_counter() - started:.0f} s")
+        report(args, artifact, model, pipelines, formats)
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """One user against N candidate rows, in the forms each part takes."""
+
+    user: np.ndarray  # encoded user row
+    rows: np.ndarray  # item rows
+    head_rows: HeadRows  # the crossing kernel's output: the head's input
+    model_rows: HeadRows  # the whole program's input (user, item, item_multi)
+
+
+def part_calls(pipelines, formats: list[str], x: Inputs) -> dict[tuple[str, str], Callable]:
+    """(format, part) -> a call of that part on the inputs."""
+    calls: dict[tuple[str, str], Callable] = {}
+    for name in formats:
+        crossing, whole = pipelines[name]
+        calls[(name, "head")] = partial(crossing.crossing.head_logits, *x.head_rows.inputs)
+        calls[(name, "whole ranking")] = partial(crossing.score_rows, x.user, x.rows)
+        calls[(name, "model program")] = partial(whole.head, *x.model_rows.inputs)
+    return calls
+
+
+def report(args, artifact: Artifact, model, pipelines, formats: list[str]) -> None:
+    host = machine()
+    print(f"machine: {host['cpu']}, {host['cores']} cores, recserve SIMD level "
+          f"{kernels.SIMD_LEVEL}, torch {host['torch']}, 1 torch thread")  # fmt: skip
+    print(f"model: {artifact.name} v{artifact.version} ({artifact.family}); median of "
+          f"{args.repeats} calls x {args.rounds} rounds, formats interleaved")  # fmt: skip
+    rng = np.random.default_rng(args.seed)
+    tables = artifact.tables
+    _, _, head = crossing_block(model, len(artifact.schema.single_valued("user")))
+    n_items = tables["item_ids"].size
+    for n in (int(c) for c in args.candidates.split(",")):
+        rows = rng.choice(n_items, size=min(n, n_items), replace=False)
+        user = tables["user_features"][int(rng.integers(tables["user_ids"].size))]
+        head_rows, _ = pipelines["torchscript"][0].crossing.head_inputs(user, rows)
+        model_rows = HeadRows(
+            (
+                torch.from_numpy(user)[None].expand(rows.size, -1),
+                torch.from_numpy(tables["item_features"][rows]),
+                torch.from_numpy(tables["item_multi"][rows]),
+            )
+        )
+        x = Inputs(user, rows, head_rows, model_rows)
+        with torch.no_grad():
+            eager = {
+                "head": head(*head_rows.inputs).reshape(-1).double(),
+                "model program": model(*model_rows.inputs).double(),
+            }
+        calls = part_calls(pipelines, formats, x)
+        with torch.no_grad():
+            errors = {
+                (name, part): _relative(calls[(name, part)](), eager[part])
+                for name in formats
+                for part in eager
+            }
+        times: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+        for _ in range(args.rounds):
+            for key, call in calls.items():
+                call()  # warm
+                times[key].append(median_ms(call, args.repeats))
+        print(f"\nN = {rows.size} candidates")
+        print("| part | format | ms | x TorchScript | max relative difference from eager |")
+        print("| --- | --- | --- | --- | --- |")
+        for part in ("head", "whole ranking", "model program"):
+            base = statistics.median(times[("torchscript", part)])
+            for name in formats:
+                ms = statistics.median(times[(name, part)])
+                error = errors.get((name, part), errors[(name, "head")])  # the ranking's logits
+                print(f"| {part} | {name} | {ms:.3f} | {ms / base:.2f}x | {error:.1e} |")
+
+
+def _relative(logits: torch.Tensor, reference: torch.Tensor) -> float:
+    diff = (logits.reshape(-1).double() - reference).abs()
+    return float((diff / reference.abs().clamp(min=1e-3)).max())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
