@@ -343,7 +343,7 @@ def no_users_table(folder: Path, files: RankerFiles) -> RankerFiles:
         (extra_user_feature, r"sample forward pass failed .*Does the feature schema match"),
         (larger_vocabulary, r"failed on every column at its largest index"),
         (duplicate_item, r"duplicate 'id' values"),
-        (program(IntegerScores()), r"returns dtype torch\.int64 .*expected float logits"),
+        (program(IntegerScores()), r"returns dtype torch\.int64 .*expected a float dtype"),
         (program(TwoScores()), r"returns shape \[8, 2\] .*expected \[8\] or \[8, 1\]"),
         (program(Raises()), r"sample forward pass failed on .*: .*year bucket out of range"),
         (pickled_state_dict, r"is not a TorchScript program"),

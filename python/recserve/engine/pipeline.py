@@ -32,10 +32,10 @@ from .batch_plan import (
     timed_batch,
 )
 from .crossing import HEAD_DTYPES, crossing_from_artifact
-from .errors import InvalidRequest
 from .request_context import RequestContext
-from .schema import FeatureSchema, encode_ids, encode_value
-from .validation import Limits, check_candidates, check_k, check_recent, check_user_id
+from .schema import FeatureSchema, encode_ids
+from .user_features import UserFeatures
+from .validation import Limits, check_candidates, check_k, check_recent
 
 DEFAULT_RECOMMEND_K = 10
 # What prepare_scores returns: the request's batch work (None: none) and the function of
@@ -371,10 +371,10 @@ class RankerPipeline(CatalogPipeline):
         self.module = artifact.modules["model"]
         t = artifact.tables
         self.load_catalog(t)
-        self.user_features = t["user_features"]
+        self.users = UserFeatures(self.schema, self.user_ids, t["user_features"])
+        self.user_features = self.users.table
         self._item_features = torch.from_numpy(np.ascontiguousarray(t["item_features"]))
         self._item_multi = torch.from_numpy(np.ascontiguousarray(t["item_multi"]))
-        self._user_columns = {f.name: i for i, f in enumerate(self.schema.single_valued("user"))}
         self._check_tables()
         self.crossing = crossing_from_artifact(artifact, head_dtype) if use_crossing else None
         self.head_dtype = head_dtype if self.crossing is not None else "float32"
@@ -383,33 +383,12 @@ class RankerPipeline(CatalogPipeline):
         n_items = self.num_items
         if self._item_features.shape[0] != n_items or self._item_multi.shape[0] != n_items:
             raise ValueError("item tables disagree on the number of items")
-        if self.user_features.shape != (self.num_users, len(self._user_columns)):
-            raise ValueError("user feature table does not match the schema")
 
     # -- user side -------------------------------------------------------------------
 
     def encode_user(self, user_id: int, context: Mapping[str, str]) -> tuple[np.ndarray, int]:
         """The user's encoded feature row and table row (-1 for a cold-start user)."""
-        check_user_id(user_id)
-        code = int(encode_ids(self.user_ids, [user_id])[0])
-        row = code - 1
-        if row >= 0:
-            features = self.user_features[row].copy()
-        else:
-            features = np.zeros(len(self._user_columns), dtype=np.int64)
-        for name, value in context.items():
-            column = self._user_columns.get(name)
-            if column is None:
-                known = ", ".join(n for n, i in self._user_columns.items() if i > 0)
-                raise InvalidRequest(f"unknown user feature {name!r}; this model takes: {known}")
-            spec = self.schema.by_name(name)
-            if spec.kind == "id":
-                raise InvalidRequest(f"{name!r} is the user id; send it as user_id")
-            try:
-                features[column] = encode_value(spec, value)
-            except ValueError as exc:
-                raise InvalidRequest(str(exc)) from None
-        return features, row
+        return self.users.encode(user_id, context)
 
     def place_on(self, device: str) -> RankerPipeline:
         """On "cuda": the crossing item tables and the head (or the whole program and the
