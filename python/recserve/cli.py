@@ -356,20 +356,32 @@ def build_parser() -> argparse.ArgumentParser:
     package_sub = package.add_subparsers(dest="kind", required=True)
     two_tower = package_sub.add_parser(
         "two-tower",
-        help="a two-tower retriever: user and item embeddings",
-        description="Checks the files, then writes a new version of --name (family "
-        "embedding: score = <user vector, item vector>) that `recserve serve` answers "
-        "Recommend and Rank with. Row r of each .npy is the vector of the r-th id of its "
-        "CSV table. Exit status 2, with the file and field named, when a file is wrong; "
+        help="a two-tower retriever: item embeddings, and user embeddings or a user tower",
+        description="Checks the files, then writes a new version of --name (score = <user "
+        "vector, item vector>) that `recserve serve` answers Recommend and Rank with. Row r "
+        "of each .npy is the vector of the r-th id of its CSV table. The user side is "
+        "either stored vectors (family embedding) or a user-tower program with its "
+        "feature schema (family user_tower: the vector is computed per request, from the "
+        "stored features and the request's user_features). Exit status 2, with the file and field named, when a file is wrong; "
         "nothing is written then. See docs/packaging.md.",
     )
     two_tower.add_argument("--items", type=Path, required=True, help="CSV: id[, title]")
     two_tower.add_argument(
         "--item-embeddings", type=Path, required=True, help=".npy float [items, d]"
     )
-    two_tower.add_argument("--users", type=Path, required=True, help="CSV: id")
     two_tower.add_argument(
-        "--user-embeddings", type=Path, required=True, help=".npy float [users, d]"
+        "--users", type=Path, required=True, help="CSV: id (and the user tower's feature columns)"
+    )
+    user_side = two_tower.add_mutually_exclusive_group(required=True)
+    user_side.add_argument("--user-embeddings", type=Path, help=".npy float [users, d]")
+    user_side.add_argument(
+        "--user-tower",
+        type=Path,
+        help="a user-tower program instead of user embeddings: TorchScript (.pt) or "
+        "torch.export (.pt2), forward(user int64[B, Fu]) -> float[B, d]",
+    )
+    two_tower.add_argument(
+        "--user-features", type=Path, help="with --user-tower: its feature schema ([[user]])"
     )
     two_tower.add_argument(
         "--interactions",

@@ -1,6 +1,6 @@
 """Retrieval pipelines: top-N models that score the whole catalog for one user.
 
-Three artifact families (docs/artifact.md):
+Four artifact families (docs/artifact.md):
 
 - ``embedding`` (most-popular, BPR-MF): a stored vector per user; ``recent_item_ids``
   are excluded from the answer but do not change the user's vector.
@@ -9,22 +9,27 @@ Three artifact families (docs/artifact.md):
   last) are merged into the user's stored history (:func:`merge_recent`: the part the
   history already ends with is not appended again), and the last ``max_history`` items
   are encoded, so a click sent in the request changes the answer at once.
+- ``user_tower`` (a packaged two-tower model): the ``user_tower`` program turns the
+  user's features into the user vector (the request's ``user_features`` over the stored
+  ones), scored against stored item vectors.
 - ``generator`` (CFGAN): the ``generator`` program maps the user's purchase vector (the
   multi-hot of their stored items plus the request's known ``recent_item_ids``) to a
   score per catalog item; a click sent in the request changes the answer at once.
 
-Recommend is, for ``embedding`` and ``sequence``, the fused C++ ``topk_inner_product``
-over the item vectors, for ``generator`` ``topk_scores`` over the generated scores, with
+Recommend is, for ``embedding``, ``sequence`` and ``user_tower``, the fused C++
+``topk_inner_product`` over the item vectors, for ``generator`` ``topk_scores`` over the
+generated scores, with
 the user's seen items and the request's recent items excluded inside the kernel (unless
 ``include_seen``). Rank scores the candidates' rows, then selects with ``topk_scores``.
 Cold start: a user with no vector (an unknown user id and, for ``sequence`` and
-``generator``, no known recent item) gets the catalog by training popularity (the
+``generator``, no known recent item, for ``user_tower`` no user feature) gets the catalog by training popularity (the
 ``popularity`` table, the share of training interactions per item); the answer says
 ``cold_start_user`` whenever the user id is unknown.
 
-Batching (recserve.engine.batch_plan): Recommend's batch work, for ``embedding`` and
-``sequence``, is the top-k inner product, run for a batch's user vectors at once; the
-``encoder`` and ``generator`` programs run per request (timed as the ``head`` stage).
+Batching (recserve.engine.batch_plan): Recommend's batch work, for the families with item
+vectors, is the top-k inner product, run for a batch's user vectors at once; the
+``encoder``, ``user_tower`` and ``generator`` programs run per request (timed as the
+``head`` stage).
 """
 
 from __future__ import annotations
@@ -43,12 +48,14 @@ from .errors import InvalidRequest
 from .pipeline import SCORES_BACKEND, CatalogPipeline
 from .request_context import RequestContext
 from .schema import encode_ids
+from .user_features import UserFeatures
 from .validation import Limits, check_user_id
 
 EMBEDDING_FAMILY = "embedding"
 SEQUENCE_FAMILY = "sequence"
 GENERATOR_FAMILY = "generator"
-RETRIEVAL_FAMILIES = (EMBEDDING_FAMILY, SEQUENCE_FAMILY, GENERATOR_FAMILY)
+USER_TOWER_FAMILY = "user_tower"
+RETRIEVAL_FAMILIES = (EMBEDDING_FAMILY, SEQUENCE_FAMILY, GENERATOR_FAMILY, USER_TOWER_FAMILY)
 
 
 class RetrievalPipeline(CatalogPipeline):
@@ -260,6 +267,46 @@ class GeneratorPipeline(RetrievalPipeline):
         return user_vector if item_rows is None else user_vector[item_rows]
 
 
+class UserTowerPipeline(RetrievalPipeline):
+    """Family ``user_tower``: the ``user_tower`` program turns the user's encoded features
+    (the stored row, with the request's ``user_features`` over it) into the user vector,
+    so a user the tables lack is still served from the features the request sends."""
+
+    family = USER_TOWER_FAMILY
+    user_program = True
+
+    def __init__(self, artifact: Artifact, limits: Limits | None = None) -> None:
+        super().__init__(artifact, limits)
+        self.tower = artifact.modules["user_tower"]
+        self.users = UserFeatures(self.schema, self.user_ids, artifact.tables["user_features"])
+        probe = self._vector(np.zeros(len(self.users.columns), dtype=np.int64))
+        if probe.shape != (self.item_vectors.shape[1],):
+            raise ValueError(
+                f"the user tower gives vectors of shape {list(probe.shape)}; the item vectors "
+                f"have {self.item_vectors.shape[1]} dimensions"
+            )
+
+    def _vector(self, features: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            vector = self.tower(torch.from_numpy(features).unsqueeze(0))  # [1, d]
+        return np.ascontiguousarray(vector.reshape(-1).to(torch.float32).numpy())
+
+    def encode_user_timed(
+        self,
+        user_id: int,
+        context: Mapping[str, str],
+        request_context: RequestContext | None,
+        recent_rows: np.ndarray | None = None,
+    ) -> tuple[np.ndarray | None, int]:
+        """The tower's vector, or None (popularity) for an unknown user with no features."""
+        with stage(request_context, "feature"):
+            features, row = self.users.encode(user_id, context)
+        if row < 0 and not context:
+            return None, row
+        with stage(request_context, "head"):
+            return self._vector(features), row
+
+
 def merge_recent(history: np.ndarray, recent: np.ndarray) -> np.ndarray:
     """``history`` followed by the part of ``recent`` it does not already end with.
 
@@ -299,4 +346,6 @@ def make_retrieval_pipeline(artifact: Artifact, limits: Limits | None = None) ->
         return SequencePipeline(artifact, limits)
     if artifact.family == GENERATOR_FAMILY:
         return GeneratorPipeline(artifact, limits)
+    if artifact.family == USER_TOWER_FAMILY:
+        return UserTowerPipeline(artifact, limits)
     raise ValueError(f"family {artifact.family!r} is not a retrieval family")

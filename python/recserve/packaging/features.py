@@ -32,16 +32,15 @@ class Feature:
     separator: str  # between the values of a multi-valued feature
 
 
-def read_features(path: Path) -> list[Feature]:
-    """The schema file's features, user side first, each checked."""
+def read_features(path: Path, sides: tuple[str, ...] = SIDES) -> list[Feature]:
+    """The schema file's features of ``sides``, user side first, each checked."""
     data = _read_schema_file(path)
-    unknown = [key for key in data if key not in SIDES]
+    unknown = [key for key in data if key not in sides]
     if unknown:
-        raise PackageError(
-            f"{path}: unknown key {unknown[0]!r}; the schema has [[user]] and [[item]]"
-        )
+        lists = " and ".join(f"[[{side}]]" for side in sides)
+        raise PackageError(f"{path}: unknown key {unknown[0]!r}; this schema has {lists}")
     features: list[Feature] = []
-    for side in SIDES:
+    for side in sides:
         entries = data.get(side, [])
         if not isinstance(entries, list):
             raise PackageError(f"{path}: {side!r} must be a list of features ([[{side}]] in TOML)")
@@ -55,8 +54,6 @@ def read_features(path: Path) -> list[Feature]:
         ids = [f.spec.name for f in features if f.spec.side == side and f.spec.kind == "id"]
         if len(ids) > 1:
             raise PackageError(f"{path}: the {side} side has two id features ({', '.join(ids)})")
-    if not any(f.spec.side == "item" for f in features):
-        raise PackageError(f"{path}: no [[item]] feature; a ranker needs the candidate's features")
     return features
 
 

@@ -79,6 +79,10 @@ def package_ranker(files: RankerFiles, repo: str | os.PathLike[str], name: str) 
     except ArtifactError as exc:
         raise PackageError(str(exc)) from None
     features = read_features(files.features)
+    if not any(f.spec.side == "item" for f in features):
+        raise PackageError(
+            f"{files.features}: no [[item]] feature; a ranker needs the candidate's features"
+        )
     user_side = [f for f in features if f.spec.side == "user"]
     item_side = [f for f in features if f.spec.side == "item"]
     if files.users is None and any(f.spec.kind == "id" for f in user_side):

@@ -1,13 +1,20 @@
 """A two-tower retriever trained elsewhere, packaged as a model recserve serves.
 
-The inputs are plain files: the item and user embeddings as ``.npy`` arrays (row r is
-the r-th id of the matching CSV table), the ids (and optional titles) as CSV, and
-optionally an interaction log whose pairs are excluded from each user's answers and
-give the cold-start order (popularity). Everything is checked before anything is
-written; the artifact is the ``embedding`` family (docs/artifact.md): score(u, i) =
-<user vector, item vector>, served by ``Recommend`` with the C++ top-k and seen-item
-exclusion, and by ``Rank``. Nothing is unpickled: ``.npy`` files load with
-``allow_pickle=False``.
+The inputs are plain files: the item embeddings as a ``.npy`` array (row r is the r-th
+id of the items CSV), the ids (and optional titles) as CSV, optionally an interaction
+log whose pairs are excluded from each user's answers and give the cold-start order
+(popularity), and the user side in one of two forms:
+
+- user embeddings (``.npy``, row r the r-th id of the users CSV): family ``embedding``;
+- a user-tower program (TorchScript or ``torch.export``, ``forward(user: int64[B, Fu])
+  -> float[B, d]``) with a feature schema of ``[[user]]`` features and their columns in
+  the users CSV: family ``user_tower``, which computes the user's vector per request, so
+  a user the tables lack is served from the features the request sends.
+
+Either way score(u, i) = <user vector, item vector>, served by ``Recommend`` with the C++
+top-k and seen-item exclusion, and by ``Rank`` (docs/artifact.md). Everything is checked
+before anything is written. Nothing is unpickled: ``.npy`` files load with
+``allow_pickle=False``, programs as packaging.program says.
 """
 
 from __future__ import annotations
@@ -15,12 +22,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from recserve.engine.artifact import ArtifactError, save_artifact, validate_model_name
+from recserve.engine.retrieval import EMBEDDING_FAMILY, USER_TOWER_FAMILY
 from recserve.engine.schema import FeatureSchema, FeatureSpec
 
+from .features import read_features, read_side
+from .program import SAMPLE_ROWS, column_names, load_program, probe_rows, run_probe
 from .tables import PackageError, parse_ids, read_table, seen_table
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
@@ -30,9 +41,11 @@ FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 class TwoTowerFiles:
     items: Path  # CSV with a header: `id` (int64) and optionally `title`
     item_embeddings: Path  # .npy, [items, d], float
-    users: Path  # CSV with a header: `id`
-    user_embeddings: Path  # .npy, [users, d], float
+    users: Path  # CSV with a header: `id` (and the user tower's feature columns)
+    user_embeddings: Path | None = None  # .npy, [users, d], float; or:
     interactions: Path | None = None  # CSV with a header: `user_id`, `item_id`
+    user_tower: Path | None = None  # program: int64 [B, Fu] -> float [B, d]
+    user_features: Path | None = None  # the tower's feature schema: [[user]] entries
 
 
 def read_embeddings(path: Path, rows: int, what: str) -> np.ndarray:
@@ -74,44 +87,41 @@ def package_two_tower(files: TwoTowerFiles, repo: str | os.PathLike[str], name: 
         validate_model_name(name)
     except ArtifactError as exc:
         raise PackageError(str(exc)) from None
+    if (files.user_embeddings is None) == (files.user_tower is None):
+        raise PackageError(
+            "give the user side once: user embeddings (.npy) or a user-tower program"
+        )
+    if files.user_tower is not None and files.user_features is None:
+        raise PackageError("a user-tower program needs its feature schema (--user-features)")
     items = read_table(files.items, ("id",), "items", optional=("title",))
     item_ids = parse_ids(items["id"], files.items, "id")
-    users = read_table(files.users, ("id",), "users")
-    user_ids = parse_ids(users["id"], files.users, "id")
-    if item_ids.size == 0 or user_ids.size == 0:
-        raise PackageError("the items and users tables need at least one id each")
+    if item_ids.size == 0:
+        raise PackageError(f"items: {files.items} has no rows")
     item_vectors = read_embeddings(files.item_embeddings, item_ids.size, "item embeddings")
-    user_vectors = read_embeddings(files.user_embeddings, user_ids.size, "user embeddings")
-    if item_vectors.shape[1] != user_vectors.shape[1]:
-        raise PackageError(
-            f"user embeddings have dimension {user_vectors.shape[1]} but item embeddings "
-            f"{item_vectors.shape[1]}; the two towers must meet in one space"
-        )
-    item_order, user_order = np.argsort(item_ids), np.argsort(user_ids)  # served sorted
-    item_ids, user_ids = item_ids[item_order], user_ids[user_order]
-    indptr, seen, popularity = seen_table(files.interactions, user_ids, item_ids)
-    title_table = np.asarray(items.get("title", [""] * item_ids.size))[item_order]
-    schema = FeatureSchema(
-        (
-            FeatureSpec.id("user_id", "user", int(user_ids.size)),
-            FeatureSpec.id("item_id", "item", int(item_ids.size)),
-        )
+    item_order = np.argsort(item_ids)  # served sorted
+    item_ids = item_ids[item_order]
+    titles = np.asarray(items.get("title", [""] * item_ids.size))[item_order].astype(str)
+    user_ids, user_tables, user_specs, modules = (
+        _tower_side(files, item_vectors.shape[1])
+        if files.user_tower is not None
+        else _embedding_side(files, item_vectors.shape[1])
     )
+    indptr, seen, popularity = seen_table(files.interactions, user_ids, item_ids)
     return save_artifact(
         repo,
         name,
-        family="embedding",
-        schema=schema,
-        modules={},
+        family=USER_TOWER_FAMILY if modules else EMBEDDING_FAMILY,
+        schema=FeatureSchema((*user_specs, FeatureSpec.id("item_id", "item", int(item_ids.size)))),
+        modules=modules,
         tables={
             "user_ids": user_ids,
             "item_ids": item_ids,
-            "item_titles": title_table.astype(str),
+            "item_titles": titles,
             "seen_indptr": indptr,
             "seen_items": seen,
             "popularity": popularity,
-            "user_vectors": user_vectors[user_order],
             "item_vectors": item_vectors[item_order],
+            **user_tables,
         },
         metrics={},
         config={
@@ -119,3 +129,48 @@ def package_two_tower(files: TwoTowerFiles, repo: str | os.PathLike[str], name: 
             "files": {key: str(path) for key, path in vars(files).items() if path is not None},
         },
     )
+
+
+UserSide = tuple[np.ndarray, dict[str, np.ndarray], tuple[FeatureSpec, ...], dict[str, Any]]
+
+
+def _embedding_side(files: TwoTowerFiles, dim: int) -> UserSide:
+    """Sorted user ids and their stored vectors."""
+    users = read_table(files.users, ("id",), "users")
+    user_ids = parse_ids(users["id"], files.users, "id")
+    if user_ids.size == 0:
+        raise PackageError(f"users: {files.users} has no rows")
+    vectors = read_embeddings(files.user_embeddings, user_ids.size, "user embeddings")
+    if vectors.shape[1] != dim:
+        raise PackageError(
+            f"user embeddings have dimension {vectors.shape[1]} but item embeddings {dim}; "
+            "the two towers must meet in one space"
+        )
+    order = np.argsort(user_ids)
+    spec = FeatureSpec.id("user_id", "user", int(user_ids.size))
+    return user_ids[order], {"user_vectors": vectors[order]}, (spec,), {}
+
+
+def _tower_side(files: TwoTowerFiles, dim: int) -> UserSide:
+    """Sorted user ids, their encoded features and the tower program, run on the probes
+    (packaging.program.probe_rows): it must give one finite ``dim``-vector per user."""
+    features = read_features(files.user_features, sides=("user",))
+    if not features:
+        raise PackageError(f"{files.user_features}: no [[user]] feature for the tower to read")
+    users = read_side(files.users, features, "users")
+    schema = FeatureSchema(tuple(users.specs))
+    program, module = load_program(files.user_tower)
+    first = users.single[:SAMPLE_ROWS]
+    if first.shape[0] == 0:
+        first = np.zeros((1, users.single.shape[1]), np.int64)
+    for what, arrays in probe_rows(schema, {"user": first}, "users").items():
+        run_probe(
+            module,
+            arrays,
+            what,
+            column_names(schema, ("user",)),
+            lambda rows: ((rows, dim),),
+            f"one {dim}-dimensional vector per user (the item embeddings' dimension)",
+        )
+    tables = {"user_features": users.single}
+    return users.ids, tables, tuple(users.specs), {"user_tower": program}
