@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--negatives", type=int, default=4, help="random items per positive")
+    parser.add_argument("--negatives", type=int, default=20, help="random items per positive")
     parser.add_argument("--loss", choices=("softmax", "bce"), default="softmax")
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)

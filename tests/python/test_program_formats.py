@@ -237,3 +237,50 @@ def test_train_refuses_the_export_format_for_a_sequence_model(run_recserve, tmp_
     assert done.returncode != 0
     assert "available for the CTR rankers" in done.stderr and "sasrec" in done.stderr
     assert not (tmp_path / "sasrec").exists()
+
+
+@pytest.mark.slow
+def test_a_server_compiles_exported_rankers_with_aoti_on_request(
+    encoded: EncodedData, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--compile-programs aoti: the exported whole program (no crossing block, as a
+    packaged ranker is served) and the crossing head are compiled when the model loads;
+    the answers keep the exported program's scores within the compiled kernels' rounding,
+    and the log says how far they moved. A TorchScript artifact is served as it is."""
+    from recserve import Client
+    from recserve.server.app import ServeOptions, build_server
+
+    torch.manual_seed(5)
+    model = build_ranker("deepfm", encoded, RANKERS["deepfm"].config_type(embedding_dim=8)).eval()
+    for name, crossing in (("whole", False), ("crossing", True)):
+        export_ranker(
+            model, encoded, tmp_path, name, family="deepfm", metrics={}, config={},
+            crossing=crossing, program_format="export",
+        )  # fmt: skip
+    export_ranker(model, encoded, tmp_path, "scripted", family="deepfm", metrics={}, config={})
+    plain = {n: RankerPipeline(load_artifact(tmp_path / n / "1")) for n in ("whole", "crossing")}
+    running = build_server(
+        ServeOptions(model_repo=tmp_path, port=0, metrics_port=-1, compile_programs="aoti")
+    )
+    try:
+        with caplog.at_level("INFO", logger="recserve.server.repository"):
+            running.repository.load_all()
+        running.set_serving(True)
+        compiled = {m.name: m.pipeline.compiled for m in running.repository.served()}
+        assert set(compiled["whole"]) == {"model"} and set(compiled["crossing"]) == {"head"}
+        assert compiled["scripted"] == {}
+        assert all(d < 1e-4 for c in compiled.values() for _, d in c.values()), compiled
+        assert "compiled the model program of whole v1 with AOTInductor" in caplog.text
+        user = int(plain["whole"].user_ids[2])
+        candidates = plain["whole"].item_ids[:40].tolist()
+        with Client(f"127.0.0.1:{running.port}", timeout=30) as client:
+            for name, pipeline in plain.items():
+                answer = client.rank(user, candidates, model=name)
+                expected = {i.item_id: i.score for i in pipeline.rank(user, candidates).items}
+                got = {i.item_id: i.score for i in answer.items}
+                assert got.keys() == expected.keys()
+                np.testing.assert_allclose(
+                    [got[i] for i in expected], list(expected.values()), rtol=1e-4
+                )
+    finally:
+        running.stop(0)

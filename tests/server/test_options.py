@@ -88,6 +88,14 @@ def test_an_int8_head_with_cuda_kernels_is_refused_at_start(tmp_path: Path) -> N
         build_server(options)
 
 
+def test_compiled_programs_with_cuda_kernels_are_refused_at_start(tmp_path: Path) -> None:
+    options = ServeOptions(
+        model_repo=tmp_path, port=0, metrics_port=-1, compile_programs="aoti", device="cuda"
+    )
+    with pytest.raises(ValueError, match=r"--compile-programs aoti compiles .* for the CPU"):
+        build_server(options)
+
+
 def test_help_documents_every_option_with_default_and_variable(run_recserve) -> None:
     result = run_recserve("serve", "--help")
     assert result.returncode == 0

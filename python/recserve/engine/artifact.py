@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from .programs import (
     PROGRAM_SUFFIXES,
     Program,
     ProgramError,
+    load_exported,
     load_program,
     program_format_of,
     save_program,
@@ -103,6 +104,8 @@ class Artifact:
     modules: dict[str, Program]
     tables: dict[str, np.ndarray]
     crossing: CrossingBlock | None = None  # absent: serve with the whole "model" program
+    # program_format "export": each module's torch.export program (what compile_aoti takes)
+    exported: dict[str, torch.export.ExportedProgram] = field(default_factory=dict)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -238,6 +241,7 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
         )
 
     modules: dict[str, Program] = {}
+    exported: dict[str, torch.export.ExportedProgram] = {}
     tables: dict[str, np.ndarray] = {}
     for filename, entry in manifest.get("files", {}).items():
         file_path = path / filename
@@ -254,7 +258,11 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
                         f"{path}: {filename} is in program format "
                         f"{entry.get('program_format')!r}, the manifest says {program_format!r}"
                     )
-                modules[entry["key"]] = load_program(data, program_format)
+                if program_format == "export":
+                    exported[entry["key"]] = load_exported(data)
+                    modules[entry["key"]] = exported[entry["key"]].module()
+                else:
+                    modules[entry["key"]] = load_program(data, program_format)
             elif entry["kind"] == "table":
                 _check_sha256(path, filename, _sha256(file_path), entry)
                 tables[entry["key"]] = _map_table(file_path)
@@ -277,6 +285,7 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
         modules=modules,
         tables=tables,
         crossing=crossing,
+        exported=exported,
     )
 
 

@@ -14,11 +14,16 @@ def make_pipeline(
     limits: Limits | None = None,
     head_dtype: str = "float32",
     device: str = "cpu",
+    compile_programs: bool = False,
 ) -> CatalogPipeline:
     """The pipeline that serves an artifact's family (``head_dtype``: of a ranker's
-    crossing head, see RankerPipeline), placed on ``device`` ("cpu" or "cuda")."""
+    crossing head, see RankerPipeline), placed on ``device`` ("cpu" or "cuda");
+    ``compile_programs``: a ranker's exported program compiled by AOTInductor (CPU only)."""
     if artifact.family in RANKER_PROGRAM_FAMILIES:
-        return RankerPipeline(artifact, limits, head_dtype=head_dtype).place_on(device)
+        ranker = RankerPipeline(
+            artifact, limits, head_dtype=head_dtype, compile_programs=compile_programs
+        )
+        return ranker.place_on(device)
     if artifact.family in RETRIEVAL_FAMILIES:
         return make_retrieval_pipeline(artifact, limits).place_on(device)
     if artifact.family == DIN_FAMILY:

@@ -13,6 +13,7 @@ With a ``request_context`` the stages are timed: ``feature`` (validation, user e
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -32,6 +33,7 @@ from .batch_plan import (
     timed_batch,
 )
 from .crossing import HEAD_DTYPES, crossing_from_artifact
+from .programs import compile_aoti
 from .request_context import RequestContext
 from .schema import FeatureSchema, encode_ids
 from .user_features import UserFeatures
@@ -349,7 +351,9 @@ class RankerPipeline(CatalogPipeline):
     the same scores within float32 rounding. ``head_dtype="bfloat16"`` (opt-in) runs the
     crossing path's head in bfloat16: faster, scores to about 3 significant digits;
     ``head_dtype="int8"`` (opt-in, CPU only) runs its Linear layers in int8
-    (recserve.engine.int8_head). Both need a crossing block.
+    (recserve.engine.int8_head). Both need a crossing block. ``compile_programs`` (opt-in)
+    compiles the served float32 program of an ``export``-format artifact with AOTInductor
+    when the model loads (:meth:`compile_served_program`).
     """
 
     def __init__(
@@ -358,6 +362,7 @@ class RankerPipeline(CatalogPipeline):
         limits: Limits | None = None,
         use_crossing: bool = True,
         head_dtype: str = "float32",
+        compile_programs: bool = False,
     ) -> None:
         if artifact.family not in RANKER_PROGRAM_FAMILIES:
             raise ValueError(f"family {artifact.family!r} is not a ranker")
@@ -378,6 +383,37 @@ class RankerPipeline(CatalogPipeline):
         self._check_tables()
         self.crossing = crossing_from_artifact(artifact, head_dtype) if use_crossing else None
         self.head_dtype = head_dtype if self.crossing is not None else "float32"
+        # served program -> (seconds to compile, largest relative difference on the probe)
+        self.compiled: dict[str, tuple[float, float]] = {}
+        if compile_programs:
+            self.compile_served_program()
+
+    def compile_served_program(self) -> None:
+        """Replaces the served program (the crossing head, or the whole ``model``) by its
+        AOTInductor compilation, when the artifact holds it as a ``torch.export`` program
+        and it runs in float32; records in ``compiled`` the time taken and the largest
+        relative difference of the logits from the exported program's, for the first
+        user against up to 256 items (compiled kernels may reassociate sums)."""
+        key = "head" if self.crossing is not None else "model"
+        program = self.artifact.exported.get(key)
+        if program is None or self.head_dtype != "float32":
+            return
+        rows = np.arange(min(256, self.num_items))
+        user = (
+            self.user_features[0] if self.num_users else np.zeros(len(self.users.columns), np.int64)
+        )
+        before = self.score_logits(user, rows)
+        started = time.perf_counter()
+        compiled = compile_aoti(program)
+        if self.crossing is not None:
+            self.crossing.head = compiled
+        else:
+            self.module = compiled
+        seconds = time.perf_counter() - started
+        after = self.score_logits(user, rows).astype(np.float64)
+        scale = np.maximum(np.abs(before.astype(np.float64)), 1e-3)
+        difference = float(np.max(np.abs(after - before) / scale)) if rows.size else 0.0
+        self.compiled[key] = (seconds, difference)
 
     def _check_tables(self) -> None:
         n_items = self.num_items
@@ -476,10 +512,14 @@ class RankerPipeline(CatalogPipeline):
         with timed_batch(batch, "head"):
             return self.run_head([p.work for p in batch])
 
+    def score_logits(self, user_features: np.ndarray, item_rows: np.ndarray | None) -> np.ndarray:
+        """float32 logits of one user against item table rows (None = all items)."""
+        rows, to_logits = self.prepare_scores(user_features, item_rows)
+        return to_logits(None if rows is None else self.run_head([rows])[0])
+
     def score_rows(self, user_features: np.ndarray, item_rows: np.ndarray | None) -> np.ndarray:
         """Scores (probabilities) of one user against item table rows (None = all items)."""
-        rows, to_logits = self.prepare_scores(user_features, item_rows)
-        return self.answer_scores(to_logits(None if rows is None else self.run_head([rows])[0]))
+        return self.answer_scores(self.score_logits(user_features, item_rows))
 
     def prepare_recommend(
         self,

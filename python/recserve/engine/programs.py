@@ -18,6 +18,7 @@ import copy
 import io
 import json
 import os
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -50,15 +51,22 @@ def torchscript_deprecation_silenced() -> Iterator[None]:
         yield
 
 
-def copy_program(program: Program) -> Program:
-    """A deep copy of a loaded program. Copying an exported program's module makes torch
-    warn about its own internal tree specs (torch 2.13); only that warning is silenced."""
+@contextmanager
+def tree_spec_warning_silenced() -> Iterator[None]:
+    """Copying or compiling an exported program makes torch warn about its own internal
+    tree specs (torch 2.13); only that warning is silenced."""
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore",
             message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
             category=FutureWarning,
         )
+        yield
+
+
+def copy_program(program: Program) -> Program:
+    """A deep copy of a loaded program."""
+    with tree_spec_warning_silenced():
         return copy.deepcopy(program)
 
 
@@ -93,12 +101,45 @@ def load_program(data: bytes, program_format: str | None) -> Program:
         module.eval()
         return module
     if program_format == "export":
-        check_pt2_plain(data)
-        return torch.export.load(io.BytesIO(data)).module()
+        return load_exported(data).module()
     raise ProgramError(
         f"program format {program_format!r} is not supported "
         f"(supported: {', '.join(PROGRAM_FORMATS)})"
     )
+
+
+def load_exported(data: bytes) -> torch.export.ExportedProgram:
+    """The ``torch.export`` program in ``data``, after :func:`check_pt2_plain`."""
+    check_pt2_plain(data)
+    return torch.export.load(io.BytesIO(data))
+
+
+class CompiledProgram(nn.Module):
+    """A program compiled by AOTInductor: fused C++ kernels for this machine's CPU. They
+    assume the input strides they were compiled for, so inputs are made contiguous (a
+    ranker's user row arrives expanded with stride 0)."""
+
+    def __init__(self, runner: Any) -> None:
+        super().__init__()
+        self.runner = runner
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.runner(*(x.contiguous() for x in inputs))
+
+
+def compile_aoti(program: torch.export.ExportedProgram) -> CompiledProgram:
+    """``program`` compiled ahead of time by AOTInductor, on and for this machine (the
+    artifact keeps the portable program; nothing compiled is ever read from a file)."""
+    # AOTInductor calls torch.jit itself; its deprecation notice is not the caller's
+    with (
+        tempfile.TemporaryDirectory(prefix="recserve-aoti-") as folder,
+        torchscript_deprecation_silenced(),
+        tree_spec_warning_silenced(),
+    ):
+        package = torch._inductor.aoti_compile_and_package(
+            program, package_path=os.path.join(folder, "program.pt2")
+        )
+        return CompiledProgram(torch._inductor.aoti_load_package(package))
 
 
 def check_pt2_plain(data: bytes) -> None:

@@ -27,7 +27,12 @@ from . import kserve
 from .batching import runner_factory
 from .interceptors import ExceptionToStatusInterceptor
 from .metrics import Metrics
-from .options import ServeOptions, check_head_on_device, check_ranges
+from .options import (
+    ServeOptions,
+    check_compile_on_device,
+    check_head_on_device,
+    check_ranges,
+)
 from .reload import RepositoryPoller, reload_in_background
 from .repository import LoadedModel, ModelRepository
 from .security import TokenAuthInterceptor, load_tokens, server_credentials
@@ -109,6 +114,7 @@ def build_server(options: ServeOptions) -> RunningServer:
     # --device cuda where CUDA is not usable fails the start, before anything binds.
     device = kernels.resolve_backend(options.device)
     check_head_on_device(options.head_precision, device)
+    check_compile_on_device(options.compile_programs, device)
     # Security flags are checked before anything binds: a mistake leaves nothing listening.
     credentials = server_credentials(options)
     interceptors: list[grpc.ServerInterceptor] = [ExceptionToStatusInterceptor()]
@@ -124,6 +130,7 @@ def build_server(options: ServeOptions) -> RunningServer:
         options.default_model,
         options.head_dtype,
         default_rank_with=options.default_rank_with,
+        compile_programs=options.compile_programs == "aoti",
         metrics=metrics,
         keep_versions=options.keep_versions,
         device=device,

@@ -92,6 +92,13 @@ class ServeOptions:
         "int8: int8 Linear layers, CPU only, faster where the CPU has VNNI)",
         choices=("fp32", "bf16", "int8"),
     )
+    compile_programs: str = _opt(
+        "none",
+        "aoti: compile each ranker's torch.export program (program format export) with "
+        "AOTInductor when it loads (CPU only; 10-20 s per model; logs the difference from "
+        "the uncompiled program)",
+        choices=("none", "aoti"),
+    )
     device: str = _opt(
         "auto",
         "where the C++ kernels run: cuda needs a CUDA build and a GPU (auto: cuda if usable)",
@@ -248,6 +255,16 @@ def check_head_on_device(head_precision: str, device: str) -> None:
         )
 
 
+def check_compile_on_device(compile_programs: str, device: str) -> None:
+    """AOTInductor compiles the programs for this machine's CPU: refused with CUDA."""
+    if compile_programs == "aoti" and device == "cuda":
+        raise ValueError(
+            "--compile-programs aoti compiles the rankers' programs for the CPU, and the "
+            "kernels would run on CUDA (--device cuda, or auto with a usable GPU); use "
+            "--device cpu, or leave --compile-programs at none"
+        )
+
+
 def check_ranges(options: ServeOptions) -> None:
     """Raises ValueError naming the flag of the first out-of-range value."""
     for f in dataclasses.fields(ServeOptions):
@@ -257,6 +274,7 @@ def check_ranges(options: ServeOptions) -> None:
         if f.name in _NOT_NEGATIVE and value < 0:
             raise ValueError(f"{_flag(f)} must not be negative; got {value}")
     check_head_on_device(options.head_precision, options.device)
+    check_compile_on_device(options.compile_programs, options.device)
     if options.compute_nice > 19:
         raise ValueError(f"--compute-nice is a nice value, 0-19; got {options.compute_nice}")
     if options.metrics_port < -1:

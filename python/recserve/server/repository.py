@@ -98,6 +98,7 @@ class ModelRepository:
         keep_versions: int = 1,
         device: str = "cpu",
         default_rank_with: str = "",
+        compile_programs: bool = False,
     ) -> None:
         if keep_versions < 1:
             raise ValueError(f"keep_versions must be at least 1; got {keep_versions}")
@@ -106,6 +107,7 @@ class ModelRepository:
         self.limits = limits
         self.head_dtype = head_dtype  # of the rankers' crossing heads
         self.device = device  # where each loaded version's tables and head live
+        self.compile_programs = compile_programs  # AOTInductor for exported rankers
         self.keep_versions = keep_versions
         self._metrics = metrics
         self._default = default_model
@@ -249,7 +251,16 @@ class ModelRepository:
     def _load(self, version_dir: Path) -> LoadedModel:
         """Verify (every checksum), build the pipeline, warm it up; nothing is locked."""
         artifact = load_artifact(version_dir)
-        pipeline = make_pipeline(artifact, self.limits, self.head_dtype, self.device)
+        pipeline = make_pipeline(
+            artifact, self.limits, self.head_dtype, self.device, self.compile_programs
+        )
+        for program, (seconds, difference) in getattr(pipeline, "compiled", {}).items():
+            log.info(
+                "compiled the %s program of %s v%d with AOTInductor in %.1f s; largest relative "
+                "difference of its logits from the exported program's on the probe: %.1e",
+                program, artifact.name, artifact.version, seconds, difference,
+                extra={"model": artifact.name},
+            )  # fmt: skip
         warm_up(pipeline)
         runner = self._make_runner(pipeline) if self._make_runner else None
         return LoadedModel(artifact.name, artifact.version, pipeline, runner)
