@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import statistics
 import sys
@@ -33,19 +32,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving import ServerConfig, machine, running
+from serving import ServerConfig, closed_loop_point, machine, newest_version, running
 
 from recserve import Client
 from recserve.core import kernels
 from recserve.engine.artifact import (
     RANKER_FAMILIES,
     Artifact,
-    list_versions,
     load_artifact,
     save_artifact,
 )
 from recserve.engine.schema import FeatureSpec
-from recserve.loadtest import BenchOptions, run
 from recserve.packaging import RankerFiles, package_ranker
 
 TABLES = ("user_ids", "user_features", "item_ids", "item_features", "item_multi", "item_titles")
@@ -163,24 +160,10 @@ def check_answers(target: str, artifact: Artifact, candidates: int) -> None:
 
 
 def measure(target: str, model: str, concurrency: int, args: argparse.Namespace) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        options = BenchOptions(
-            target=target, rpc="rank", model=model, concurrency=concurrency,
-            processes=args.processes, duration=args.duration, warmup=1.0,
-            candidates=args.candidates, k=10, seed=args.seed, json=f.name, progress=False,
-        )  # fmt: skip
-        err = io.StringIO()
-        if run(options, out=io.StringIO(), err=err) != 0:
-            raise RuntimeError(f"the load run on {model} failed:\n{err.getvalue()}")
-        report = json.loads(Path(f.name).read_text())
-    return {
-        "model": model,
-        "concurrency": concurrency,
-        "answers_per_s": report["throughput_rps"],
-        "p50_ms": report["latency_ms"]["p50"],
-        "p99_ms": report["latency_ms"]["p99"],
-        "errors": report["requests"]["errors"],
-    }
+    return closed_loop_point(
+        target, model, concurrency, rpc="rank", processes=args.processes,
+        duration=args.duration, warmup=1.0, candidates=args.candidates, k=10, seed=args.seed,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,12 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=1, help="generator processes")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
-    versions = list_versions(args.model_repo / args.model)
-    if not versions:
-        print(f"error: no {args.model} in {args.model_repo}; train it with `recserve train "
-              f"--model deepfm --data ml-100k --model-repo {args.model_repo}`", file=sys.stderr)  # fmt: skip
+    version = newest_version(args.model_repo, args.model)
+    if version is None:
         return 2
-    artifact = load_artifact(args.model_repo / args.model / str(versions[-1]))
+    artifact = load_artifact(version)
     if artifact.family not in RANKER_FAMILIES or artifact.program_format != "torchscript":
         print(f"error: {args.model} is not a TorchScript ranker", file=sys.stderr)
         return 2

@@ -38,10 +38,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving import machine
+from serving import machine, newest_version
 
 from recserve.core import kernels
-from recserve.engine.artifact import Artifact, list_versions, load_artifact
+from recserve.engine.artifact import Artifact, load_artifact
 from recserve.engine.batch_plan import HeadRows
 from recserve.engine.pipeline import RankerPipeline
 from recserve.training.export import crossing_block, export_ranker
@@ -96,12 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-aoti", action="store_true", help="skip AOTInductor (slow build)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    versions = list_versions(args.model_repo / args.model)
-    if not versions:
-        print(f"error: no {args.model} in {args.model_repo}; train it with `recserve train "
-              f"--model deepfm --data ml-100k --model-repo {args.model_repo}`", file=sys.stderr)  # fmt: skip
+    version = newest_version(args.model_repo, args.model)
+    if version is None:
         return 2
-    artifact = load_artifact(args.model_repo / args.model / str(versions[-1]))
+    artifact = load_artifact(version)
     if artifact.crossing is None or artifact.program_format != "torchscript":
         print("error: the bench needs a TorchScript ranker with a crossing block", file=sys.stderr)
         return 2

@@ -19,7 +19,6 @@ and the recserve SIMD level head the table.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import sys
@@ -29,31 +28,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving import ServerConfig, Started, machine, running
+from serving import ServerConfig, Started, closed_loop_point, machine, running
 
 from recserve.core import kernels
-from recserve.loadtest import BenchOptions, run
 
 
 def measure(started: Started, model: str, concurrency: int, args: argparse.Namespace) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        options = BenchOptions(
-            target=started.target, rpc="recommend", model=model, concurrency=concurrency,
-            processes=args.processes, duration=args.duration, warmup=1.0, history=args.history,
-            k=args.k, seed=args.seed, json=f.name, progress=False,
-        )  # fmt: skip
-        err = io.StringIO()
-        if run(options, out=io.StringIO(), err=err) != 0:
-            raise RuntimeError(f"the load run on {model} failed:\n{err.getvalue()}")
-        report = json.loads(Path(f.name).read_text())
-    return {
-        "model": model,
-        "concurrency": concurrency,
-        "answers_per_s": report["throughput_rps"],
-        "p50_ms": report["latency_ms"]["p50"],
-        "p99_ms": report["latency_ms"]["p99"],
-        "errors": report["requests"]["errors"],
-    }
+    return closed_loop_point(
+        started.target, model, concurrency, rpc="recommend", processes=args.processes,
+        duration=args.duration, warmup=1.0, history=args.history, k=args.k, seed=args.seed,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

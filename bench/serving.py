@@ -52,6 +52,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from recserve.engine.artifact import list_versions
 from recserve.loadtest import BenchOptions, run
 from recserve.loadtest.traffic import IdSpace, RequestBuilder, fetch_id_space
 from recserve.v1 import recserve_pb2 as pb
@@ -68,6 +69,41 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def closed_loop_point(target: str, model: str, concurrency: int, **options: Any) -> dict:
+    """One closed-loop point of ``recserve bench`` on ``model`` (``options``: more
+    BenchOptions): answers/s, p50 and p99 ms, errors."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        bench = BenchOptions(
+            target=target, model=model, concurrency=concurrency, json=f.name, progress=False,
+            **options,
+        )  # fmt: skip
+        err = io.StringIO()
+        if run(bench, out=io.StringIO(), err=err) != 0:
+            raise RuntimeError(f"the load run on {model} failed:\n{err.getvalue()}")
+        report = json.loads(Path(f.name).read_text())
+    return {
+        "model": model,
+        "concurrency": concurrency,
+        "answers_per_s": report["throughput_rps"],
+        "p50_ms": report["latency_ms"]["p50"],
+        "p99_ms": report["latency_ms"]["p99"],
+        "errors": report["requests"]["errors"],
+    }
+
+
+def newest_version(model_repo: Path, model: str) -> Path | None:
+    """The newest version directory of ``model``, or None after saying how to train it."""
+    versions = list_versions(model_repo / model)
+    if not versions:
+        print(
+            f"error: no {model} in {model_repo}; train it with `recserve train --model "
+            f"{model} --data ml-100k --model-repo {model_repo}`",
+            file=sys.stderr,
+        )
+        return None
+    return model_repo / model / str(versions[-1])
 
 
 def machine() -> dict[str, Any]:

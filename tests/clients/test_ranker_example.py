@@ -14,21 +14,16 @@ import numpy as np
 import pytest
 import torch
 from client_runs import require
+from helpers.packages import write_csv
+from helpers.serving import serving
 from test_node_client import NODE_CLIENT, _missing_node_setup
 
 from recserve import Client
 from recserve.engine.programs import torchscript_deprecation_silenced
-from recserve.server.app import ServeOptions, build_server
 
 ROOT = Path(__file__).resolve().parents[2]
 GENRES = ["Comedy", "Drama", "Horror", "Sci-Fi"]
 JOBS = ["artist", "student", "writer"]
-
-
-def write(path: Path, header: list[str], rows: list[list[object]]) -> Path:
-    with path.open("w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
-    return path
 
 
 def small_data(folder: Path) -> tuple[Path, Path, Path]:
@@ -46,9 +41,9 @@ def small_data(folder: Path) -> tuple[Path, Path, Path]:
         for item in rng.choice(liked, size=min(5, liked.size), replace=False):
             rows.append([user + 1, 100 + int(item)])
     return (
-        write(folder / "log.csv", ["user_id", "item_id"], rows),
-        write(folder / "users.csv", ["user_id", "age", "gender", "occupation"], users),
-        write(folder / "items.csv", ["item_id", "title", "release_year", "genres"], items),
+        write_csv(folder / "log.csv", ["user_id", "item_id"], rows),
+        write_csv(folder / "users.csv", ["user_id", "age", "gender", "occupation"], users),
+        write_csv(folder / "items.csv", ["item_id", "title", "release_year", "genres"], items),
     )
 
 
@@ -87,12 +82,7 @@ def test_the_ranker_example_trains_packages_serves_and_answers_both_clients(
     # the program's own order for user 1 (id and feature codes as the schema declares:
     # user 1 is row 1; item 100 + i is row i + 1)
     candidates = [100, 103, 107, 111, 118, 125, 129]
-    running = build_server(
-        ServeOptions(model_repo=repo, port=0, metrics_port=-1, default_model="ranker")
-    )
-    running.repository.load_all()
-    running.set_serving(True)
-    try:
+    with serving(repo, default_model="ranker") as running:
         with Client(f"127.0.0.1:{running.port}", timeout=10) as client:
             answer = client.rank(1, candidates)
             explained = client.rank(1, candidates[:2], explain=True)
@@ -115,8 +105,6 @@ def test_the_ranker_example_trains_packages_serves_and_answers_both_clients(
         assert "ranked by ranker v1" in called.stdout
         lines = called.stdout.splitlines()[1:]
         assert [int(line.split()[1]) for line in lines] == [i.item_id for i in answer.items]
-    finally:
-        running.stop(0)
 
 
 def own_order(program: Path, program_format: str, candidates: list[int]) -> list[int]:

@@ -13,19 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from client_runs import require
+from helpers.packages import write_csv
+from helpers.serving import serving
 from test_node_client import NODE_CLIENT, _missing_node_setup
 
 from recserve import Client
-from recserve.server.app import ServeOptions, build_server
 
 ROOT = Path(__file__).resolve().parents[2]
 GENRES = ["Comedy", "Drama", "Horror", "Sci-Fi"]
-
-
-def write(path: Path, header: list[str], rows: list[list[object]]) -> Path:
-    with path.open("w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
-    return path
 
 
 def small_log(folder: Path) -> tuple[Path, Path]:
@@ -39,8 +34,8 @@ def small_log(folder: Path) -> tuple[Path, Path]:
         for item in rng.choice(liked, size=min(5, liked.size), replace=False):
             rows.append([user + 1, 100 + int(item)])
     return (
-        write(folder / "log.csv", ["user_id", "item_id"], rows),
-        write(folder / "items.csv", ["item_id", "title", "genres"], items),
+        write_csv(folder / "log.csv", ["user_id", "item_id"], rows),
+        write_csv(folder / "items.csv", ["item_id", "title", "genres"], items),
     )
 
 
@@ -93,12 +88,7 @@ def test_the_two_tower_example_trains_packages_serves_and_answers_both_clients(
     )
     assert packaged.returncode == 0, packaged.stderr
 
-    running = build_server(
-        ServeOptions(model_repo=repo, port=0, metrics_port=-1, default_model="towers")
-    )
-    running.repository.load_all()
-    running.set_serving(True)
-    try:
+    with serving(repo, default_model="towers") as running:
         with Client(f"127.0.0.1:{running.port}", timeout=10) as client:
             answer = client.recommend(1, k=5)
         with log.open(newline="") as f:
@@ -120,5 +110,3 @@ def test_the_two_tower_example_trains_packages_serves_and_answers_both_clients(
         assert called.returncode == 0, called.stderr
         assert "from towers v1" in called.stdout
         assert str(answer.items[0].item_id) in called.stdout.splitlines()[1]
-    finally:
-        running.stop(0)

@@ -3,13 +3,15 @@ Rank (with explanations) and as a cascade's rank_with, in both program formats."
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers.packages import data_rows, write_csv
+from helpers.serving import serving
 from torch import nn
 
 from recserve import Client
@@ -25,7 +27,6 @@ from recserve.packaging import (
     package_ranker,
     package_two_tower,
 )
-from recserve.server.app import ServeOptions, build_server
 
 GENRES = ["Action", "Comedy", "Drama", "Horror"]
 GENDERS = ["F", "M"]
@@ -89,14 +90,6 @@ class DotRanker(nn.Module):
 def script(module: nn.Module) -> torch.jit.ScriptModule:
     with torchscript_deprecation_silenced():
         return torch.jit.script(module.eval())
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def make_files(folder: Path, program_format: str = "torchscript", seed: int = 0):
@@ -163,13 +156,6 @@ def reference_logits(truth: dict, user_id: int, candidates: list[int]) -> np.nda
     return logits.numpy()
 
 
-def serve(repo: Path):
-    running = build_server(ServeOptions(model_repo=repo, port=0, metrics_port=-1))
-    running.repository.load_all()
-    running.set_serving(True)
-    return running
-
-
 @pytest.mark.parametrize("program_format", ["torchscript", "export"])
 def test_a_packaged_ranker_answers_rank_as_its_program_says(
     tmp_path: Path, program_format: str
@@ -178,34 +164,30 @@ def test_a_packaged_ranker_answers_rank_as_its_program_says(
     repo = tmp_path / "repo"
     version = package_ranker(files, repo, "ranker")
     assert version == repo / "ranker" / "1"
-    running = serve(repo)
-    try:
-        with Client(f"127.0.0.1:{running.port}", timeout=10) as client:
-            (info,), _ = client.list_models()
-            assert info.family == "packaged_ranker" and info.program_format == program_format
-            candidates = [*(int(i[0]) for i in truth["items"][::2]), 999_999]  # one unknown
-            for user in (int(u[0]) for u in truth["users"]):
-                answer = client.rank(user, candidates, k=7, model="ranker")
-                known = candidates[:-1]
-                logits = reference_logits(truth, user, known)
-                order = np.argsort(-logits, kind="stable")[:7]
-                assert [i.item_id for i in answer.items] == [known[j] for j in order]
-                np.testing.assert_allclose(
-                    [i.score for i in answer.items], 1 / (1 + np.exp(-logits[order])), rtol=1e-5
-                )
-                assert answer.unknown_item_ids == [999_999]
-            assert answer.items[0].title == f"film {answer.items[0].item_id}"
-            explained = client.rank(user, known[:3], model="ranker", explain=True)
-            logits = dict(zip(known[:3], reference_logits(truth, user, known[:3]), strict=True))
-            for item in explained.items:
-                e = item.explanation
-                total = e.baseline + sum(f.contribution for f in e.fields)
-                assert total == pytest.approx(logits[item.item_id], abs=1e-4)
-                assert [f.feature for f in e.fields] == [
-                    "user_id", "age", "gender", "item_id", "year", "genres",
-                ]  # fmt: skip
-    finally:
-        running.stop(0)
+    with serving(repo) as running, Client(f"127.0.0.1:{running.port}", timeout=10) as client:
+        (info,), _ = client.list_models()
+        assert info.family == "packaged_ranker" and info.program_format == program_format
+        candidates = [*(int(i[0]) for i in truth["items"][::2]), 999_999]  # one unknown
+        for user in (int(u[0]) for u in truth["users"]):
+            answer = client.rank(user, candidates, k=7, model="ranker")
+            known = candidates[:-1]
+            logits = reference_logits(truth, user, known)
+            order = np.argsort(-logits, kind="stable")[:7]
+            assert [i.item_id for i in answer.items] == [known[j] for j in order]
+            np.testing.assert_allclose(
+                [i.score for i in answer.items], 1 / (1 + np.exp(-logits[order])), rtol=1e-5
+            )
+            assert answer.unknown_item_ids == [999_999]
+        assert answer.items[0].title == f"film {answer.items[0].item_id}"
+        explained = client.rank(user, known[:3], model="ranker", explain=True)
+        logits = dict(zip(known[:3], reference_logits(truth, user, known[:3]), strict=True))
+        for item in explained.items:
+            e = item.explanation
+            total = e.baseline + sum(f.contribution for f in e.fields)
+            assert total == pytest.approx(logits[item.item_id], abs=1e-4)
+            assert [f.feature for f in e.fields] == [
+                "user_id", "age", "gender", "item_id", "year", "genres",
+            ]  # fmt: skip
 
 
 def test_a_packaged_ranker_ranks_a_retrievers_items_in_a_cascade(tmp_path: Path) -> None:
@@ -221,30 +203,17 @@ def test_a_packaged_ranker_ranks_a_retrievers_items_in_a_cascade(tmp_path: Path)
         files.items, tmp_path / "iv.npy", files.users, tmp_path / "uv.npy", files.interactions
     )
     package_two_tower(towers, repo, "towers")
-    running = serve(repo)
-    try:
-        with Client(f"127.0.0.1:{running.port}", timeout=10) as client:
-            for user in (int(u[0]) for u in truth["users"][:4]):
-                seen = {i for u, i in truth["pairs"] if u == user}
-                unseen = [int(i[0]) for i in truth["items"] if i[0] not in seen]
-                logits = reference_logits(truth, user, unseen)
-                expected = [unseen[j] for j in np.argsort(-logits, kind="stable")[:5]]
-                answer = client.recommend(user, k=5, model="towers", rank_with="ranker")
-                assert [i.item_id for i in answer.items] == expected
-    finally:
-        running.stop(0)
-
-
-def replace(files: RankerFiles, **changes) -> RankerFiles:
-    return RankerFiles(**{**vars(files), **changes})
+    with serving(repo) as running, Client(f"127.0.0.1:{running.port}", timeout=10) as client:
+        for user in (int(u[0]) for u in truth["users"][:4]):
+            seen = {i for u, i in truth["pairs"] if u == user}
+            unseen = [int(i[0]) for i in truth["items"] if i[0] not in seen]
+            logits = reference_logits(truth, user, unseen)
+            expected = [unseen[j] for j in np.argsort(-logits, kind="stable")[:5]]
+            answer = client.recommend(user, k=5, model="towers", rank_with="ranker")
+            assert [i.item_id for i in answer.items] == expected
 
 
 BadFiles = Callable[[Path, RankerFiles], RankerFiles]
-
-
-def data_rows(path: Path) -> list[list[str]]:
-    with path.open(newline="") as f:
-        return list(csv.reader(f))[1:]
 
 
 def extra_user_feature(folder: Path, files: RankerFiles) -> RankerFiles:

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.packages import data_rows, write_csv
+from helpers.serving import serving
 
 from recserve import Client
 from recserve.packaging import PackageError, TwoTowerFiles, package_two_tower
-from recserve.server.app import ServeOptions, build_server
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def make_files(folder: Path, seed: int = 0, d: int = 7) -> tuple[TwoTowerFiles, dict]:
@@ -49,37 +42,22 @@ def test_a_packaged_two_tower_answers_recommend_and_rank_as_its_vectors_say(
     files, truth = make_files(tmp_path)
     repo = tmp_path / "repo"
     package_two_tower(files, repo, "towers")
-    running = build_server(ServeOptions(model_repo=repo, port=0, metrics_port=-1))
-    running.repository.load_all()
-    running.set_serving(True)
-    try:
-        with Client(f"127.0.0.1:{running.port}", timeout=10) as client:
-            for u in range(truth["user_ids"].size):
-                user = int(truth["user_ids"][u])
-                seen = {i for uu, i in truth["pairs"] if uu == user}
-                # float64 reference: every unseen item by inner product, best first
-                scores = truth["items"] @ truth["users"][u].astype(np.float64)
-                order = [int(truth["item_ids"][j]) for j in np.argsort(-scores, kind="stable")]
-                expected = [i for i in order if i not in seen][:5]
-                answer = client.recommend(user, k=5, model="towers")
-                assert [i.item_id for i in answer.items] == expected
-                assert answer.items[0].title == f"film {expected[0]}"
-            ranked = client.rank(user, expected[::-1], model="towers")  # the last user's
-            assert [i.item_id for i in ranked.items] == expected
-    finally:
-        running.stop(0)
-
-
-def replace(files: TwoTowerFiles, **changes) -> TwoTowerFiles:
-    return TwoTowerFiles(**{**vars(files), **changes})
+    with serving(repo) as running, Client(f"127.0.0.1:{running.port}", timeout=10) as client:
+        for u in range(truth["user_ids"].size):
+            user = int(truth["user_ids"][u])
+            seen = {i for uu, i in truth["pairs"] if uu == user}
+            # float64 reference: every unseen item by inner product, best first
+            scores = truth["items"] @ truth["users"][u].astype(np.float64)
+            order = [int(truth["item_ids"][j]) for j in np.argsort(-scores, kind="stable")]
+            expected = [i for i in order if i not in seen][:5]
+            answer = client.recommend(user, k=5, model="towers")
+            assert [i.item_id for i in answer.items] == expected
+            assert answer.items[0].title == f"film {expected[0]}"
+        ranked = client.rank(user, expected[::-1], model="towers")  # the last user's
+        assert [i.item_id for i in ranked.items] == expected
 
 
 BadFiles = Callable[[Path, TwoTowerFiles], TwoTowerFiles]
-
-
-def data_rows(path: Path) -> list[list[str]]:
-    with path.open(newline="") as f:
-        return list(csv.reader(f))[1:]
 
 
 def duplicate_item(folder: Path, files: TwoTowerFiles) -> TwoTowerFiles:

@@ -3,13 +3,15 @@ features (both program formats), served with the request's user_features; refusa
 
 from __future__ import annotations
 
-import csv
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 import torch
+from helpers.packages import write_csv
+from helpers.serving import serving
 from torch import nn
 
 from recserve import Client
@@ -20,7 +22,6 @@ from recserve.engine.programs import (
     torchscript_deprecation_silenced,
 )
 from recserve.packaging import PackageError, TwoTowerFiles, package_two_tower
-from recserve.server.app import ServeOptions, build_server
 
 DIM = 6
 AGE_BOUNDS = [20.0, 40.0]
@@ -54,12 +55,6 @@ class Tower(nn.Module):
 
     def forward(self, user: torch.Tensor) -> torch.Tensor:
         return self.out(self.fields(user + self.offsets).sum(dim=1))
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
-    with path.open("w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
-    return path
 
 
 def make_files(folder: Path, program_format: str = "torchscript", tower: nn.Module | None = None):
@@ -112,35 +107,27 @@ def test_a_user_tower_serves_recommend_from_the_users_features(
     files, truth = make_files(tmp_path, program_format)
     repo = tmp_path / "repo"
     package_two_tower(files, repo, "towers")
-    running = build_server(ServeOptions(model_repo=repo, port=0, metrics_port=-1))
-    running.repository.load_all()
-    running.set_serving(True)
-    try:
-        with Client(f"127.0.0.1:{running.port}", timeout=10) as client:
-            (info,), _ = client.list_models()
-            assert info.family == "user_tower" and info.program_format == program_format
-            for user, age, country in truth["users"]:
-                seen = {i for u, i in truth["pairs"] if u == user}
-                answer = client.recommend(user, k=5, model="towers")
-                assert [i.item_id for i in answer.items] == reference(
-                    truth, user, age, country, seen
-                )[:5]
-                # the request's features change the vector, at once
-                moved = client.recommend(user, k=5, model="towers", user_features={"country": "de"})
-                assert [i.item_id for i in moved.items] == reference(truth, user, age, "de", seen)[
-                    :5
-                ]
-            # an unknown user with features is served by the tower, without them by popularity
-            cold = client.recommend(
-                999, k=4, model="towers", user_features={"age": "30", "country": "fr"}
-            )
-            assert cold.cold_start_user
-            assert [i.item_id for i in cold.items] == reference(truth, None, "30", "fr", set())[:4]
-            with pytest.raises(RecserveError, match="unknown user feature 'zip'") as refused:
-                client.recommend(user, k=3, model="towers", user_features={"zip": "1"})
-            assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    finally:
-        running.stop(0)
+    with serving(repo) as running, Client(f"127.0.0.1:{running.port}", timeout=10) as client:
+        (info,), _ = client.list_models()
+        assert info.family == "user_tower" and info.program_format == program_format
+        for user, age, country in truth["users"]:
+            seen = {i for u, i in truth["pairs"] if u == user}
+            answer = client.recommend(user, k=5, model="towers")
+            assert [i.item_id for i in answer.items] == reference(truth, user, age, country, seen)[
+                :5
+            ]
+            # the request's features change the vector, at once
+            moved = client.recommend(user, k=5, model="towers", user_features={"country": "de"})
+            assert [i.item_id for i in moved.items] == reference(truth, user, age, "de", seen)[:5]
+        # an unknown user with features is served by the tower, without them by popularity
+        cold = client.recommend(
+            999, k=4, model="towers", user_features={"age": "30", "country": "fr"}
+        )
+        assert cold.cold_start_user
+        assert [i.item_id for i in cold.items] == reference(truth, None, "30", "fr", set())[:4]
+        with pytest.raises(RecserveError, match="unknown user feature 'zip'") as refused:
+            client.recommend(user, k=3, model="towers", user_features={"zip": "1"})
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 class WrongWidth(nn.Module):
@@ -155,17 +142,17 @@ def wrong_width(folder: Path) -> TwoTowerFiles:
 def items_in_schema(folder: Path) -> TwoTowerFiles:
     files = make_files(folder)[0]
     (folder / "both.toml").write_text(FEATURES + '\n[[item]]\nname = "item_id"\nkind = "id"\n')
-    return TwoTowerFiles(**{**vars(files), "user_features": folder / "both.toml"})
+    return replace(files, user_features=folder / "both.toml")
 
 
 def no_schema(folder: Path) -> TwoTowerFiles:
-    return TwoTowerFiles(**{**vars(make_files(folder)[0]), "user_features": None})
+    return replace(make_files(folder)[0], user_features=None)
 
 
 def both_user_sides(folder: Path) -> TwoTowerFiles:
     files = make_files(folder)[0]
     np.save(folder / "users.npy", np.ones((12, DIM), np.float32))
-    return TwoTowerFiles(**{**vars(files), "user_embeddings": folder / "users.npy"})
+    return replace(files, user_embeddings=folder / "users.npy")
 
 
 @pytest.mark.parametrize(

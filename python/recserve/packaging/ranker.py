@@ -27,15 +27,13 @@ import torch
 
 from recserve.engine.artifact import (
     PACKAGED_RANKER_FAMILY,
-    ArtifactError,
     save_artifact,
-    validate_model_name,
 )
 from recserve.engine.schema import FeatureSchema
 
 from .features import SideTable, read_features, read_side
 from .program import SAMPLE_ROWS, column_names, load_program, probe_rows, run_probe
-from .tables import PackageError, seen_table
+from .tables import PackageError, check_model_name, seen_table
 
 
 @dataclass(frozen=True)
@@ -74,10 +72,7 @@ def package_ranker(files: RankerFiles, repo: str | os.PathLike[str], name: str) 
     """Checks the files and writes a new version of ``name`` into ``repo`` (atomically);
     returns its directory. Raises PackageError, naming the file and field, and writes
     nothing, when a file is missing or wrong."""
-    try:
-        validate_model_name(name)
-    except ArtifactError as exc:
-        raise PackageError(str(exc)) from None
+    check_model_name(name)
     features = read_features(files.features)
     if not any(f.spec.side == "item" for f in features):
         raise PackageError(

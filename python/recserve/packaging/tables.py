@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from recserve.engine.artifact import ArtifactError, validate_model_name
+
 
 class PackageError(ValueError):
     """What makes the files unusable, naming the file and the field."""
@@ -90,3 +92,11 @@ def seen_table(
     np.cumsum(np.bincount(seen_users, minlength=n_users), out=indptr[1:])
     popularity = np.bincount(item_rows, minlength=n_items).astype(np.float32)
     return indptr, seen_items.astype(np.int64), popularity / max(item_rows.size, 1)
+
+
+def check_model_name(name: str) -> None:
+    """A PackageError for a name the repository would refuse."""
+    try:
+        validate_model_name(name)
+    except ArtifactError as exc:
+        raise PackageError(str(exc)) from None

@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from recserve.engine.artifact import ArtifactError, save_artifact, validate_model_name
+from recserve.engine.artifact import save_artifact
 from recserve.engine.retrieval import EMBEDDING_FAMILY, USER_TOWER_FAMILY
 from recserve.engine.schema import FeatureSchema, FeatureSpec
 
 from .features import read_features, read_side
 from .program import SAMPLE_ROWS, column_names, load_program, probe_rows, run_probe
-from .tables import PackageError, parse_ids, read_table, seen_table
+from .tables import PackageError, check_model_name, parse_ids, read_table, seen_table
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
@@ -83,10 +83,7 @@ def package_two_tower(files: TwoTowerFiles, repo: str | os.PathLike[str], name: 
     """Checks the files and writes a new version of ``name`` into ``repo`` (atomically);
     returns its directory. Raises PackageError, naming the file and field, and writes
     nothing, when a file is missing or wrong."""
-    try:
-        validate_model_name(name)
-    except ArtifactError as exc:
-        raise PackageError(str(exc)) from None
+    check_model_name(name)
     if (files.user_embeddings is None) == (files.user_tower is None):
         raise PackageError(
             "give the user side once: user embeddings (.npy) or a user-tower program"
