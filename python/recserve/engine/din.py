@@ -27,7 +27,7 @@ from .batch_plan import Prepared, stage
 from .errors import InvalidRequest
 from .pipeline import SCORES_BACKEND, CatalogPipeline
 from .request_context import RequestContext
-from .retrieval import merge_recent
+from .retrieval import left_padded, merge_recent
 from .schema import encode_ids
 from .validation import Limits, check_k, check_recent, check_user_id
 
@@ -46,6 +46,8 @@ class DinPipeline(CatalogPipeline):
         self.load_catalog(artifact.tables)
         self.ranker = artifact.modules["ranker"]
         self.load_history(artifact)
+        # an exported ranker takes exactly max_history history items (docs/artifact.md)
+        self.fixed_length = artifact.program_format == "export"
         retriever = artifact.manifest.get("retriever") or {}
         self.retriever = str(retriever.get("name", ""))
         if not self.retriever:
@@ -118,10 +120,13 @@ class DinPipeline(CatalogPipeline):
         """float32 [len(rows)]: the program's scores of the items at ``rows``."""
         if rows.size == 0:
             return np.empty(0, dtype=np.float32)
+        sequence = torch.from_numpy(history + 1).unsqueeze(0)  # [1, L], newest last
+        if self.fixed_length:
+            sequence = left_padded(sequence, self.max_history)
         with torch.inference_mode():
             out = self.ranker(
                 torch.tensor([user_row + 1]),
-                torch.from_numpy(history + 1).unsqueeze(0),
+                sequence,
                 torch.from_numpy(rows + 1).unsqueeze(0),
                 torch.from_numpy(scores).unsqueeze(0),
             )

@@ -190,14 +190,21 @@ def _check_payload_config(raw: bytes, name: str) -> None:
 
 
 def export_program(
-    model: nn.Module, example_inputs: Sequence[torch.Tensor], batch_dims: Sequence[int | None]
+    model: nn.Module, example_inputs: Sequence[torch.Tensor], dynamic_dims: Sequence[int | None]
 ) -> torch.export.ExportedProgram:
-    """``torch.export`` of ``model`` in eval mode, every input's ``batch_dims[i]`` dynamic
-    and shared (None: the input's shape is fixed)."""
+    """``torch.export`` of ``model`` in eval mode; dimension ``dynamic_dims[i]`` of input i
+    is dynamic, one size shared by all of them (None: input i has a fixed shape). An
+    example's dynamic size must be at least 2, or torch.export fixes it."""
     model.eval()
-    batch = torch.export.Dim("batch", min=1)
-    shapes = tuple({d: batch} if d is not None else None for d in batch_dims)
+    size = torch.export.Dim("n", min=1)
+    shapes = tuple({d: size} if d is not None else None for d in dynamic_dims)
     try:
-        return torch.export.export(model, tuple(example_inputs), dynamic_shapes=shapes)
+        with warnings.catch_warnings():
+            # nn.GRU and nn.LSTM re-assign their flattened weights while traced, which torch
+            # reports; the exported program reads the parameters themselves (tested)
+            warnings.filterwarnings(
+                "ignore", message=r"The tensor attributes .* were assigned during export"
+            )
+            return torch.export.export(model, tuple(example_inputs), dynamic_shapes=shapes)
     except Exception as exc:
         raise ProgramError(f"torch.export could not export {type(model).__name__}: {exc}") from exc

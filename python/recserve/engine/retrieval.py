@@ -225,12 +225,16 @@ class SequencePipeline(RetrievalPipeline):
         super().__init__(artifact, limits)
         self.encoder = artifact.modules["encoder"]
         self.load_history(artifact)
+        # an exported encoder takes exactly max_history items (docs/artifact.md)
+        self.fixed_length = artifact.program_format == "export"
 
     def user_vector(self, user_row: int, recent_rows: np.ndarray) -> np.ndarray | None:
         items = merge_recent(self.history_rows(user_row), recent_rows)[-self.max_history :]
         if items.size == 0:
             return None
         sequence = torch.from_numpy(items + 1).unsqueeze(0)  # [1, L], newest last
+        if self.fixed_length:
+            sequence = left_padded(sequence, self.max_history)
         with torch.inference_mode():
             state = self.encoder(sequence)  # [1, d]
         return np.ascontiguousarray(state[0].to(torch.float32).numpy())
@@ -305,6 +309,13 @@ class UserTowerPipeline(RetrievalPipeline):
             return None, row
         with stage(request_context, "head"):
             return self._vector(features), row
+
+
+def left_padded(sequence: torch.Tensor, length: int) -> torch.Tensor:
+    """int64 [1, L] items (newest last) padded with 0 on the left to [1, length]; the
+    sequence programs read past left padding, so only their input's shape changes."""
+    padding = length - sequence.shape[1]
+    return torch.nn.functional.pad(sequence, (padding, 0)) if padding > 0 else sequence
 
 
 def merge_recent(history: np.ndarray, recent: np.ndarray) -> np.ndarray:

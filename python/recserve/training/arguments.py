@@ -39,6 +39,6 @@ def add_program_format_argument(parser: argparse.ArgumentParser) -> None:
         "--program-format",
         choices=("torchscript", "export"),
         default="torchscript",
-        help="how the model's programs are written: TorchScript (default) or a torch.export "
-        "program (.pt2); export is for the CTR rankers (docs/artifact.md)",
+        help="how the model's programs are written: TorchScript (default) or torch.export "
+        "programs (.pt2) (docs/artifact.md)",
     )

@@ -113,7 +113,6 @@ def train_command(args: argparse.Namespace) -> int:
     entry = MODELS.get(args.model)
     if entry is None:
         raise SystemExit(f"unknown model {args.model!r}; available: {', '.join(sorted(MODELS))}")
-    _check_program_format(entry, args.program_format)
     workers = _check_workers(entry)
     report = print_stderr if workers.is_main else _silent
     overrides = {"epochs": args.epochs, "seed": args.seed}
@@ -168,24 +167,14 @@ def train_command(args: argparse.Namespace) -> int:
             f"error: the checkpoint in {run.run_dir} does not fit this model and data "
             f"({str(error).splitlines()[0]}); start a new run without --resume"
         ) from None
-    formats = {"program_format": args.program_format} if entry.task == "ctr" else {}
     if workers.is_main:  # one artifact; the others wait until it is written
         _print_headline(entry, trained.metrics)
-        path = trained.export(args.model_repo, args.name or entry.name, data.name, **formats)
+        path = trained.export(
+            args.model_repo, args.name or entry.name, data.name, args.program_format
+        )
         print(f"exported {path}")
     distributed.barrier()
     return 0
-
-
-def _check_program_format(entry: ModelEntry, program_format: str) -> None:
-    """torch.export programs are written for the CTR rankers; the sequence, DIN and GAN
-    programs are TorchScript only (SASRec's attention does not export yet)."""
-    if program_format != "torchscript" and entry.task != "ctr":
-        rankers = ", ".join(name for name, e in MODELS.items() if e.task == "ctr")
-        raise SystemExit(
-            f"--program-format {program_format} is available for the CTR rankers ({rankers}); "
-            f"{entry.name} is exported as TorchScript"
-        )
 
 
 def _silent(message: str) -> None:

@@ -36,40 +36,48 @@ def script_model(model: nn.Module) -> torch.jit.ScriptModule:
 
 
 def program_of(
-    model: nn.Module, program_format: str, example_inputs: tuple[torch.Tensor, ...]
+    model: nn.Module,
+    program_format: str,
+    example_inputs: tuple[torch.Tensor, ...],
+    dynamic_dims: list[int | None] | None = None,
 ) -> torch.jit.ScriptModule | torch.export.ExportedProgram:
     """The serving program of ``model`` in ``program_format``: TorchScript, or a
-    ``torch.export`` program traced on ``example_inputs`` with their first (batch)
-    dimension dynamic."""
+    ``torch.export`` program traced on ``example_inputs`` with the dimensions
+    ``dynamic_dims`` dynamic (default: every input's first, the batch)."""
     if program_format == "torchscript":
         return script_model(model)
     if program_format == "export":
-        return export_program(model, example_inputs, [0] * len(example_inputs))
+        dims = [0] * len(example_inputs) if dynamic_dims is None else dynamic_dims
+        return export_program(model, example_inputs, dims)
     raise ValueError(
         f"program format {program_format!r} is not supported "
         f"(supported: {', '.join(PROGRAM_FORMATS)})"
     )
 
 
+EXAMPLE_ROWS = 4  # rows of an export's example inputs (at least 2: see export_program)
+
+
 def _ranker_examples(tables: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
     """A few rows of a ranker program's inputs (user, item, item_multi) from its tables."""
-    n = max(1, min(4, tables["item_features"].shape[0]))
     users = tables["user_features"]
-    user_rows = np.resize(np.arange(max(users.shape[0], 1)), n)
-    user = users[user_rows] if users.shape[0] else np.zeros((n, users.shape[1]), np.int64)
+    user = users[np.resize(np.arange(users.shape[0]), EXAMPLE_ROWS)] if users.shape[0] else None
+    if user is None:
+        user = np.zeros((EXAMPLE_ROWS, users.shape[1]), np.int64)
+    items = np.resize(np.arange(tables["item_features"].shape[0]), EXAMPLE_ROWS)
     return tuple(
-        torch.from_numpy(np.ascontiguousarray(a[:n]))
-        for a in (user, tables["item_features"], tables["item_multi"])
+        torch.from_numpy(np.ascontiguousarray(a))
+        for a in (user, tables["item_features"][items], tables["item_multi"][items])
     )
 
 
 def _head_examples(block: dict[str, Any]) -> tuple[torch.Tensor, ...]:
     """Rows of a crossing head's inputs: the hidden layer, or DCN-v2's ``x0`` and ``x1``."""
     if block["kind"] != "dcnv2":
-        return (torch.rand(4, block["hidden"]),)
+        return (torch.rand(EXAMPLE_ROWS, block["hidden"]),)
     fields = block["user_fields"] + block["item_fields"] + block["item_multi_fields"]
     width = fields * block["embedding_dim"]
-    return torch.randn(4, width), torch.randn(4, width)
+    return torch.randn(EXAMPLE_ROWS, width), torch.randn(EXAMPLE_ROWS, width)
 
 
 def _field_tables(emb: FieldEmbedding, num_user_fields: int) -> dict[str, np.ndarray]:
@@ -240,16 +248,20 @@ def export_sequence(
     max_length: int,
     metrics: dict[str, float],
     config: dict[str, Any],
+    program_format: str = "torchscript",
 ) -> Path:
     """Family ``sequence``: ``encoder`` program (item rows + 1 -> user state) and item
-    vectors; the user's time-ordered history is stored so a request needs no ids."""
+    vectors; the user's time-ordered history is stored so a request needs no ids. An
+    exported encoder takes exactly ``max_length`` items (the server pads on the left)."""
     items = np.ascontiguousarray(model.item_vectors().detach().numpy(), dtype=np.float32)
+    example = torch.zeros(1, max_length, dtype=torch.int64)
+    example[0, -1] = 1
     return save_artifact(
         repo,
         name,
         family="sequence",
         schema=schema,
-        modules={"encoder": script_model(model)},
+        modules={"encoder": program_of(model, program_format, (example,), [None])},
         tables={
             **{key: tables[key] for key in (*TOPN_TABLES, "history_indptr", "history_items")},
             "item_vectors": items,
@@ -269,15 +281,17 @@ def export_generator(
     *,
     metrics: dict[str, float],
     config: dict[str, Any],
+    program_format: str = "torchscript",
 ) -> Path:
     """Family ``generator``: ``generator`` program (float32 [1, I] purchase vector ->
     float32 [1, I] scores); the user's purchases are the ``seen`` table."""
+    example = torch.zeros(1, tables["item_ids"].size)
     return save_artifact(
         repo,
         name,
         family="generator",
         schema=schema,
-        modules={"generator": script_model(generator)},
+        modules={"generator": program_of(generator, program_format, (example,), [None])},
         tables={key: tables[key] for key in TOPN_TABLES},
         metrics=metrics,
         config=config,

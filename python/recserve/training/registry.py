@@ -34,7 +34,13 @@ from .trainer import RANKERS, TrainConfig, format_epoch
 class Trained(Protocol):
     metrics: dict[str, float]
 
-    def export(self, repo: str | os.PathLike[str], name: str, data_name: str) -> Path: ...
+    def export(
+        self,
+        repo: str | os.PathLike[str],
+        name: str,
+        data_name: str,
+        program_format: str = "torchscript",
+    ) -> Path: ...
 
 
 # train(data, config, report_line, show_progress) -> Trained

@@ -84,7 +84,10 @@ class SASRec(nn.Module):
         causal = torch.triu(
             torch.full((width, width), float("-inf"), device=items.device), diagonal=1
         )
-        return self.final_norm(self.blocks(self.dropout(x), mask=causal))  # [B, L, d]
+        # is_causal: the mask is causal, and saying so spares the encoder from comparing
+        # it with one, a data-dependent check that torch.export cannot trace
+        states = self.blocks(self.dropout(x), mask=causal, is_causal=True)
+        return self.final_norm(states)  # [B, L, d]
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         # items: int64 [B, L], right-aligned (newest last), 0 = padding

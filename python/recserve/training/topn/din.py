@@ -34,7 +34,7 @@ from recserve.engine.artifact import Artifact, list_versions, load_artifact
 
 from ..data import InteractionData
 from ..evaluation import LeaveOneOut
-from ..export import TOPN_TABLES, save_artifact, script_model
+from ..export import EXAMPLE_ROWS, TOPN_TABLES, program_of, save_artifact
 from ..models.din import DIN
 from .config import DINConfig
 from .loop import Report, epoch_bar
@@ -316,8 +316,23 @@ class TrainedDIN:
     retriever: Artifact
     metrics: dict[str, float]
 
-    def export(self, repo: str | os.PathLike[str], name: str, data_name: str) -> Path:
+    def export(
+        self,
+        repo: str | os.PathLike[str],
+        name: str,
+        data_name: str,
+        program_format: str = "torchscript",
+    ) -> Path:
+        """The ``din`` artifact; an exported ranker program takes exactly ``max_length``
+        history items (the server pads on the left) and any number of candidates."""
         tables = self.prepared.tables
+        length, candidates = self.config.max_length, EXAMPLE_ROWS
+        example = (
+            torch.tensor([1]),
+            torch.zeros(1, length, dtype=torch.int64),
+            torch.ones(1, candidates, dtype=torch.int64),
+            torch.zeros(1, candidates),
+        )
         config: dict[str, Any] = {
             **self.config.to_json(),
             "model": "din",
@@ -329,7 +344,7 @@ class TrainedDIN:
             name,
             family="din",
             schema=self.prepared.schema,
-            modules={"ranker": script_model(self.model)},
+            modules={"ranker": program_of(self.model, program_format, example, [None, None, 1, 1])},
             tables={key: tables[key] for key in (*TOPN_TABLES, "history_indptr", "history_items")},
             metrics=self.metrics,
             config=config,

@@ -31,7 +31,15 @@ class TrainedTopN:
     history: list[TopNEpochLog]
     metrics: dict[str, float]  # test_/val_ hr@10, ndcg@10, mrr@10; epochs; train_seconds
 
-    def export(self, repo: str | os.PathLike[str], name: str, data_name: str) -> Path:
+    def export(
+        self,
+        repo: str | os.PathLike[str],
+        name: str,
+        data_name: str,
+        program_format: str = "torchscript",
+    ) -> Path:
+        """The artifact of the model's family; ``program_format`` applies to the sequence
+        and generator programs (the embedding family has none)."""
         config = {**self.config.to_json(), "model": self.name, "data": data_name, "split": SPLIT}
         if isinstance(self.model, GRU4Rec | SASRec):
             return export_sequence(
@@ -43,6 +51,7 @@ class TrainedTopN:
                 max_length=self.config.max_length,
                 metrics=self.metrics,
                 config=config,
+                program_format=program_format,
             )
         if isinstance(self.model, CFGAN):
             return export_generator(
@@ -53,6 +62,7 @@ class TrainedTopN:
                 name,
                 metrics=self.metrics,
                 config=config,
+                program_format=program_format,
             )
         if isinstance(self.model, BPRMF):
             users, items = self.model.vectors()
