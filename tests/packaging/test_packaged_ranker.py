@@ -15,6 +15,7 @@ from helpers.serving import serving
 from torch import nn
 
 from recserve import Client
+from recserve.engine.artifact import load_artifact
 from recserve.engine.programs import (
     export_program,
     save_program,
@@ -346,3 +347,61 @@ def test_the_command_packages_and_refuses_with_exit_status_2(tmp_path: Path, run
     assert refused.returncode == 2
     assert "largest index" in refused.stderr and "nothing was written" in refused.stderr
     assert not (tmp_path / "r" / "ranker" / "2").exists()
+
+
+def test_parquet_tables_package_as_their_csv_twins(tmp_path: Path) -> None:
+    """The same items and users as Parquet (ids as integers, years as numbers with a
+    null, genres as a list column): the same tables, byte for byte."""
+    import pyarrow as pa
+    from pyarrow import parquet
+
+    files, truth = make_files(tmp_path)
+    items = truth["items"]
+    parquet.write_table(
+        pa.table(
+            {
+                "id": [int(i[0]) for i in items],
+                "title": [i[1] for i in items],
+                "year": [float(i[2]) if i[2] else None for i in items],
+                "genres": [[g for g in i[3].split("|") if g] for i in items],
+            }
+        ),
+        tmp_path / "items.parquet",
+    )
+    users = truth["users"]
+    parquet.write_table(
+        pa.table(
+            {
+                "id": [u[0] for u in users],
+                "age": [int(u[1]) for u in users],
+                "gender": [u[2] for u in users],
+            }
+        ),
+        tmp_path / "users.parquet",
+    )
+    from_csv = load_artifact(package_ranker(files, tmp_path / "repo", "csv"))
+    as_parquet = replace(files, items=tmp_path / "items.parquet", users=tmp_path / "users.parquet")
+    from_parquet = load_artifact(package_ranker(as_parquet, tmp_path / "repo", "parquet"))
+    for key in (
+        "user_ids",
+        "user_features",
+        "item_ids",
+        "item_features",
+        "item_multi",
+        "item_titles",
+    ):
+        np.testing.assert_array_equal(from_parquet.tables[key], from_csv.tables[key])
+
+
+def test_a_list_in_a_single_valued_column_is_refused(tmp_path: Path) -> None:
+    import pyarrow as pa
+    from pyarrow import parquet
+
+    files, truth = make_files(tmp_path)
+    ids = [int(i[0]) for i in truth["items"]]
+    parquet.write_table(
+        pa.table({"id": ids, "year": [["1990"]] * len(ids), "genres": [["Drama"]] * len(ids)}),
+        tmp_path / "items.parquet",
+    )
+    with pytest.raises(PackageError, match=r"'year' of data row 1 holds a list"):
+        package_ranker(replace(files, items=tmp_path / "items.parquet"), tmp_path / "r", "x")

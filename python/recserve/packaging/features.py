@@ -16,7 +16,7 @@ import numpy as np
 
 from recserve.engine.schema import FeatureSpec, encode_buckets, encode_tokens
 
-from .tables import PackageError, parse_ids, read_table
+from .tables import Cell, PackageError, parse_ids, read_table
 
 SIDES = ("user", "item")
 KINDS = ("id", "token", "bucket")
@@ -139,9 +139,16 @@ def _feature(path: Path, side: str, position: int, entry: Any) -> Feature:
     return Feature(spec, column, separator)
 
 
-def encode_column(feature: Feature, values: list[str], path: Path) -> np.ndarray:
-    """int64 [rows] or [rows, max_values] of one feature's CSV column (not an id)."""
+def encode_column(feature: Feature, values: list[Cell], path: Path) -> np.ndarray:
+    """int64 [rows] or [rows, max_values] of one feature's column (not an id): text, or
+    for a multi-valued feature also a Parquet list of values."""
     spec = feature.spec
+    for row, value in enumerate(values):
+        if isinstance(value, list) and not spec.multi_valued:
+            raise PackageError(
+                f"{path}: {feature.column!r} of data row {row + 1} holds a list; the schema "
+                f"makes {spec.name!r} single-valued"
+            )
     if spec.kind == "bucket":
         numbers = np.empty(len(values), dtype=np.float64)
         for row, value in enumerate(values):
@@ -152,12 +159,7 @@ def encode_column(feature: Feature, values: list[str], path: Path) -> np.ndarray
                     f"{path}: {feature.column!r} of data row {row + 1} is {value!r}, not a number"
                 ) from None
         return encode_buckets(spec, numbers)
-    rows = [
-        [v.strip() for v in value.split(feature.separator) if v.strip()]
-        if spec.multi_valued
-        else ([value.strip()] if value.strip() else [])
-        for value in values
-    ]
+    rows = [_tokens(value, feature) for value in values]
     out = np.zeros((len(values), spec.max_values), dtype=np.int64)
     for row, tokens in enumerate(rows):
         if len(tokens) > spec.max_values:
@@ -175,6 +177,17 @@ def encode_column(feature: Feature, values: list[str], path: Path) -> np.ndarray
     return out if spec.multi_valued else out[:, 0]
 
 
+def _tokens(value: Cell, feature: Feature) -> list[str]:
+    """A cell's tokens: a list's values, a multi-valued text cut at the separator."""
+    if isinstance(value, list):
+        parts = value
+    elif feature.spec.multi_valued:
+        parts = value.split(feature.separator)
+    else:
+        parts = [value]
+    return [v.strip() for v in parts if v.strip()]
+
+
 @dataclass(frozen=True)
 class SideTable:
     """One side's table, encoded and sorted by id (as the artifact stores it)."""
@@ -189,7 +202,7 @@ class SideTable:
 def read_side(path: Path | None, features: list[Feature], what: str) -> SideTable:
     """The table of one side, each column encoded as its feature says (error messages
     count the file's data rows), then sorted by id."""
-    raw: dict[str, list[str]] = {"id": []}
+    raw: dict[str, list[Cell]] = {"id": []}
     ids = np.empty(0, np.int64)
     if path is not None:
         columns = tuple(dict.fromkeys(f.column for f in features if f.spec.kind != "id"))

@@ -15,34 +15,75 @@ class PackageError(ValueError):
     """What makes the files unusable, naming the file and the field."""
 
 
+# A cell as the readers give it: text, or the values of a Parquet list column.
+Cell = str | list[str]
+
+
 def read_table(
     path: Path, columns: tuple[str, ...], what: str, optional: tuple[str, ...] = ()
-) -> dict[str, list[str]]:
-    """The named columns of a CSV file with a header, and those of ``optional`` it has
-    (other columns are ignored)."""
+) -> dict[str, list[Cell]]:
+    """The named columns of a table, and those of ``optional`` it has (other columns are
+    ignored): a CSV file with a header, or a Parquet file (``.parquet``, read with
+    pyarrow: ``pip install "recserve[parquet]"``). Cells are text ("" when empty or
+    null); a Parquet list column gives each row's values as a list."""
+    if not path.exists():
+        raise PackageError(f"{what}: {path} does not exist")
+    if path.suffix == ".parquet":
+        header, read = _parquet_columns(path, what)
+    else:
+        header, read = _csv_columns(path, what)
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise PackageError(
+            f"{what}: {path} has no column {missing[0]!r} in its header "
+            f"(it has: {', '.join(header) or 'none'})"
+        )
+    return read([*columns, *(c for c in optional if c in header)])
+
+
+def _csv_columns(path: Path, what: str):
     try:
         with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            missing = [c for c in columns if c not in header]
-            if missing:
-                raise PackageError(
-                    f"{what}: {path} has no column {missing[0]!r} in its header "
-                    f"(it has: {', '.join(header) or 'none'})"
-                )
-            wanted = [*columns, *(c for c in optional if c in header)]
-            out: dict[str, list[str]] = {c: [] for c in wanted}
-            for row in reader:
-                for c in wanted:
-                    out[c].append(row[c] or "")
-            return out
-    except FileNotFoundError:
-        raise PackageError(f"{what}: {path} does not exist") from None
+            rows = list(csv.reader(f))
     except (UnicodeDecodeError, csv.Error) as exc:
         raise PackageError(f"{what}: {path} is not a UTF-8 CSV file ({exc})") from None
+    header, data = (rows[0], [r for r in rows[1:] if r]) if rows else ([], [])  # blank lines: none
+
+    def read(wanted: list[str]) -> dict[str, list[Cell]]:
+        index = {c: header.index(c) for c in wanted}
+        return {c: [r[i] if i < len(r) else "" for r in data] for c, i in index.items()}
+
+    return header, read
 
 
-def parse_ids(values: list[str], path: Path, column: str, unique: bool = True) -> np.ndarray:
+def _parquet_columns(path: Path, what: str):
+    try:
+        from pyarrow import parquet
+    except ImportError:
+        raise PackageError(
+            f'{what}: {path} is Parquet, which needs pyarrow: pip install "recserve[parquet]"'
+        ) from None
+    try:
+        table = parquet.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds
+        raise PackageError(f"{what}: {path} is not a readable Parquet file ({exc})") from None
+
+    def cell(value: object) -> Cell:
+        if value is None:
+            return ""
+        if isinstance(value, list):
+            return [str(v) for v in value if v is not None]
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
+    def read(wanted: list[str]) -> dict[str, list[Cell]]:
+        return {c: [cell(v) for v in table.column(c).to_pylist()] for c in wanted}
+
+    return table.column_names, read
+
+
+def parse_ids(values: list[Cell], path: Path, column: str, unique: bool = True) -> np.ndarray:
     ids = np.empty(len(values), dtype=np.int64)
     for row, value in enumerate(values):
         try:
