@@ -169,6 +169,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _package(args: argparse.Namespace) -> int:
+    from recserve.engine.artifact import ArtifactError
     from recserve.packaging import (
         PackageError,
         RankerFiles,
@@ -190,9 +191,11 @@ def _package(args: argparse.Namespace) -> int:
                 args.users,
                 args.user_embeddings,
                 args.interactions,
+                args.user_tower,
+                args.user_features,
             )
             path = package_two_tower(towers, args.model_repo, args.name)
-    except PackageError as exc:
+    except (PackageError, ArtifactError) as exc:
         print(f"error: {exc}; nothing was written", file=sys.stderr)
         return 2
     print(f"packaged {path}")

@@ -67,7 +67,8 @@ max_values = 2
 
 class DotRanker(nn.Module):
     """A team's own ranker: one table of field vectors (offsets per input column), the
-    summed user side dotted with the summed item side, plus a per-column item bias."""
+    summed user side dotted with the summed item side, plus a per-column item bias; one
+    logit per candidate as [B, 1]."""
 
     def __init__(self, cardinalities: list[int], n_user: int, dim: int = 5) -> None:
         super().__init__()
@@ -85,7 +86,7 @@ class DotRanker(nn.Module):
         user_side = vectors[:, : self.n_user].sum(dim=1)
         item_side = vectors[:, self.n_user :].sum(dim=1)
         bias = self.bias(codes[:, self.n_user :]).sum(dim=(1, 2))
-        return (user_side * item_side).sum(dim=1) + bias
+        return ((user_side * item_side).sum(dim=1) + bias).unsqueeze(1)  # [B, 1]: allowed
 
 
 def script(module: nn.Module) -> torch.jit.ScriptModule:
@@ -152,7 +153,7 @@ def reference_logits(truth: dict, user_id: int, candidates: list[int]) -> np.nda
     with torch.no_grad():
         logits = model(
             torch.tensor([user] * n), torch.tensor(rows), torch.tensor(multi, dtype=torch.int64)
-        )
+        ).reshape(-1)
     truth["model"].float()
     return logits.numpy()
 
@@ -303,6 +304,22 @@ def unsorted_vocabulary(folder: Path, files: RankerFiles) -> RankerFiles:
     return replace(files, features=folder / "unsorted.toml")
 
 
+def huge_id(folder: Path, files: RankerFiles) -> RankerFiles:
+    rows = data_rows(files.items)
+    rows[1][0] = "9" * 23
+    return replace(
+        files, items=write_csv(folder / "h.csv", ["id", "title", "year", "genres"], rows)
+    )
+
+
+def short_row(folder: Path, files: RankerFiles) -> RankerFiles:
+    rows = data_rows(files.items)
+    rows[2] = rows[2][:2]
+    return replace(
+        files, items=write_csv(folder / "s.csv", ["id", "title", "year", "genres"], rows)
+    )
+
+
 def no_users_table(folder: Path, files: RankerFiles) -> RankerFiles:
     return replace(files, users=None)
 
@@ -323,6 +340,8 @@ def no_users_table(folder: Path, files: RankerFiles) -> RankerFiles:
         (missing_column, r"has no column 'genres' in its header"),
         (unsorted_vocabulary, r"'gender': 'vocabulary' must be sorted"),
         (no_users_table, r"user id feature needs the users table"),
+        (huge_id, r"'id' of data row 2 is '9{23}', not an integer id"),
+        (short_row, r"data row 3 has 2 fields; the header has 4"),
     ],
 )
 def test_bad_packages_are_refused_by_name_and_nothing_is_written(
@@ -405,3 +424,30 @@ def test_a_list_in_a_single_valued_column_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(PackageError, match=r"'year' of data row 1 holds a list"):
         package_ranker(replace(files, items=tmp_path / "items.parquet"), tmp_path / "r", "x")
+
+
+def test_without_a_users_table_every_user_is_served_from_the_request(tmp_path: Path) -> None:
+    """A schema with user features but no user id, and no users table: the features a
+    request sends are what the program reads."""
+
+    class AgeRanker(nn.Module):
+        def forward(
+            self, user: torch.Tensor, item: torch.Tensor, multi: torch.Tensor
+        ) -> torch.Tensor:
+            return (user[:, 0] * item[:, 0]).float()  # prefers high item codes when age known
+
+    files, truth = make_files(tmp_path)
+    (tmp_path / "ages.toml").write_text(
+        '[[user]]\nname = "age"\nkind = "bucket"\nboundaries = [18, 30, 50]\n\n'
+        '[[item]]\nname = "item_id"\nkind = "id"\n'
+    )
+    files = replace(
+        program(AgeRanker())(tmp_path, files),
+        features=tmp_path / "ages.toml", users=None, interactions=None,
+    )  # fmt: skip
+    package_ranker(files, tmp_path / "repo", "ranker")
+    candidates = sorted(int(i[0]) for i in truth["items"])[:5]
+    with serving(tmp_path / "repo") as running, Client(f"127.0.0.1:{running.port}") as client:
+        answer = client.rank(7, candidates, model="ranker", user_features={"age": "40"})
+        assert answer.cold_start_user
+        assert [i.item_id for i in answer.items] == candidates[::-1]

@@ -120,7 +120,7 @@ def text_id(folder: Path, files: TwoTowerFiles) -> TwoTowerFiles:
         (pickled_vectors, "is not a plain numeric .npy array"),
         (fewer_rows, "has 36 rows but its id table has 37 ids"),
         (other_width, "user embeddings have dimension 8 but item embeddings 7"),
-        (not_finite, "row 4 has a value that is not finite"),
+        (not_finite, r"row 4 \(counted from 0: .*\) has a value that is not finite"),
         (unknown_user, "user_id 999 of data row 41 is not in the users table"),
         (no_id_column, "has no column 'id' in its header"),
         (missing_table, "absent.npy does not exist"),

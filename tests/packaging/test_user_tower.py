@@ -171,3 +171,15 @@ def test_bad_user_towers_are_refused_and_nothing_is_written(
     with pytest.raises(PackageError, match=message):
         package_two_tower(breaks(tmp_path), repo, "towers")
     assert not repo.exists() or not any(repo.rglob("manifest.json"))
+
+
+def test_the_command_packages_a_user_tower(tmp_path: Path, run_recserve) -> None:
+    files, _ = make_files(tmp_path, "export")
+    args = ["package", "two-tower", "--items", str(files.items), "--users", str(files.users)]
+    args += ["--item-embeddings", str(files.item_embeddings), "--name", "towers"]
+    args += ["--model-repo", str(tmp_path / "repo"), "--user-tower", str(files.user_tower)]
+    done = run_recserve(*args, "--user-features", str(files.user_features))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "repo" / "towers" / "1" / "user_tower.pt2").exists()
+    refused = run_recserve(*args)  # the tower without its schema
+    assert refused.returncode == 2 and "--user-features" in refused.stderr

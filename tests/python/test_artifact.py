@@ -39,9 +39,10 @@ def test_round_trip_gives_identical_scores(trained_ranker: TrainedRanker, artifa
                 torch.from_numpy(tables["item_features"]),
                 torch.from_numpy(tables["item_multi"]),
             )
-        # the served probability: the logit's sigmoid in float64, rounded to float32
-        expected = torch.sigmoid(logits.double()).float().numpy()
-        np.testing.assert_array_equal(served, expected)
+        np.testing.assert_array_equal(
+            pipeline.score_logits(tables["user_features"][user_row], None), logits.numpy()
+        )
+        np.testing.assert_allclose(served, torch.sigmoid(logits.double()).numpy(), rtol=1e-6)
     for key, table in tables.items():
         np.testing.assert_array_equal(artifact.tables[key], table)
     assert artifact.schema == trained_ranker.encoded.schema

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 import zipfile
 from datetime import date
 from pathlib import Path
@@ -158,6 +159,56 @@ def test_archives_that_would_unpickle_are_refused(
     (version / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=message):
         load_artifact(version)
+
+
+def _with_entry(data: bytes, name: str, body: bytes, first: bool = False) -> bytes:
+    """The archive with one more entry (before the others when ``first``)."""
+    out = io.BytesIO()
+    with (
+        warnings.catch_warnings(),  # zipfile warns of a duplicate name: the point here
+        zipfile.ZipFile(io.BytesIO(data)) as src,
+        zipfile.ZipFile(out, "w") as dst,
+    ):
+        warnings.simplefilter("ignore", UserWarning)
+        if first:
+            dst.writestr(name, body)
+        for info in src.infolist():
+            dst.writestr(info, src.read(info.filename))
+        if not first:
+            dst.writestr(name, body)
+    return out.getvalue()
+
+
+def _without(data: bytes, suffix: str) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            if not info.filename.endswith(suffix):
+                dst.writestr(info, src.read(info.filename))
+    return out.getvalue()
+
+
+def test_archives_outside_the_plain_layout_are_refused() -> None:
+    """What torch.export.load would also read: a legacy layout (no archive_format, with a
+    pickled state dict beside it), a second entry of one name (zip readers disagree on
+    which counts), compiled code, entries outside the one root folder."""
+    data = _pt2_bytes(_small_program())
+    root = zipfile.ZipFile(io.BytesIO(data)).namelist()[0].split("/")[0]
+    pickled = io.BytesIO()
+    torch.save({"weight": torch.ones(1)}, pickled)
+    config = f"{root}/data/weights/model_weights_config.json"
+    cases = {
+        "has no archive_format": _without(data, "archive_format"),
+        "names an entry twice": _with_entry(data, config, b'{"config": {}}', first=True),
+        "aotinductor": _with_entry(data, f"{root}/data/aotinductor/model/model.so", b"\x7fELF"),
+        "must hold one folder": _with_entry(data, "serialized_state_dict.pt", pickled.getvalue()),
+        "serialized_exported_program": _with_entry(
+            data, f"{root}/serialized_exported_program.json", b"{}"
+        ),
+    }
+    for message, archive in cases.items():
+        with pytest.raises(ProgramError, match=message):
+            check_pt2_plain(archive)
 
 
 def test_a_file_that_is_no_archive_is_refused() -> None:

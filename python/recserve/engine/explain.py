@@ -116,7 +116,7 @@ def _logits(pipeline: RankerPipeline, inputs: np.ndarray, layout: _Layout) -> np
             user, item, multi = (
                 torch.from_numpy(np.ascontiguousarray(p)).to(device) for p in parts
             )
-            logits = module(user, item, multi).to(torch.float64).cpu()
+            logits = module(user, item, multi).reshape(-1).to(torch.float64).cpu()  # [B] or [B, 1]
             out[start : start + chunk.shape[0]] = logits
     return out
 

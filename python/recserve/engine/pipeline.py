@@ -495,7 +495,9 @@ class RankerPipeline(CatalogPipeline):
     def answer_scores(self, values: np.ndarray) -> np.ndarray:
         """Probabilities of the selected logits, computed in float64 so that a logit gets
         the same float32 score however many are converted at once."""
-        return (1.0 / (1.0 + np.exp(-values.astype(np.float64)))).astype(np.float32)
+        x = values.astype(np.float64)
+        e = np.exp(-np.abs(x))  # never overflows; 1 / (1 + e^-x) for x >= 0, else e^x / (1 + e^x)
+        return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
 
     @property
     def shares_batch_work(self) -> bool:  # type: ignore[override]

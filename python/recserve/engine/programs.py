@@ -18,12 +18,12 @@ import copy
 import io
 import json
 import os
+import re
 import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import PurePosixPath
 from typing import Any
 
 import torch
@@ -108,12 +108,6 @@ def load_program(data: bytes, program_format: str | None) -> Program:
     )
 
 
-def load_exported(data: bytes) -> torch.export.ExportedProgram:
-    """The ``torch.export`` program in ``data``, after :func:`check_pt2_plain`."""
-    check_pt2_plain(data)
-    return torch.export.load(io.BytesIO(data))
-
-
 class CompiledProgram(nn.Module):
     """A program compiled by AOTInductor: fused C++ kernels for this machine's CPU. They
     assume the input strides they were compiled for, so inputs are made contiguous (a
@@ -142,47 +136,93 @@ def compile_aoti(program: torch.export.ExportedProgram) -> CompiledProgram:
         return CompiledProgram(torch._inductor.aoti_load_package(package))
 
 
+# The entries of a .pt2 archive that holds plain programs, below its one root folder. An
+# allow-list: torch.export.load also reads other layouts (a legacy one, pickled payloads,
+# compiled AOTInductor libraries), and any entry outside it refuses the archive.
+PT2_ENTRIES = re.compile(
+    r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+    r"|models/\w+\.json"
+    r"|data/weights/\w+_weights_config\.json|data/weights/weight_\d+"
+    r"|data/constants/\w+_constants_config\.json|data/constants/tensor_\d+"
+    r"|data/sample_inputs/\w+\.pt)\Z"
+)
+
+
+def load_exported(data: bytes) -> torch.export.ExportedProgram:
+    """The ``torch.export`` program in ``data``, after :func:`check_pt2_plain`; any
+    failure is a ProgramError."""
+    check_pt2_plain(data)
+    try:
+        return torch.export.load(io.BytesIO(data))
+    except Exception as exc:  # noqa: BLE001 - torch.export.load raises many kinds
+        raise ProgramError(f"not a loadable torch.export program ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def check_pt2_plain(data: bytes) -> None:
-    """Refuses a ``.pt2`` archive that would make ``torch.export.load`` unpickle: weights
-    or constants stored as pickles, a legacy single-file layout, custom objects, or
-    sample inputs that are more than tensors."""
+    """Refuses a ``.pt2`` archive that ``torch.export.load`` would not read as plain
+    tensors and JSON: an entry outside :data:`PT2_ENTRIES` (a legacy layout, custom
+    objects, compiled code), an entry name twice, no ``pt2`` archive format, payloads
+    marked as pickles, or sample inputs that ``torch.load(weights_only=True)`` refuses."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, ValueError):
         raise ProgramError("not a torch.export program: the file is not a .pt2 archive") from None
     with archive:
         names = archive.namelist()
+        if len(set(names)) != len(names):
+            raise ProgramError("the .pt2 archive names an entry twice")
+        roots = {name.split("/", 1)[0] for name in names}
+        if len(roots) != 1 or any("/" not in name for name in names):
+            raise ProgramError("the .pt2 archive must hold one folder (torch.export.save's layout)")
+        (root,) = roots
         for name in names:
-            parts = PurePosixPath(name).parts
-            if len(parts) < 3 or parts[1] not in ("data", "models"):
-                continue
-            section = parts[2] if parts[1] == "data" else "models"
-            if section in ("weights", "constants") and name.endswith(".pt"):
-                raise ProgramError(f"the .pt2 archive stores {name} in the legacy pickled layout")
-            if section in ("weights", "constants") and name.endswith("_config.json"):
+            if not PT2_ENTRIES.match(name[len(root) + 1 :]):
+                raise ProgramError(
+                    f"the .pt2 archive holds {name}, which is not part of a plain torch.export "
+                    "program (export plain tensors: no custom objects, no compiled code)"
+                )
+        try:
+            if archive.read(f"{root}/archive_format") != b"pt2":
+                raise ProgramError("the .pt2 archive's format is not pt2")
+        except KeyError:
+            raise ProgramError("the .pt2 archive has no archive_format entry") from None
+        if not any(name.startswith(f"{root}/models/") for name in names):
+            raise ProgramError("not a torch.export program: the archive holds no model")
+        for name in names:
+            if name.endswith("_config.json"):
                 _check_payload_config(archive.read(name), name)
-            if section == "sample_inputs":
+            elif "/data/sample_inputs/" in name:
                 try:
                     torch.load(io.BytesIO(archive.read(name)), weights_only=True)
                 except Exception as exc:  # noqa: BLE001 - any failure means "not plain"
                     raise ProgramError(
-                        f"the .pt2 archive's {name} is not plain tensors ({exc})"
+                        f"the .pt2 archive's {name} is not plain tensors ({_first_line(exc)})"
                     ) from None
-        if not any(PurePosixPath(n).parts[1:2] == ("models",) for n in names):
-            raise ProgramError("not a torch.export program: the archive holds no model")
 
 
 def _check_payload_config(raw: bytes, name: str) -> None:
     try:
-        entries = json.loads(raw).get("config", {})
-    except (json.JSONDecodeError, AttributeError):
+        entries = json.loads(raw)["config"]
+        items = [(str(fqn), dict(entry)) for fqn, entry in entries.items()]
+    except (
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+    ):
         raise ProgramError(f"the .pt2 archive's {name} is not a payload index") from None
-    for fqn, entry in entries.items():
+    for fqn, entry in items:
         path_name = str(entry.get("path_name", ""))
-        pickled = entry.get("use_pickle", False)
         # constants that are not tensors (torchbind objects) are pickled too
-        plain = path_name.startswith(("weight_", "tensor_"))
-        if pickled or not plain:
+        plain = re.fullmatch(r"(weight|tensor)_\d+", path_name) is not None
+        if entry.get("use_pickle", False) is not False or not plain:
             raise ProgramError(
                 f"the .pt2 archive stores {fqn!r} as a pickled object; export plain tensors "
                 "(no tensor subclasses or custom objects)"

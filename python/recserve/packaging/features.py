@@ -110,8 +110,10 @@ def _feature(path: Path, side: str, position: int, entry: Any) -> Feature:
         vocabulary = entry.get("vocabulary")
         if not isinstance(vocabulary, list) or not vocabulary:
             raise PackageError(f"{where}: a token feature needs a non-empty 'vocabulary' list")
-        if not all(isinstance(v, str) and v for v in vocabulary):
-            raise PackageError(f"{where}: 'vocabulary' must hold non-empty strings")
+        if not all(isinstance(v, str) and v and v == v.strip() for v in vocabulary):
+            raise PackageError(
+                f"{where}: 'vocabulary' must hold non-empty strings without surrounding spaces"
+            )
         if vocabulary != sorted(set(vocabulary)):
             raise PackageError(
                 f"{where}: 'vocabulary' must be sorted and without repeats (token index = its "
@@ -202,10 +204,10 @@ class SideTable:
 def read_side(path: Path | None, features: list[Feature], what: str) -> SideTable:
     """The table of one side, each column encoded as its feature says (error messages
     count the file's data rows), then sorted by id."""
-    raw: dict[str, list[Cell]] = {"id": []}
+    columns = tuple(dict.fromkeys(f.column for f in features if f.spec.kind != "id"))
+    raw: dict[str, list[Cell]] = {c: [] for c in ("id", *columns)}  # no table: no rows
     ids = np.empty(0, np.int64)
     if path is not None:
-        columns = tuple(dict.fromkeys(f.column for f in features if f.spec.kind != "id"))
         optional = ("title",) if what == "items" else ()
         raw = read_table(path, ("id", *columns), what, optional=optional)
         ids = parse_ids(raw["id"], path, "id")
@@ -221,7 +223,9 @@ def read_side(path: Path | None, features: list[Feature], what: str) -> SideTabl
         else:
             codes = encode_column(feature, raw[feature.column], path)
         specs.append(spec)
-        (multi if spec.multi_valued else single).append(codes.reshape(ids.size, -1)[order])
+        (multi if spec.multi_valued else single).append(
+            codes.reshape(ids.size, spec.max_values)[order]
+        )
     empty = np.zeros((ids.size, 0), np.int64)
     titles = np.asarray(raw.get("title", [""] * ids.size), dtype=str)[order]
     return SideTable(

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recserve.engine.programs import ProgramError, check_pt2_plain, torchscript_deprecation_silenced
+from recserve.engine.programs import load_exported, torchscript_deprecation_silenced
 from recserve.engine.schema import FeatureSchema
 
 from .tables import PackageError
@@ -24,19 +24,18 @@ def load_program(path: Path) -> tuple[Any, torch.nn.Module]:
         data = path.read_bytes()
     except FileNotFoundError:
         raise PackageError(f"program: {path} does not exist") from None
+    except OSError as exc:
+        raise PackageError(f"program: {path} cannot be read ({exc})") from None
     if path.suffix == ".pt2":
         try:
-            check_pt2_plain(data)
-            program = torch.export.load(io.BytesIO(data))
-        except (ProgramError, RuntimeError, ValueError) as exc:
-            raise PackageError(
-                f"program: {path} is not a loadable torch.export program ({exc})"
-            ) from None
-        return program, program.module()
+            program = load_exported(data)
+            return program, program.module()
+        except Exception as exc:  # noqa: BLE001 - ProgramError, or .module() failing
+            raise PackageError(f"program: {path}: {exc}") from None
     try:
         with torchscript_deprecation_silenced():
             module = torch.jit.load(io.BytesIO(data), map_location="cpu")
-    except (RuntimeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever a foreign file makes torch.jit raise
         raise PackageError(
             f"program: {path} is not a TorchScript program ({_last_line(exc)}); save it with "
             "torch.jit.save(torch.jit.script(model), ...) or, as a .pt2, with torch.export.save"

@@ -49,9 +49,16 @@ def _csv_columns(path: Path, what: str):
         raise PackageError(f"{what}: {path} is not a UTF-8 CSV file ({exc})") from None
     header, data = (rows[0], [r for r in rows[1:] if r]) if rows else ([], [])  # blank lines: none
 
+    short = next((n for n, r in enumerate(data) if len(r) < len(header)), None)
+    if short is not None:
+        raise PackageError(
+            f"{what}: {path} data row {short + 1} has {len(data[short])} fields; the header "
+            f"has {len(header)}"
+        )
+
     def read(wanted: list[str]) -> dict[str, list[Cell]]:
         index = {c: header.index(c) for c in wanted}
-        return {c: [r[i] if i < len(r) else "" for r in data] for c, i in index.items()}
+        return {c: [r[i] for r in data] for c, i in index.items()}
 
     return header, read
 
@@ -87,8 +94,8 @@ def parse_ids(values: list[Cell], path: Path, column: str, unique: bool = True) 
     ids = np.empty(len(values), dtype=np.int64)
     for row, value in enumerate(values):
         try:
-            ids[row] = int(value)
-        except ValueError:
+            ids[row] = int(value)  # a list (Parquet) raises TypeError, > int64 OverflowError
+        except (ValueError, TypeError, OverflowError):
             raise PackageError(
                 f"{path}: {column!r} of data row {row + 1} is {value!r}, not an integer id"
             ) from None

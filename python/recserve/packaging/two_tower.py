@@ -73,8 +73,9 @@ def read_embeddings(path: Path, rows: int, what: str) -> np.ndarray:
     bad = ~np.isfinite(array).all(axis=1)
     if bad.any():
         raise PackageError(
-            f"{what}: {path} row {int(np.flatnonzero(bad)[0])} has a value that is not finite "
-            f"({int(bad.sum())} such rows)"
+            f"{what}: {path} row {int(np.flatnonzero(bad)[0])} (counted from 0: the vector of "
+            f"data row {int(np.flatnonzero(bad)[0]) + 1} of the ids) has a value that is not "
+            f"finite ({int(bad.sum())} such rows)"
         )
     return np.ascontiguousarray(array, dtype=np.float32)
 
