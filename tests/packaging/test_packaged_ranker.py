@@ -268,6 +268,14 @@ def program(module: nn.Module) -> Callable[[Path, RankerFiles], RankerFiles]:
     return swap
 
 
+def static_batch(folder: Path, files: RankerFiles) -> RankerFiles:
+    """A .pt2 exported without dynamic_shapes: its batch is fixed at the example's 8."""
+    model = DotRanker([9 + 1, 5, 3, 23 + 1, 4, 5, 5], n_user=3).eval()
+    example = tuple(torch.ones(8, w, dtype=torch.int64) for w in (3, 2, 2))
+    save_program(torch.export.export(model, example), folder / "static.pt2")
+    return replace(files, program=folder / "static.pt2")
+
+
 def pickled_state_dict(folder: Path, files: RankerFiles) -> RankerFiles:
     torch.save({"weight": torch.ones(3)}, folder / "state.pt")
     return replace(files, program=folder / "state.pt")
@@ -334,6 +342,7 @@ def no_users_table(folder: Path, files: RankerFiles) -> RankerFiles:
         (program(TwoScores()), r"returns shape \[8, 2\] .*expected \[8\] or \[8, 1\]"),
         (program(Raises()), r"sample forward pass failed on .*: .*year bucket out of range"),
         (pickled_state_dict, r"is not a TorchScript program"),
+        (static_batch, r"failed on one row .*must be exported with a dynamic batch dimension"),
         (text_year, r"'year' of data row 3 is 'nineteen', not a number"),
         (unknown_genre, r"'genres' of data row 6: 'Musical' is not in the vocabulary"),
         (missing_items, r"absent\.csv does not exist"),

@@ -66,9 +66,16 @@ def run_probe(
         with torch.inference_mode():
             out = module(*inputs)
     except Exception as exc:  # noqa: BLE001 - whatever the user's program raises
+        error = _last_line(exc)
+        hint = (
+            "A torch.export program must be exported with a dynamic batch dimension "
+            "(dynamic_shapes; docs/packaging.md)"
+            if "Guard failed" in error  # an exported program called off its traced shapes
+            else "Does the feature schema match the program's inputs?"
+        )
         raise PackageError(
             f"program: the sample forward pass failed on {what} ({shapes}; columns "
-            f"{columns}): {_last_line(exc)}. Does the feature schema match the program's inputs?"
+            f"{columns}): {error}. {hint}"
         ) from None
     if not isinstance(out, torch.Tensor):
         raise PackageError(
