@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -32,7 +31,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving import ServerConfig, closed_loop_point, machine, newest_version, running
+from serving import (
+    ServerConfig,
+    closed_loop_point,
+    machine,
+    newest_version,
+    print_point,
+    print_ratios,
+    running,
+)
 
 from recserve import Client
 from recserve.core import kernels
@@ -205,23 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             for round_ in range(1, args.rounds + 1):
                 for concurrency in levels:
                     for model in ("trained", "packaged"):
-                        row = {**measure(started.target, model, concurrency, args), "round": round_}
-                        rows.append(row)
-                        print(f"| {model} | {concurrency} | {round_} | {row['answers_per_s']:.0f} "
-                              f"| {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['errors']} |",
-                              flush=True)  # fmt: skip
-    for c in levels:
-
-        def mean(model: str, key: str, c: int = c) -> float:
-            return statistics.mean(
-                r[key] for r in rows if r["model"] == model and r["concurrency"] == c
-            )
-
-        ratios = ", ".join(
-            f"{label} {mean('packaged', key) / mean('trained', key):.2f}x"
-            for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("answers_per_s", "answers/s"))
-        )
-        print(f"c = {c}: packaged / trained: {ratios} (means of rounds)")
+                        rows.append(measure(started.target, model, concurrency, args))
+                        print_point(rows[-1], round_)
+    print_ratios(rows, "packaged", "trained", levels)
     return 0
 
 

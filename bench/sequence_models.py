@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +27,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving import ServerConfig, Started, closed_loop_point, machine, running
+from serving import (
+    ServerConfig,
+    Started,
+    closed_loop_point,
+    machine,
+    print_point,
+    print_ratios,
+    running,
+)
 
 from recserve.core import kernels
 
@@ -84,21 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                 for model in models:
                     row = {**measure(started, model, concurrency, args), "round": round_}
                     rows.append(row)
-                    print(f"| {model} | {concurrency} | {round_} | {row['answers_per_s']:.0f} | "
-                          f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['errors']} |",
-                          flush=True)  # fmt: skip
-    for concurrency in levels:
-
-        def mean(model: str, key: str, c: int = concurrency) -> float:
-            return statistics.mean(
-                r[key] for r in rows if r["model"] == model and r["concurrency"] == c
-            )
-
-        ratios = ", ".join(
-            f"{label} {mean(args.model, key) / mean(args.baseline, key):.2f}x"
-            for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("answers_per_s", "answers/s"))
-        )
-        print(f"c = {concurrency}: {args.model} / {args.baseline}: {ratios} (means of rounds)")
+                    print_point(row, round_)
+    print_ratios(rows, args.model, args.baseline, levels)
     if args.json:
         args.json.write_text(json.dumps({"machine": host, "rows": rows}, indent=2))
     return 0

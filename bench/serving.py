@@ -93,6 +93,28 @@ def closed_loop_point(target: str, model: str, concurrency: int, **options: Any)
     }
 
 
+def print_point(row: dict, round_: int) -> None:
+    """One closed_loop_point row of a table headed | model | concurrency | round | ... |."""
+    print(f"| {row['model']} | {row['concurrency']} | {round_} | {row['answers_per_s']:.0f} | "
+          f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['errors']} |", flush=True)  # fmt: skip
+
+
+def print_ratios(rows: list[dict], model: str, baseline: str, levels: list[int]) -> None:
+    """Per concurrency: model / baseline for p50, p99 and answers/s, means of the rounds."""
+    for c in levels:
+
+        def mean(name: str, key: str, c: int = c) -> float:
+            return statistics.mean(
+                r[key] for r in rows if r["model"] == name and r["concurrency"] == c
+            )
+
+        ratios = ", ".join(
+            f"{label} {mean(model, key) / mean(baseline, key):.2f}x"
+            for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("answers_per_s", "answers/s"))
+        )
+        print(f"c = {c}: {model} / {baseline}: {ratios} (means of rounds)")
+
+
 def newest_version(model_repo: Path, model: str) -> Path | None:
     """The newest version directory of ``model``, or None after saying how to train it."""
     versions = list_versions(model_repo / model)

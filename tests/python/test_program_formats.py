@@ -98,6 +98,14 @@ def _small_program() -> torch.export.ExportedProgram:
     return export_program(torch.nn.Linear(3, 1).eval(), (torch.ones(2, 3),), [0])
 
 
+def _small_version(repo: Path) -> Path:
+    """A version whose one program is ``_small_program``, in the export format."""
+    modules = {"model": _small_program()}
+    return save_artifact(
+        repo, "m", family="mlp", schema=FeatureSchema(()), modules=modules, tables={}
+    )
+
+
 def _pt2_bytes(program: torch.export.ExportedProgram) -> bytes:
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
@@ -145,14 +153,7 @@ def test_archives_that_would_unpickle_are_refused(
     with pytest.raises(ProgramError, match=message):
         check_pt2_plain(data)
     # and through the artifact, checksum updated as a forger would
-    version = save_artifact(
-        tmp_path,
-        "m",
-        family="mlp",
-        schema=FeatureSchema(()),
-        modules={"model": _small_program()},
-        tables={},
-    )
+    version = _small_version(tmp_path)
     (version / "model.pt2").write_bytes(data)
     manifest = json.loads((version / "manifest.json").read_text())
     manifest["files"]["model.pt2"]["sha256"] = hashlib.sha256(data).hexdigest()
@@ -231,14 +232,7 @@ def test_one_version_cannot_mix_program_formats(tmp_path: Path) -> None:
 
 
 def test_a_module_entry_in_another_format_than_the_manifest_is_refused(tmp_path: Path) -> None:
-    version = save_artifact(
-        tmp_path,
-        "m",
-        family="mlp",
-        schema=FeatureSchema(()),
-        modules={"model": _small_program()},
-        tables={},
-    )
+    version = _small_version(tmp_path)
     manifest = json.loads((version / "manifest.json").read_text())
     manifest["program_format"] = "torchscript"
     (version / "manifest.json").write_text(json.dumps(manifest))
