@@ -153,6 +153,8 @@ def test_soak_at_70_percent_of_saturation_with_reloads(
         f"{idle.threads}, max {max_threads})"
     )
     print(f"machine CPU during the soak: {cpu}")
+    loads = [line for line in (tmp_path / "serve.log").read_text().splitlines() if " took " in line]
+    print("the server's loads:\n  " + "\n  ".join(loads))
     print(rough_seconds(report["series"], reloads))
     assert report["errors_by_code"] == {}, report["error_examples"]
     assert report["requests"]["completed"] == report["requests"]["sent"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -249,11 +250,15 @@ class ModelRepository:
         return events + self._swap(name, keep, "replaced by newer versions")
 
     def _load(self, version_dir: Path) -> LoadedModel:
-        """Verify (every checksum), build the pipeline, warm it up; nothing is locked."""
+        """Verify (every checksum), build the pipeline, warm it up; nothing is locked.
+        The log gives each step's time: a reload competes with the requests it serves."""
+        started = time.perf_counter()
         artifact = load_artifact(version_dir)
+        verified = time.perf_counter()
         pipeline = make_pipeline(
             artifact, self.limits, self.head_dtype, self.device, self.compile_programs
         )
+        built = time.perf_counter()
         for program, (seconds, difference) in getattr(pipeline, "compiled", {}).items():
             log.info(
                 "compiled the %s program of %s v%d with AOTInductor in %.1f s; largest relative "
@@ -262,6 +267,11 @@ class ModelRepository:
                 extra={"model": artifact.name},
             )  # fmt: skip
         warm_up(pipeline)
+        log.info(
+            "%s/%d took %.2f s to verify, %.2f s to build, %.2f s to warm up",
+            artifact.name, artifact.version, verified - started, built - verified,
+            time.perf_counter() - built, extra={"model": artifact.name},
+        )  # fmt: skip
         runner = self._make_runner(pipeline) if self._make_runner else None
         return LoadedModel(artifact.name, artifact.version, pipeline, runner)
 
