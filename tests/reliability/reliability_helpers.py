@@ -125,7 +125,7 @@ def saturation_rate(target: str, json_path: Path, *flags: str) -> float:
 
 SUSTAIN_SECONDS = 10.0
 # A rate the server holds keeps its queue short: at 70% of such a rate the soak's p99 was
-# 26-92 ms. Over this, the open loop is held only with a queue that grows or swings.
+# 16-92 ms. Over this, the open loop is held only with a queue that grows or swings.
 SUSTAIN_P99_MS = 100.0
 SUSTAIN_STEP = 0.85
 
@@ -137,7 +137,7 @@ def sustained_rate(target: str, tmp_path: Path) -> float:
     spread-out arrivals do, so S alone overstates what an open loop can be given (seen:
     S = 853/s here, and an open loop at 70% of it queued for seconds). So does a short
     loop at the edge (seen: 541/s held 4 s with a p99 of 196 ms, and 460/s then queued for
-    up to 3 s in 30 s loops on the same machine)."""
+    1-3 s in 30-80 s loops on the same machine)."""
     rate = saturation_rate(target, tmp_path / "saturation.json")
     tried = []
     for step in range(10):
