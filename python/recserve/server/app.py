@@ -26,7 +26,7 @@ from recserve.v1 import recserve_pb2_grpc as pb_grpc
 from . import kserve
 from .batching import runner_factory
 from .event_loop import TASKS_GRACE_SECONDS, LoopServer
-from .interceptors import GuardInterceptor
+from .interceptors import ExceptionToStatusInterceptor
 from .metrics import Metrics
 from .options import (
     ServeOptions,
@@ -96,14 +96,6 @@ def grpc_server_options(options: ServeOptions) -> list[tuple[str, int]]:
         # each listen on the same port and the kernel spreads new connections over them.
         ("grpc.so_reuseport", 1),
     ]
-    import os  # EXPERIMENT
-
-    if os.environ.get("EXP_PENDING"):
-        soft, hard = (int(x) for x in os.environ["EXP_PENDING"].split(","))
-        arguments += [
-            ("grpc.server.max_pending_requests", soft),
-            ("grpc.server.max_pending_requests_hard_limit", hard),
-        ]
     if options.max_connection_age_seconds > 0:
         # A GOAWAY once a connection is this old: the client opens a new one for its next
         # calls (re-resolving a dns:/// name) while calls in progress, streams included,
@@ -128,7 +120,7 @@ def build_server(options: ServeOptions) -> RunningServer:
     check_compile_on_device(options.compile_programs, device)
     # Security flags are checked before anything binds: a mistake leaves nothing listening.
     credentials = server_credentials(options)
-    interceptors: list[grpc.aio.ServerInterceptor] = [GuardInterceptor(options.max_in_flight)]
+    interceptors: list[grpc.aio.ServerInterceptor] = [ExceptionToStatusInterceptor()]
     if options.auth_tokens_file:
         # First, so a call without a valid token reaches nothing else.
         interceptors.insert(0, TokenAuthInterceptor(load_tokens(options.auth_tokens_file)))
@@ -165,9 +157,9 @@ def build_server(options: ServeOptions) -> RunningServer:
         server = grpc.aio.server(
             migration_thread_pool=handler_threads,
             interceptors=interceptors,
-            # No maximum_concurrent_rpcs: at its limit grpc.aio stops taking calls, which
-            # then wait in gRPC's core, unseen; GuardInterceptor refuses them instead.
             options=grpc_server_options(options),
+            # Beyond this many RPCs in progress, grpc answers RESOURCE_EXHAUSTED at once.
+            maximum_concurrent_rpcs=options.max_in_flight,
         )
         pb_grpc.add_RecommenderServicer_to_server(servicer, server)
         kserve_grpc.add_GRPCInferenceServiceServicer_to_server(

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -38,10 +36,6 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
             return code, str(error)
     return grpc.StatusCode.INTERNAL, "internal error; the server log has the details"
 
-
-# gRPC's own services, passed through as they are: health probes must reach a busy
-# server, and neither counts against --max-in-flight.
-UNGUARDED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 # When the server took the call this task or handler thread is handling.
 _accepted: contextvars.ContextVar[float | None] = contextvars.ContextVar(
@@ -76,35 +70,14 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return deserialize
 
 
-class GuardInterceptor(grpc.aio.ServerInterceptor):
-    """What every unary and bidirectional call of the server goes through:
+class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):
+    """Turns exceptions raised by unary handlers into statuses (the servicer logs them
+    with the request id), and undecodable request bytes into INVALID_ARGUMENT.
 
-    - ``--max-in-flight``: beyond ``max_in_flight`` calls being handled, a new one is
-      refused with RESOURCE_EXHAUSTED as the server takes it, before its request is
-      parsed (0: no limit). gRPC's health and reflection services pass unguarded.
-    - exceptions raised by handlers become statuses (the servicer logs them with the
-      request id), and undecodable request bytes INVALID_ARGUMENT;
-    - when each unary call was taken (:func:`accepted_at`): gRPC runs
-      ``intercept_service`` on its event loop as it takes the call, before a plain
-      function's call waits for a handler thread, and that wait counts against
-      --max-queue-ms.
-
-    A coroutine handler keeps its kind (gRPC runs it on the loop)."""
-
-    def __init__(self, max_in_flight: int = 0) -> None:
-        self.max_in_flight = max_in_flight
-        self._in_flight = 0
-        self._lock = threading.Lock()  # handlers on the loop and on handler threads
-
-    @contextmanager
-    def _counted(self) -> Iterator[None]:
-        with self._lock:
-            self._in_flight += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._in_flight -= 1
+    It also notes when each unary call was taken (:func:`accepted_at`): gRPC runs
+    ``intercept_service`` on its event loop as it takes the call, before a plain
+    function's call waits for a handler thread, and that wait counts against
+    --max-queue-ms. A coroutine handler keeps its kind (gRPC runs it on the loop)."""
 
     async def intercept_service(
         self,
@@ -113,32 +86,25 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
     ) -> Any:
         accepted = time.monotonic()
         handler = await continuation(details)
-        if handler is None or details.method.startswith(UNGUARDED_PREFIXES):
+        if handler is None:
             return handler
-        if handler.stream_stream is None and handler.unary_unary is None:
-            return handler
-        if self.max_in_flight and self._in_flight >= self.max_in_flight:
-            return refusal(
-                handler,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"server over capacity: {self._in_flight} requests in progress, the "
-                f"server's --max-in-flight ({self.max_in_flight}); retry later (with "
-                "backoff) or add replicas",
-            )
         if handler.stream_stream is not None:
             return self._stream_stream(handler)
+        if handler.unary_unary is None:
+            return handler
         inner = handler.unary_unary
         if inspect.iscoroutinefunction(inner):
-            guarded: Callable[..., Any] = self._guarded_coroutine(inner, accepted)
+            guarded: Callable[..., Any] = _guarded_coroutine(inner, accepted)
         else:
-            guarded = self._guarded_function(inner, accepted)
+            guarded = _guarded_function(inner, accepted)
         return grpc.unary_unary_rpc_method_handler(
             guarded,
             request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
-    def _stream_stream(self, handler: Any) -> Any:
+    @staticmethod
+    def _stream_stream(handler: Any) -> Any:
         """A stream whose next message does not decode ends with INVALID_ARGUMENT (a
         stream handler on the loop: RankStream's coroutine, reflection's generator)."""
         inner = handler.stream_stream
@@ -157,15 +123,13 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         if inspect.isasyncgenfunction(inner):
 
             async def guarded(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                with self._counted():
-                    async for answer in inner(checked(requests, context), context):
-                        yield answer
+                async for answer in inner(checked(requests, context), context):
+                    yield answer
 
         elif inspect.iscoroutinefunction(inner):
 
             async def guarded(requests: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[misc]
-                with self._counted():
-                    return await inner(checked(requests, context), context)
+                return await inner(checked(requests, context), context)
 
         else:
             return handler
@@ -175,63 +139,36 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    def _guarded_coroutine(
-        self, inner: Callable[..., Awaitable[Any]], accepted: float
-    ) -> Callable[..., Any]:
-        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(request, _Undecodable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-            _accepted.set(accepted)  # the call's own task: nothing to reset
-            with self._counted():
-                try:
-                    return await inner(request, context)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - every error becomes a status
-                    code, message = status_for(exc)
-                    await context.abort(code, message)  # abort() raises; nothing is returned
 
-        return guarded
+def _guarded_coroutine(inner: Callable[..., Awaitable[Any]], accepted: float) -> Callable[..., Any]:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        _accepted.set(accepted)  # the call's own task: nothing to reset
+        try:
+            return await inner(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status, never a crash
+            code, message = status_for(exc)
+            await context.abort(code, message)  # abort() raises; nothing is returned
 
-    def _guarded_function(self, inner: Callable[..., Any], accepted: float) -> Callable[..., Any]:
-        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            if isinstance(request, _Undecodable):
-                return context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-            token = _accepted.set(accepted)  # a handler thread: reset for its next call
-            with self._counted():
-                try:
-                    return inner(request, context)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - every error becomes a status
-                    code, message = status_for(exc)
-                    return context.abort(code, message)  # abort() raises; nothing returned
-                finally:
-                    _accepted.reset(token)
-
-        return guarded
+    return guarded
 
 
-def refusal(
-    handler: grpc.RpcMethodHandler | None,
-    code: grpc.StatusCode,
-    message: str,
-    on_refuse: Callable[[grpc.aio.ServicerContext], None] | None = None,
-) -> Any:
-    """A handler of the same kind as ``handler`` that answers ``code`` with ``message``,
-    without parsing the request (an unknown method's refusal is a stream);
-    ``on_refuse(context)`` runs first."""
+def _guarded_function(inner: Callable[..., Any], accepted: float) -> Callable[..., Any]:
+    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            return context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        token = _accepted.set(accepted)  # a handler thread: reset for its next call
+        try:
+            return inner(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status, never a crash
+            code, message = status_for(exc)
+            return context.abort(code, message)  # abort() raises; nothing is returned
+        finally:
+            _accepted.reset(token)
 
-    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if on_refuse is not None:
-            on_refuse(context)
-        await context.abort(code, message)
-
-    if handler is None or handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(refuse)
-    serializer = handler.response_serializer
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(refuse, response_serializer=serializer)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(refuse, response_serializer=serializer)
-    return grpc.stream_unary_rpc_method_handler(refuse, response_serializer=serializer)
+    return guarded

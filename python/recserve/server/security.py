@@ -18,7 +18,6 @@ from typing import Any, NoReturn
 
 import grpc
 
-from .interceptors import refusal
 from .options import ServeOptions
 
 log = logging.getLogger("recserve.server")
@@ -166,6 +165,25 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+def _refusal(handler: grpc.RpcMethodHandler | None, method: str, message: str) -> Any:
+    """A handler of the same kind as ``handler`` that answers UNAUTHENTICATED."""
+
+    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+        log.warning("refused %s from %s: %s", method, context.peer(), message)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    # No request deserializer: the bytes of an unauthenticated caller are never parsed.
+    # An unknown method is refused as well, so the API cannot be probed without a token.
+    if handler is None or handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    serializer = handler.response_serializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(refuse, response_serializer=serializer)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(refuse, response_serializer=serializer)
+    return grpc.stream_unary_rpc_method_handler(refuse, response_serializer=serializer)
+
+
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Lets a call through only with ``authorization: Bearer <token>`` metadata naming one
     of ``tokens``; health checks need none. Other calls get UNAUTHENTICATED."""
@@ -201,12 +219,4 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         problem = self._problem(details.invocation_metadata)
         if problem is None:
             return await continuation(details)
-        method = details.method
-
-        def logged(context: grpc.aio.ServicerContext) -> None:
-            log.warning("refused %s from %s: %s", method, context.peer(), problem)
-
-        # The bytes of an unauthenticated caller are never parsed, and an unknown method is
-        # refused as well, so the API cannot be probed without a token.
-        handler = await continuation(details)
-        return refusal(handler, grpc.StatusCode.UNAUTHENTICATED, problem, on_refuse=logged)
+        return _refusal(await continuation(details), details.method, problem)
