@@ -352,8 +352,8 @@ def test_clients_that_send_and_never_read_are_held_back_by_flow_control(
     """Four RankStream clients write requests (200 candidates, k = 100) as fast as they
     can and never read an answer. HTTP/2 flow control must stop them: the requests they
     manage to send level off far below what they offer, the server's resident memory
-    stays bounded, and another client is answered meanwhile. When they go away, their
-    resources are free again (a new call is answered, no thread or descriptor is added) and memory
+    stays bounded, and another client is answered meanwhile. When they go away, their handler threads
+    are free again (a new call is answered, no thread or descriptor is added) and memory
     does not grow further.
     """
     # Flow control alone: the idle-stream limit (the next test) would end the streams.
@@ -434,18 +434,19 @@ def test_clients_that_send_and_never_read_are_held_back_by_flow_control(
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX")
-def test_streams_that_never_read_hold_no_thread_and_are_cancelled(
+def test_streams_that_never_read_are_cancelled_and_give_their_threads_back(
     repo: Path, tmp_path: Path, free_port: int
 ) -> None:
-    """--workers 4: four never-reading streams (as above), each read far beyond what the
-    HTTP/2 windows hold. A stream is a coroutine on the server's event loop, not a handler
-    thread: a Rank sent meanwhile is answered long before the streams' own 120 s deadline.
-    Once flow control has stopped the streams' answers and they have waited
-    --stream-idle-seconds (2) at a stretch, the server cancels them and the log names the
-    4 streams. (The clients themselves learn it only when they read: the status waits
-    behind their unread answers.)"""
+    """--workers 4: four never-reading streams (as above) take every handler thread (each
+    has been read far beyond what the HTTP/2 windows hold, so each has its thread), and a
+    Rank call sent then must wait for one. Once flow control has stopped the streams'
+    answers and they have waited --stream-idle-seconds (2) at a stretch, the server
+    cancels them and their threads are free: the Rank is answered long before the
+    streams' own 120 s deadline, and the log names the 4 streams. (The clients themselves
+    learn it only when they read: the status waits behind their unread answers.)"""
     log_path = tmp_path / "serve.log"
-    # No queue-time limit: a Rank that waited here would be refused, not answered.
+    # No queue-time limit: the Rank waits seconds for a handler thread by design here, and
+    # --max-queue-ms would refuse it for that wait (tests/server/test_admission.py).
     flags = ["--workers", str(NEVER_READ_STREAMS), "--stream-idle-seconds", "2"]
     flags += ["--max-queue-ms", "0"]
     with serve_process(repo, free_port, log_path, *flags):
@@ -483,7 +484,7 @@ def test_streams_that_never_read_hold_no_thread_and_are_cancelled(
             for channel in channels:
                 channel.close()
     print(
-        f"\nthe Rank sent while 4 never-reading streams were open was "
+        f"\nthe Rank sent while 4 never-reading streams held the 4 handler threads was "
         f"answered after {answered_after:.1f} s ({still_open} of the streams still open on "
         f"the client side); the log names {len(calls)} cancelled streams"
     )

@@ -107,11 +107,8 @@ def test_metrics_are_scraped_and_parsed(stub, live_server) -> None:
 def _slow_user_encoding(
     live_server: RunningServer, monkeypatch: pytest.MonkeyPatch, seconds: float
 ) -> list[int]:
-    """Makes the served pipeline sleep in its feature stage; returns a call counter. A
-    slow user side is a model program, which the server runs on a handler thread, never
-    on its event loop: so is this one."""
+    """Makes the served pipeline sleep in its feature stage; returns a call counter."""
     pipeline = live_server.repository.get().pipeline
-    monkeypatch.setattr(pipeline, "light_request_work", False)
     encode = pipeline.encode_user
     calls: list[int] = []
 

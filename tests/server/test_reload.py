@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from recserve.engine.validation import Limits
 from recserve.server.app import RunningServer
 from recserve.server.repository import ModelRepository
 from recserve.v1 import recserve_pb2 as pb
+from recserve.v1 import recserve_pb2_grpc as pb_grpc
 
 LOADED, REFUSED, UNLOADED = (
     pb.VersionEvent.LOADED,
@@ -385,12 +387,23 @@ def thread_count(pid: int) -> int:
 HANDLER_THREADS = 16
 
 
-def fill_the_handler_pool(port: int) -> None:
-    """Starts the handler threads reloads run on: HANDLER_THREADS ReloadModels at once
-    (a plain-function handler, each on a handler thread; the pool starts a thread only
-    when none is idle, so one reload at a time never needs more than these)."""
-    with ThreadPoolExecutor(HANDLER_THREADS) as callers:
-        list(callers.map(lambda _: reload_rpc(port), range(HANDLER_THREADS)))
+def fill_the_handler_pool(port: int, items: list[int]) -> None:
+    """Makes the server's pool create all its threads: HANDLER_THREADS streams open at
+    once, each answered once (so each holds a thread), then closed."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.RecommenderStub(channel)
+        releases = [threading.Event() for _ in range(HANDLER_THREADS)]
+
+        def held_open(release: threading.Event) -> Iterator[pb.RankRequest]:
+            yield pb.RankRequest(user_id=1, candidate_item_ids=items, k=3)
+            release.wait(30)
+
+        streams = [stub.RankStream(held_open(r), timeout=30) for r in releases]
+        for stream in streams:
+            next(stream)  # answered: its handler thread is taken until it closes
+        for release, stream in zip(releases, streams, strict=True):
+            release.set()
+            assert list(stream) == []
 
 
 def settled_thread_count(pid: int, at_most: int, seconds: float = 5.0) -> int:
@@ -410,9 +423,9 @@ def test_reloads_over_the_rpc_leave_no_thread_behind(
     """A reload warms the new version up in the handler thread that took the RPC. A
     thread that had not adopted the server's torch thread count kept a matrix-product
     team alive after it (one more thread per handler thread that ever reloaded, a
-    growth the soak saw). With the pool's threads started first, 8 reloads (each on some
-    handler thread) between bursts of concurrent requests (on the server's event loop)
-    must leave the count where it was."""
+    growth the soak saw). With the pool full from the start, 8 reloads (each on some
+    handler thread) between bursts of concurrent requests must leave the count where
+    it was."""
     model_dir = repo / "deepfm"
     with (
         serve_process(
@@ -422,8 +435,8 @@ def test_reloads_over_the_rpc_leave_no_thread_behind(
         ThreadPoolExecutor(HANDLER_THREADS) as pool,
     ):
         items = [i.item_id for i in c.recommend(1, k=100, include_seen=True).items]
-        fill_the_handler_pool(free_port)
-        time.sleep(1.0)  # transient threads (a retired version's unload) end
+        fill_the_handler_pool(free_port, items)
+        time.sleep(1.0)  # the streams' handlers return their threads to the pool
         full = thread_count(process.pid)
         counts = []
         for version in range(2, 10):
@@ -431,5 +444,5 @@ def test_reloads_over_the_rpc_leave_no_thread_behind(
             publish(source, model_dir, version)
             assert serving_of(reload_rpc(free_port)) == [("deepfm", version)]
             counts.append(settled_thread_count(process.pid, at_most=full))
-    print(f"\nthreads with the pool's threads started: {full}; after each reload: {counts}")
+    print(f"\nthreads with the pool full: {full}; after each reload: {counts}")
     assert max(counts) <= full, counts

@@ -28,7 +28,6 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from recserve import Client, RecserveError
 from recserve.client.client import _BearerToken, tls_name
 from recserve.server.app import RunningServer, ServeOptions, build_server
-from recserve.server.event_loop import LoopServer
 from recserve.server.security import TokenAuthInterceptor, load_tokens
 from recserve.v1 import recserve_pb2 as pb
 from recserve.v1 import recserve_pb2_grpc as pb_grpc
@@ -433,18 +432,11 @@ def test_refusal_works_for_every_kind_of_rpc(free_port: int) -> None:
         "UnaryStream": grpc.unary_stream_rpc_method_handler(repeat),
         "StreamStream": grpc.stream_stream_rpc_method_handler(echo_each),
     }
-    handler_threads = futures.ThreadPoolExecutor(max_workers=2)
-
-    def make_server() -> grpc.aio.Server:  # as the server's: plain functions on threads
-        server = grpc.aio.server(
-            migration_thread_pool=handler_threads, interceptors=[TokenAuthInterceptor([TOKEN_A])]
-        )
-        generic = grpc.method_handlers_generic_handler("test.Echo", handlers)
-        server.add_generic_rpc_handlers([generic])
-        server.add_insecure_port(f"127.0.0.1:{free_port}")
-        return server
-
-    server = LoopServer(make_server, handler_threads)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2), interceptors=[TokenAuthInterceptor([TOKEN_A])]
+    )
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Echo", handlers)])
+    server.add_insecure_port(f"127.0.0.1:{free_port}")
     server.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{free_port}") as channel:
@@ -476,7 +468,7 @@ def test_refusal_works_for_every_kind_of_rpc(free_port: int) -> None:
                     expected = answers.get(name, b"xy")
                     assert call((("authorization", f"Bearer {TOKEN_A}"),)) == expected, name
     finally:
-        server.stop(0).wait()
+        server.stop(0)
 
 
 def test_health_needs_no_token(token_server: RunningServer) -> None:

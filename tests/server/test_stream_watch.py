@@ -1,12 +1,12 @@
 """--stream-idle-seconds: a RankStream that waits on its client too long is cancelled, one
-that keeps sending is not, however long it lasts; the limit itself on fake streams."""
+that keeps sending is not, however long it lasts; the watch itself on fake streams."""
 
 from __future__ import annotations
 
-import asyncio
 import queue
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -14,7 +14,7 @@ import pytest
 from helpers.metrics import sample_value, scrape
 
 from recserve.server.app import RunningServer, ServeOptions, build_server
-from recserve.server.stream_watch import IdleLimit, StreamIdle
+from recserve.server.stream_watch import StreamWatch
 from recserve.v1 import recserve_pb2 as pb
 from recserve.v1 import recserve_pb2_grpc as pb_grpc
 
@@ -89,48 +89,54 @@ def test_a_stream_that_keeps_sending_outlives_the_limit(
 
 
 class FakeContext:
-    """A stream's context whose client takes ``read_seconds`` to read each answer."""
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
 
-    def __init__(self, read_seconds: float = 0.0) -> None:
-        self.read_seconds = read_seconds
-        self.written: list[int] = []
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
 
-    async def write(self, answer: int) -> None:
-        await asyncio.sleep(self.read_seconds)
-        self.written.append(answer)
+    def cancel(self) -> None:
+        self.cancelled.set()
 
-
-async def requests_every(seconds: float, count: int) -> AsyncIterator[int]:
-    for n in range(count):
-        await asyncio.sleep(seconds)
-        yield n
+    def is_active(self) -> bool:
+        return not self.cancelled.is_set()
 
 
-async def answer_all(
-    limit: IdleLimit, context: FakeContext, requests: AsyncIterator[int], work: float = 0.0
-) -> list[int]:
-    """What RankStream does: each request answered after ``work`` seconds."""
-    stream = limit.stream(context)  # type: ignore[arg-type]
-    async for request in stream.requests(requests):
-        await asyncio.sleep(work)  # the server's own time: never counts
-        await stream.send(request)
-    return context.written
+def test_the_watch_cancels_only_waiting_streams_and_zero_turns_it_off() -> None:
+    counted: list[int] = []
+    watch = StreamWatch(0.2, on_cancel=lambda: counted.append(1))
+    waiting, working = FakeContext(), FakeContext()
+    try:
+        with watch.watch(waiting), watch.watch(working) as busy:
+            busy.working()  # e.g. a long request: the server's own time does not count
+            assert waiting.cancelled.wait(5)
+            time.sleep(0.4)
+            assert not working.cancelled.is_set()
+            busy.waiting()
+            assert working.cancelled.wait(5)
+        assert counted == [1, 1]
+    finally:
+        watch.close()
+    off = StreamWatch(0.0)
+    quiet = FakeContext()
+    with off.watch(quiet):
+        time.sleep(0.3)
+    assert not quiet.cancelled.is_set()
+    off.close()
 
 
-def test_a_late_request_or_an_unread_answer_ends_the_stream_and_zero_turns_it_off() -> None:
-    limit = IdleLimit(0.2)
-    # 6 requests 0.1 s apart (0.6 s in all) with 0.3 s of work each: never late
-    assert asyncio.run(answer_all(limit, FakeContext(), requests_every(0.1, 6), work=0.3)) == [
-        0,
-        1,
-        2,
-        3,
-        4,
-        5,
-    ]
-    with pytest.raises(StreamIdle, match=r"waited 0\.[2-9] s on its client"):
-        asyncio.run(answer_all(limit, FakeContext(), requests_every(0.5, 2)))
-    with pytest.raises(StreamIdle, match=r"--stream-idle-seconds is 0\.2"):
-        asyncio.run(answer_all(limit, FakeContext(read_seconds=0.5), requests_every(0, 2)))
-    off = IdleLimit(0.0)
-    assert asyncio.run(answer_all(off, FakeContext(0.3), requests_every(0.3, 2))) == [0, 1]
+class BrokenContext(FakeContext):
+    def peer(self) -> str:
+        raise RuntimeError("the call is gone")
+
+
+def test_the_watch_outlives_a_stream_it_fails_to_cancel() -> None:
+    watch = StreamWatch(0.2)
+    try:
+        broken, later = BrokenContext(), FakeContext()
+        with watch.watch(broken):
+            time.sleep(0.6)  # found idle, and cancelling it raised
+        with watch.watch(later):
+            assert later.cancelled.wait(5)
+    finally:
+        watch.close()

@@ -118,10 +118,6 @@ class CatalogPipeline:
     # True when concurrent requests' batch work runs as one call (server/batching.py
     # merges them); False when it would only run one after another on the batch thread.
     shares_batch_work = True
-    # True when prepare and finish are table lookups and C++ kernels, no model program
-    # (well under a millisecond): the server runs them on its event loop; otherwise on a
-    # handler thread, so a program's forward pass never holds up the loop.
-    light_request_work = False
 
     def place_on(self, device: str) -> CatalogPipeline:
         """Moves what the catalog scan and the head read to ``device`` ("cpu" or "cuda"),
@@ -507,8 +503,6 @@ class RankerPipeline(CatalogPipeline):
     def shares_batch_work(self) -> bool:  # type: ignore[override]
         """Only the crossing head runs batched; a whole program runs per request."""
         return self.crossing is not None
-
-    light_request_work = True  # features, the C++ crossing and top-k; the head is batch work
 
     def run_head(self, works: Sequence[HeadRows]) -> list[torch.Tensor]:
         """Logits [N_i] of each request's rows: the crossing head in one call on all of

@@ -1,10 +1,10 @@
 """What a request carries through the pipeline besides its fields: an id for the logs,
 the client's deadline, and the time spent in each stage.
 
-Stages are the ones the server reports (metrics and trailing metadata): ``queue`` (from
-when the server took the call, then waiting for a batch), ``feature`` (validation and
-user encoding), ``crossing`` (the fused C++ crossing kernel), ``head`` (the TorchScript
-program), ``topk`` (selection) and ``explain`` (field attributions, when asked for).
+Stages are the ones the server reports (metrics and trailing metadata): ``queue``
+(waiting for a handler thread, then for a batch), ``feature`` (validation and user encoding), ``crossing`` (the fused
+C++ crossing kernel), ``head`` (the TorchScript program), ``topk`` (selection) and
+``explain`` (field attributions, when asked for).
 """
 
 from __future__ import annotations

@@ -71,11 +71,6 @@ class RetrievalPipeline(CatalogPipeline):
 
     family = ""
 
-    @property
-    def light_request_work(self) -> bool:  # type: ignore[override]
-        """Light unless a program computes the user's vector per request."""
-        return not self.user_program
-
     def __init__(self, artifact: Artifact, limits: Limits | None = None) -> None:
         if artifact.family != self.family:
             raise ValueError(f"family {artifact.family!r} is not {self.family!r}")

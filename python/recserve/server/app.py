@@ -25,7 +25,6 @@ from recserve.v1 import recserve_pb2_grpc as pb_grpc
 
 from . import kserve
 from .batching import runner_factory
-from .event_loop import TASKS_GRACE_SECONDS, LoopServer
 from .interceptors import ExceptionToStatusInterceptor
 from .metrics import Metrics
 from .options import (
@@ -49,9 +48,9 @@ __all__ = ["SERVICE_NAME", "RunningServer", "ServeOptions", "build_server", "ser
 
 @dataclass
 class RunningServer:
-    server: LoopServer
+    server: grpc.Server
     port: int
-    health: health.aio.HealthServicer  # on the server's loop: a watch holds no thread
+    health: health.HealthServicer
     repository: ModelRepository
     servicer: RecommenderServicer
     metrics: Metrics
@@ -65,16 +64,13 @@ class RunningServer:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
         for service in ("", SERVICE_NAME):
-            self.server.run(self.health.set(service, status))
+            self.health.set(service, status)
 
     def stop(self, grace: float) -> None:
         """Health goes NOT_SERVING and new requests get UNAVAILABLE; in-flight requests
-        get ``grace`` seconds to finish. Stopping a stopped server waits for its end."""
-        if self.server.stopped:
-            self.server.wait_for_termination()
-            return
+        get ``grace`` seconds to finish."""
         deadline = time.monotonic() + grace
-        self.server.run(self.health.enter_graceful_shutdown())
+        self.health.enter_graceful_shutdown()
         if self.poller is not None:
             self.poller.stop()
         self.repository.start_draining()
@@ -82,7 +78,8 @@ class RunningServer:
         # UNAVAILABLE and health checks report NOT_SERVING instead of a closed port.
         self.servicer.wait_until_idle(grace)
         remaining = max(0.0, deadline - time.monotonic())
-        self.server.stop(remaining).wait(remaining + TASKS_GRACE_SECONDS + 1)
+        self.server.stop(remaining).wait(remaining + 1)
+        self.servicer.stream_watch.close()
         self.repository.close()
         self.metrics.stop()
 
@@ -120,7 +117,7 @@ def build_server(options: ServeOptions) -> RunningServer:
     check_compile_on_device(options.compile_programs, device)
     # Security flags are checked before anything binds: a mistake leaves nothing listening.
     credentials = server_credentials(options)
-    interceptors: list[grpc.aio.ServerInterceptor] = [ExceptionToStatusInterceptor()]
+    interceptors: list[grpc.ServerInterceptor] = [ExceptionToStatusInterceptor()]
     if options.auth_tokens_file:
         # First, so a call without a valid token reaches nothing else.
         interceptors.insert(0, TokenAuthInterceptor(load_tokens(options.auth_tokens_file)))
@@ -146,42 +143,37 @@ def build_server(options: ServeOptions) -> RunningServer:
             compute_nice=options.compute_nice,
         ),
     )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(
+            max_workers=options.workers,
+            thread_name_prefix="rpc",
+            initializer=adopt_torch_threads,
+        ),
+        interceptors=interceptors,
+        options=grpc_server_options(options),
+        # Beyond this many RPCs in progress (handled or waiting for a handler thread),
+        # grpc answers RESOURCE_EXHAUSTED at once instead of queueing.
+        maximum_concurrent_rpcs=options.max_in_flight,
+    )
     servicer = RecommenderServicer(
         repository, metrics, options.max_explain_k, options.stream_idle_seconds
     )
-    health_servicer = health.aio.HealthServicer()
-
-    def make_server() -> grpc.aio.Server:
-        # The coroutine handlers run on the loop; the others, and the work a coroutine
-        # hands off, on these --workers handler threads.
-        server = grpc.aio.server(
-            migration_thread_pool=handler_threads,
-            interceptors=interceptors,
-            options=grpc_server_options(options),
-            # Beyond this many RPCs in progress, grpc answers RESOURCE_EXHAUSTED at once.
-            maximum_concurrent_rpcs=options.max_in_flight,
-        )
-        pb_grpc.add_RecommenderServicer_to_server(servicer, server)
-        kserve_grpc.add_GRPCInferenceServiceServicer_to_server(
-            kserve.InferenceServicer(repository, servicer), server
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        services = (SERVICE_NAME, kserve.SERVICE_NAME, health.SERVICE_NAME)
-        reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), server)
-        return server
-
-    handler_threads = futures.ThreadPoolExecutor(
-        max_workers=options.workers, thread_name_prefix="rpc", initializer=adopt_torch_threads
+    pb_grpc.add_RecommenderServicer_to_server(servicer, server)
+    kserve_grpc.add_GRPCInferenceServiceServicer_to_server(
+        kserve.InferenceServicer(repository, servicer), server
     )
-    server = LoopServer(make_server, handler_threads)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, kserve.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     address = f"{options.host}:{options.port}"
     try:
         if credentials is None:
-            port = server.server.add_insecure_port(address)
+            port = server.add_insecure_port(address)
         else:
-            port = server.server.add_secure_port(address, credentials)
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
-        server.stop(0).wait()
         raise OSError(
             f"cannot listen on {address} ({exc}); is another server using the port? "
             "Pick another with --port"
@@ -191,7 +183,7 @@ def build_server(options: ServeOptions) -> RunningServer:
         try:
             metrics_port = metrics.serve(options.metrics_host, options.metrics_port)
         except OSError as exc:
-            server.stop(0).wait()
+            server.stop(0)
             raise OSError(
                 f"cannot serve metrics on {options.metrics_host}:{options.metrics_port} "
                 f"({exc}); pick another --metrics-port, or -1 to turn the endpoint off"

@@ -1,13 +1,11 @@
 """Dynamic batching: concurrent requests for one model share its head and top-k calls.
 
-A request is prepare -> batch compute -> finish (recserve.engine.batch_plan). The caller
-prepares its own request (a bad one fails there, alone, with its own InvalidRequest),
-puts its share of the batch computation on the model's queue and waits: a thread blocks
-(:meth:`Batcher.rank` and the like), a coroutine on the server's event loop awaits
-(:func:`call_runner`); ``compute_threads`` worker threads per model (the server's
---compute-threads: by default one per core) each take up to ``max_batch_size`` queued
-requests, run the computation once for all of them, and wake their callers, who finish
-their own answers.
+A request is prepare -> batch compute -> finish (recserve.engine.batch_plan). The caller's
+thread prepares its own request (a bad one fails there, alone, with its own
+InvalidRequest), puts its share of the batch computation on the model's queue and waits;
+``compute_threads`` worker threads per model (the server's --compute-threads: by default
+one per core) each take up to ``max_batch_size`` queued requests, run the computation once
+for all of them, and wake their callers, who finish their own answers.
 A request with no batch work (a cold-start user answered by popularity, a retrieval
 model's Rank) is finished by its caller at once, without queueing.
 
@@ -24,8 +22,7 @@ When the worker waits for company (the adaptive delay):
 
 Admission is by time, not by count (``max_queue_s``, the server's --max-queue-ms). The
 wait that counts starts when the server took the call from gRPC (the request context's
-``accepted``), so time spent before the request reaches the batcher (on the server's
-event loop, or waiting for a handler thread) counts too. The batcher
+``accepted``), so time spent waiting for a handler thread counts too. The batcher
 measures how long requests wait for a compute thread: a new request is expected to wait
 as long as the latest ones did (a moving average of their queue times), or at least as
 long as the oldest request still queued has already waited; with nothing queued it joins
@@ -41,24 +38,22 @@ first under overload; calls still waiting in gRPC's core for the server to take 
 outside this admission (docs/performance.md, "Overload").
 
 A request whose deadline passes while it is queued is dropped, not computed: its caller
-gets DeadlineExceeded (a coroutine caller is cancelled by gRPC at its deadline and
-stops awaiting). The waits (from when the server took the call, then from enqueue to the
-batch's start) are the request's ``queue`` stage. An exception in the batch computation reaches
+gets DeadlineExceeded. The waits (for a handler thread, then from enqueue to the batch's
+start) are the request's ``queue`` stage. An exception in the batch computation reaches
 every caller of that batch as a :class:`BatchFailed` (INTERNAL, the cause chained) and
 the worker carries on.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 from recserve.engine.batch_plan import Prepared
 from recserve.engine.errors import DeadlineExceeded, ModelUnavailable, Overloaded
@@ -71,7 +66,7 @@ from .torch_threads import adopt_torch_threads
 
 log = logging.getLogger("recserve.server")
 
-__all__ = ["BatchFailed", "Batcher", "call_runner", "runner_factory"]
+__all__ = ["BatchFailed", "Batcher", "runner_factory"]
 
 # Weight of one request's queue time in the moving average admission uses: about the
 # last 20 requests count, so the estimate follows a change of load within a batch or two.
@@ -82,39 +77,16 @@ class BatchFailed(RuntimeError):
     """The batch computation a request was part of raised (a server fault: INTERNAL)."""
 
 
-class _Done(Protocol):
-    """How the worker tells a request's caller that its batch has run."""
-
-    def set(self) -> None: ...
-
-
-class _LoopEvent:
-    """:class:`_Done` for a caller awaiting on an event loop: resolves its future there."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
-        self._loop = loop
-        self._future = future
-
-    def set(self) -> None:
-        self._loop.call_soon_threadsafe(self._resolve)
-
-    def _resolve(self) -> None:
-        if not self._future.done():  # the caller may have been cancelled meanwhile
-            self._future.set_result(None)
-
-
 @dataclass(eq=False)
 class _Queued:
-    """A prepared request on the queue; the worker fills ``output`` or ``error``, then
-    sets ``done`` (a threading.Event for a waiting thread, a :class:`_LoopEvent` for a
-    coroutine)."""
+    """A prepared request on the queue; the worker fills ``output`` or ``error``."""
 
     prepared: Prepared
     enqueued: float  # time.perf_counter()
-    done: _Done
     started: float = 0.0
     output: Any = None
     error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 class Batcher:
@@ -235,8 +207,8 @@ class Batcher:
         if self.max_queue_s and wait > self.max_queue_s:
             raise Overloaded(
                 f"server over capacity: requests for model {self.name!r} wait about "
-                f"{wait * 1000:.0f} ms to start computing ({waited * 1000:.0f} ms since the "
-                f"server took the call, {ahead * 1000:.0f} ms for a compute thread, "
+                f"{wait * 1000:.0f} ms to start computing ({waited * 1000:.0f} ms for a "
+                f"handler thread, {ahead * 1000:.0f} ms for a compute thread, "
                 f"{len(self._queue)} queued), more than the server's --max-queue-ms "
                 f"({self.max_queue_s * 1000:g}); retry later (with backoff) or add replicas"
             )
@@ -251,29 +223,6 @@ class Batcher:
     def _serve(
         self, prepare: Callable[[], Prepared], request_context: RequestContext | None
     ) -> Ranking:
-        queued, prepared = self._enter(prepare, request_context, threading.Event())
-        if queued is None:
-            return prepared.finish(None)
-        queued.done.wait()
-        return self._leave(queued)
-
-    async def serve_async(
-        self, prepare: Callable[[], Prepared], request_context: RequestContext | None
-    ) -> Ranking:
-        """:meth:`_serve` for a coroutine on the server's event loop: prepare and finish
-        run on the loop, the wait for the batch is awaited, so no thread is held."""
-        loop = asyncio.get_running_loop()
-        answered: asyncio.Future[None] = loop.create_future()
-        queued, prepared = self._enter(prepare, request_context, _LoopEvent(loop, answered))
-        if queued is None:
-            return prepared.finish(None)
-        await answered
-        return self._leave(queued)
-
-    def _enter(
-        self, prepare: Callable[[], Prepared], request_context: RequestContext | None, done: _Done
-    ) -> tuple[_Queued | None, Prepared]:
-        """Admits and prepares a request and queues its batch work (None: it has none)."""
         with self._cond:
             if self._closed:
                 raise ModelUnavailable("this model version was unloaded; retry the request")
@@ -283,7 +232,7 @@ class Batcher:
         try:
             prepared = prepare()
             if prepared.work is not None:
-                queued = _Queued(prepared, time.perf_counter(), done=done)
+                queued = _Queued(prepared, time.perf_counter())
         finally:
             # One step, so the worker never sees the request neither preparing nor queued.
             with self._cond:
@@ -291,12 +240,9 @@ class Batcher:
                 if queued is not None:
                     self._queue.append(queued)
                 self._cond.notify_all()
-        return queued, prepared
-
-    @staticmethod
-    def _leave(queued: _Queued) -> Ranking:
-        """The answer of a request whose batch has run."""
-        prepared = queued.prepared
+        if queued is None:
+            return prepared.finish(None)
+        queued.done.wait()
         if prepared.request_context is not None:
             prepared.request_context.add_time("queue", queued.started - queued.enqueued)
         if queued.error is not None:
@@ -415,15 +361,3 @@ def runner_factory(
         )
 
     return make_runner
-
-
-async def call_runner(runner: CatalogPipeline | Batcher, method: str, **arguments: Any) -> Ranking:
-    """``runner.<method>(**arguments)`` ("rank", "recommend" or "rank_retrieved") from a
-    coroutine on the server's event loop. A batched pipeline whose per-request work is
-    light (``light_request_work``) is prepared and finished on the loop, its batch
-    awaited; anything else (a model program per request, no batching) runs on the loop's
-    default executor, the server's handler threads, so the loop never waits on it."""
-    if isinstance(runner, Batcher) and runner.pipeline.light_request_work:
-        prepare = functools.partial(getattr(runner.pipeline, f"prepare_{method}"), **arguments)
-        return await runner.serve_async(prepare, arguments.get("request_context"))
-    return await asyncio.to_thread(functools.partial(getattr(runner, method), **arguments))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextvars
-import inspect
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -37,16 +36,13 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error; the server log has the details"
 
 
-# When the server took the call this task or handler thread is handling.
-_accepted: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "recserve_call_accepted", default=None
-)
+_this_call = threading.local()
 
 
 def accepted_at() -> float | None:
-    """When the server took the unary call being handled (``time.monotonic()``), before
-    it waited for a handler thread; None outside a unary handler."""
-    return _accepted.get()
+    """When the server took the unary call this thread handles (``time.monotonic()``),
+    before the call waited for a handler thread; None outside a unary handler."""
+    return getattr(_this_call, "accepted", None)
 
 
 class _Undecodable:
@@ -70,22 +66,21 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return deserialize
 
 
-class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):
+class ExceptionToStatusInterceptor(grpc.ServerInterceptor):
     """Turns exceptions raised by unary handlers into statuses (the servicer logs them
     with the request id), and undecodable request bytes into INVALID_ARGUMENT.
 
     It also notes when each unary call was taken (:func:`accepted_at`): gRPC runs
-    ``intercept_service`` on its event loop as it takes the call, before a plain
-    function's call waits for a handler thread, and that wait counts against
-    --max-queue-ms. A coroutine handler keeps its kind (gRPC runs it on the loop)."""
+    ``intercept_service`` on the thread that takes calls from its core, before the call
+    waits for a handler thread, and that wait counts against --max-queue-ms."""
 
-    async def intercept_service(
+    def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
         details: grpc.HandlerCallDetails,
     ) -> Any:
         accepted = time.monotonic()
-        handler = await continuation(details)
+        handler = continuation(details)
         if handler is None:
             return handler
         if handler.stream_stream is not None:
@@ -93,10 +88,19 @@ class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
-        if inspect.iscoroutinefunction(inner):
-            guarded: Callable[..., Any] = _guarded_coroutine(inner, accepted)
-        else:
-            guarded = _guarded_function(inner, accepted)
+
+        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            if isinstance(request, _Undecodable):
+                return context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            _this_call.accepted = accepted
+            try:
+                return inner(request, context)
+            except Exception as exc:  # noqa: BLE001 - every error becomes a status, never a crash
+                code, message = status_for(exc)
+                return context.abort(code, message)  # abort() raises; nothing is returned
+            finally:
+                _this_call.accepted = None
+
         return grpc.unary_unary_rpc_method_handler(
             guarded,
             request_deserializer=_lenient(handler.request_deserializer),
@@ -105,70 +109,20 @@ class ExceptionToStatusInterceptor(grpc.aio.ServerInterceptor):
 
     @staticmethod
     def _stream_stream(handler: Any) -> Any:
-        """A stream whose next message does not decode ends with INVALID_ARGUMENT (a
-        stream handler on the loop: RankStream's coroutine, reflection's generator)."""
+        """A stream whose next message does not decode ends with INVALID_ARGUMENT."""
         inner = handler.stream_stream
 
-        def checked(
-            requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
-            async def decoded() -> AsyncIterator[Any]:
-                async for request in requests:
+        def guarded(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+            def decoded() -> Iterator[Any]:
+                for request in requests:
                     if isinstance(request, _Undecodable):
-                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
                     yield request
 
-            return decoded()
+            return inner(decoded(), context)
 
-        if inspect.isasyncgenfunction(inner):
-
-            async def guarded(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                async for answer in inner(checked(requests, context), context):
-                    yield answer
-
-        elif inspect.iscoroutinefunction(inner):
-
-            async def guarded(requests: Any, context: grpc.aio.ServicerContext) -> Any:  # type: ignore[misc]
-                return await inner(checked(requests, context), context)
-
-        else:
-            return handler
         return grpc.stream_stream_rpc_method_handler(
             guarded,
             request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
-
-
-def _guarded_coroutine(inner: Callable[..., Awaitable[Any]], accepted: float) -> Callable[..., Any]:
-    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, _Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        _accepted.set(accepted)  # the call's own task: nothing to reset
-        try:
-            return await inner(request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every error becomes a status, never a crash
-            code, message = status_for(exc)
-            await context.abort(code, message)  # abort() raises; nothing is returned
-
-    return guarded
-
-
-def _guarded_function(inner: Callable[..., Any], accepted: float) -> Callable[..., Any]:
-    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-        if isinstance(request, _Undecodable):
-            return context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        token = _accepted.set(accepted)  # a handler thread: reset for its next call
-        try:
-            return inner(request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every error becomes a status, never a crash
-            code, message = status_for(exc)
-            return context.abort(code, message)  # abort() raises; nothing is returned
-        finally:
-            _accepted.reset(token)
-
-    return guarded

@@ -12,7 +12,7 @@ import hmac
 import logging
 import ssl
 import stat
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -168,9 +168,9 @@ def _digest(token: str) -> bytes:
 def _refusal(handler: grpc.RpcMethodHandler | None, method: str, message: str) -> Any:
     """A handler of the same kind as ``handler`` that answers UNAUTHENTICATED."""
 
-    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
         log.warning("refused %s from %s: %s", method, context.peer(), message)
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     # No request deserializer: the bytes of an unauthenticated caller are never parsed.
     # An unknown method is refused as well, so the API cannot be probed without a token.
@@ -184,7 +184,7 @@ def _refusal(handler: grpc.RpcMethodHandler | None, method: str, message: str) -
     return grpc.stream_unary_rpc_method_handler(refuse, response_serializer=serializer)
 
 
-class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
+class TokenAuthInterceptor(grpc.ServerInterceptor):
     """Lets a call through only with ``authorization: Bearer <token>`` metadata naming one
     of ``tokens``; health checks need none. Other calls get UNAUTHENTICATED."""
 
@@ -209,14 +209,14 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
             accepted |= hmac.compare_digest(presented, digest)
         return None if accepted else INVALID_TOKEN
 
-    async def intercept_service(
+    def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
         details: grpc.HandlerCallDetails,
     ) -> Any:
         if details.method.startswith(EXEMPT_PREFIX) or details.method in EXEMPT_METHODS:
-            return await continuation(details)
+            return continuation(details)
         problem = self._problem(details.invocation_metadata)
         if problem is None:
-            return await continuation(details)
-        return _refusal(await continuation(details), details.method, problem)
+            return continuation(details)
+        return _refusal(continuation(details), details.method, problem)

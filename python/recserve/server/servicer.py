@@ -1,21 +1,17 @@
 """The Recommender service: convert the request, call the model's runner, convert the answer.
 
-Rank, RankStream and Recommend are coroutines on the server's event loop (gRPC's asyncio
-server): a request waiting for its batch holds no thread (server/batching.py,
-``call_runner``). The other RPCs are plain functions the server runs on its handler
-threads (``--workers``). Each RPC runs in a :class:`RequestContext` (id, the client's
-deadline, stage timings) and is observed once by :class:`Metrics`; the answer's trailing
-metadata carries the model version and the server-side timings.
+Each RPC runs in a :class:`RequestContext` (id, the client's deadline, stage timings)
+and is observed once by :class:`Metrics`; the answer's trailing metadata carries the
+model version and the server-side timings.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import grpc
@@ -31,11 +27,10 @@ from recserve.v1 import recserve_pb2 as pb
 from recserve.v1 import recserve_pb2_grpc as pb_grpc
 
 from . import converters
-from .batching import call_runner
 from .interceptors import accepted_at, status_for
 from .metrics import Metrics
 from .repository import LoadedModel, ModelRepository
-from .stream_watch import IdleLimit, StreamIdle
+from .stream_watch import StreamWatch
 
 log = logging.getLogger("recserve.server")
 
@@ -87,7 +82,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.repository = repository
         self.metrics = metrics or Metrics()
         self.max_explain_k = max_explain_k
-        self.stream_idle = IdleLimit(stream_idle_seconds, self.metrics.idle_streams_cancelled.inc)
+        self.stream_watch = StreamWatch(
+            stream_idle_seconds, self.metrics.idle_streams_cancelled.inc
+        )
         self._active = 0  # requests being handled, for a graceful stop
         self._idle = threading.Condition()
         # Called once a ReloadModels scan ends: with --processes N it asks the supervisor
@@ -124,13 +121,6 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                     f"{MAX_REQUEST_ID_CHARS} are allowed"
                 )
             yield call
-        except asyncio.CancelledError:
-            # gRPC cancels a coroutine handler whose call ended without it: the client's
-            # deadline passed, or the client cancelled.
-            remaining = call.request.remaining()
-            expired = remaining is not None and remaining <= 0
-            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-            raise
         except Exception as exc:
             code, message = status_for(exc)
             extra = {"request_id": call.request.request_id, "rpc": rpc, "code": code.name}
@@ -148,7 +138,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     # -- ranking ---------------------------------------------------------------------
 
-    async def _rank(self, request: pb.RankRequest, call: _Call) -> pb.RankResponse:
+    def _rank(self, request: pb.RankRequest, call: _Call) -> pb.RankResponse:
         with self.repository.acquire(request.model.name, request.model.version) as model:
             call.models.append(model)
             if request.explain:
@@ -158,11 +148,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                         f"explain = true takes k up to the server's --max-explain-k "
                         f"({self.max_explain_k}); got k = {request.k}"
                     )
-            ranking = await call_runner(
-                model.runner,
-                "rank",
-                user_id=request.user_id,
-                candidate_item_ids=request.candidate_item_ids,
+            ranking = model.runner.rank(
+                request.user_id,
+                request.candidate_item_ids,
                 k=request.k,
                 context=dict(request.user_features),
                 request_context=call.request,
@@ -174,54 +162,47 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                         f"known candidates, more than the server's --max-explain-k "
                         f"({self.max_explain_k}); set k to at most {self.max_explain_k}"
                     )
-                with call.request.stage("explain"):  # model programs: off the loop
-                    ranking = await asyncio.to_thread(
-                        explain.explain_ranking,
-                        model.pipeline,
-                        request.user_id,
-                        dict(request.user_features),
-                        ranking,
+                with call.request.stage("explain"):
+                    ranking = explain.explain_ranking(
+                        model.pipeline, request.user_id, dict(request.user_features), ranking
                     )
             return converters.rank_response(ranking, model, call.request.request_id)
 
-    async def Rank(
-        self, request: pb.RankRequest, context: grpc.aio.ServicerContext
-    ) -> pb.RankResponse:
+    def Rank(self, request: pb.RankRequest, context: grpc.ServicerContext) -> pb.RankResponse:
         with self.call_scope("Rank", request.request_id, context) as call:
-            return await self._rank(request, call)
+            return self._rank(request, call)
 
-    async def RankStream(
-        self, requests: AsyncIterator[pb.RankRequest], context: grpc.aio.ServicerContext
-    ) -> None:
-        # One request at a time per stream; concurrent streams share the batches. A stream
-        # that waits on its client too long is ended (--stream-idle-seconds).
-        stream = self.stream_idle.stream(context)
-        try:
-            async for request in stream.requests(requests):
-                await stream.send(await self._stream_answer(request, context))
-        except StreamIdle as idle:
-            await self.stream_idle.cancel(context, idle)
-
-    async def _stream_answer(
-        self, request: pb.RankRequest, context: grpc.aio.ServicerContext
-    ) -> pb.RankStreamResponse:
-        call = None  # stays None if the call scope refuses the request at once
-        try:
-            with self.call_scope("RankStream", request.request_id, context, trailing=False) as call:
-                response = await self._rank(request, call)
-            return pb.RankStreamResponse(request_id=response.request_id, response=response)
-        except Exception as exc:  # noqa: BLE001 - one bad request never ends the stream
-            code, message = status_for(exc)
-            return pb.RankStreamResponse(
-                request_id=call.request.request_id if call is not None else "",
-                error_code=code.value[0],
-                error_message=message,
-            )
+    def RankStream(
+        self, requests: Iterator[pb.RankRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.RankStreamResponse]:
+        # One request at a time per stream; concurrent streams share the batches. The
+        # watch cancels the stream if it waits on its client for too long.
+        with self.stream_watch.watch(context) as watched:
+            for request in requests:
+                watched.working()
+                call = None  # stays None if the call scope refuses the request at once
+                try:
+                    with self.call_scope(
+                        "RankStream", request.request_id, context, trailing=False
+                    ) as call:
+                        response = self._rank(request, call)
+                    answer = pb.RankStreamResponse(
+                        request_id=response.request_id, response=response
+                    )
+                except Exception as exc:  # noqa: BLE001 - one bad request never ends the stream
+                    code, message = status_for(exc)
+                    answer = pb.RankStreamResponse(
+                        request_id=call.request.request_id if call is not None else "",
+                        error_code=code.value[0],
+                        error_message=message,
+                    )
+                watched.waiting()  # until the client has read it and sent the next request
+                yield answer
 
     # -- recommending ----------------------------------------------------------------
 
-    async def Recommend(
-        self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
+    def Recommend(
+        self, request: pb.RecommendRequest, context: grpc.ServicerContext
     ) -> pb.RecommendResponse:
         with self.call_scope("Recommend", request.request_id, context) as call:
             default_ranker = self.repository.default_rank_with
@@ -229,13 +210,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 # The server's default Recommend is a cascade (--default-rank-with).
                 request = _with_ranker(request, default_ranker)
             if request.rank_with.name:
-                return await self._cascade(request, call)
+                return self._cascade(request, call)
             with self.repository.acquire(request.model.name, request.model.version) as model:
                 call.models.append(model)
-                ranking = await call_runner(
-                    model.runner,
-                    "recommend",
-                    user_id=request.user_id,
+                ranking = model.runner.recommend(
+                    request.user_id,
                     k=request.k,
                     recent_item_ids=request.recent_item_ids,
                     include_seen=request.include_seen,
@@ -256,7 +235,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             )
         return request.retrieve_n
 
-    async def _cascade(self, request: pb.RecommendRequest, call: _Call) -> pb.RecommendResponse:
+    def _cascade(self, request: pb.RecommendRequest, call: _Call) -> pb.RecommendResponse:
         """Retrieve with ``model`` (no user features), rank with ``rank_with``."""
         check_k(request.k, self.repository.limits)  # before any retrieval work
         retrieve_n = self._retrieve_n(request)
@@ -272,22 +251,18 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                     f"({', '.join(CASCADE_RANKER_FAMILIES)})"
                 )
             ranker.pipeline.check_retriever(retriever.name)
-            retrieved = await call_runner(
-                retriever.runner,
-                "recommend",
-                user_id=request.user_id,
+            retrieved = retriever.runner.recommend(
+                request.user_id,
                 k=retrieve_n,
                 recent_item_ids=request.recent_item_ids,
                 include_seen=request.include_seen,
                 request_context=call.request,
             )
             if retrieved.items:
-                ranking = await call_runner(
-                    ranker.runner,
-                    "rank_retrieved",
-                    user_id=request.user_id,
-                    item_ids=[item.item_id for item in retrieved.items],
-                    retriever_scores=[item.score for item in retrieved.items],
+                ranking = ranker.runner.rank_retrieved(
+                    request.user_id,
+                    [item.item_id for item in retrieved.items],
+                    [item.score for item in retrieved.items],
                     k=request.k or DEFAULT_RECOMMEND_K,
                     recent_item_ids=request.recent_item_ids,
                     context=dict(request.user_features),
