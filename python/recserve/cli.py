@@ -362,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a two-tower retriever: item embeddings, and user embeddings or a user tower",
         description="Checks the files, then writes a new version of --name (score = <user "
         "vector, item vector>) that `recserve serve` answers Recommend and Rank with. Row r "
-        "of each .npy is the vector of the r-th id of its CSV table. The user side is "
+        "of each .npy is the vector of the r-th id of its id table; an embeddings table "
+        "(CSV or Parquet: id, vector) is matched by id. The user side is "
         "either stored vectors (family embedding) or a user-tower program with its "
         "feature schema (family user_tower: the vector is computed per request, from the "
         "stored features and the request's user_features). Exit status 2, with the file and field named, when a file is wrong; "
@@ -370,13 +371,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     two_tower.add_argument("--items", type=Path, required=True, help="CSV: id[, title]")
     two_tower.add_argument(
-        "--item-embeddings", type=Path, required=True, help=".npy float [items, d]"
+        "--item-embeddings",
+        type=Path,
+        required=True,
+        help=".npy float [items, d], or a CSV/Parquet table: id, vector",
     )
     two_tower.add_argument(
         "--users", type=Path, required=True, help="CSV: id (and the user tower's feature columns)"
     )
     user_side = two_tower.add_mutually_exclusive_group(required=True)
-    user_side.add_argument("--user-embeddings", type=Path, help=".npy float [users, d]")
+    user_side.add_argument(
+        "--user-embeddings", type=Path, help=".npy float [users, d], or a table: id, vector"
+    )
     user_side.add_argument(
         "--user-tower",
         type=Path,

@@ -360,7 +360,7 @@ def test_bad_packages_are_refused_by_name_and_nothing_is_written(
     repo = tmp_path / "repo"
     with pytest.raises(PackageError, match=message):
         package_ranker(breaks(tmp_path, files), repo, "ranker")
-    assert not repo.exists() or not any(repo.rglob("manifest.json"))
+    assert not repo.exists() or not any(repo.rglob("*"))
 
 
 def test_the_command_packages_and_refuses_with_exit_status_2(tmp_path: Path, run_recserve) -> None:

@@ -12,6 +12,7 @@ from helpers.packages import data_rows, write_csv
 from helpers.serving import serving
 
 from recserve import Client
+from recserve.engine.artifact import load_artifact
 from recserve.packaging import PackageError, TwoTowerFiles, package_two_tower
 
 
@@ -120,7 +121,7 @@ def text_id(folder: Path, files: TwoTowerFiles) -> TwoTowerFiles:
         (pickled_vectors, "is not a plain numeric .npy array"),
         (fewer_rows, "has 36 rows but its id table has 37 ids"),
         (other_width, "user embeddings have dimension 8 but item embeddings 7"),
-        (not_finite, r"row 4 \(counted from 0: .*\) has a value that is not finite"),
+        (not_finite, r"nan.npy: the vector of id \d+ has a value that is not finite"),
         (unknown_user, "user_id 999 of data row 41 is not in the users table"),
         (no_id_column, "has no column 'id' in its header"),
         (missing_table, "absent.npy does not exist"),
@@ -134,7 +135,7 @@ def test_bad_files_are_refused_by_name_and_nothing_is_written(
     repo = tmp_path / "repo"
     with pytest.raises(PackageError, match=message):
         package_two_tower(breaks(tmp_path, files), repo, "towers")
-    assert not repo.exists() or not any(repo.rglob("manifest.json"))
+    assert not repo.exists() or not any(repo.rglob("*"))
 
 
 def test_the_command_packages_and_refuses_with_exit_status_2(tmp_path: Path, run_recserve) -> None:
@@ -149,3 +150,97 @@ def test_the_command_packages_and_refuses_with_exit_status_2(tmp_path: Path, run
     assert refused.returncode == 2
     assert "user embeddings" in refused.stderr and "nothing was written" in refused.stderr
     assert not (tmp_path / "repo" / "towers" / "2").exists()
+
+
+def vector_table(path: Path, ids: np.ndarray, vectors: np.ndarray, order: np.ndarray) -> Path:
+    """A CSV embeddings table: id and the vector as numbers separated by spaces, the rows
+    in ``order``."""
+    rows = [[int(ids[r]), " ".join(repr(float(v)) for v in vectors[r])] for r in order]
+    return write_csv(path, ["id", "vector"], rows)
+
+
+def test_embedding_tables_package_as_their_npy_twins(tmp_path: Path) -> None:
+    """Item vectors as a CSV table in another row order, user vectors as a Parquet list
+    column: matched by id, the same tables as the .npy files give, byte for byte."""
+    import pyarrow as pa
+    from pyarrow import parquet
+
+    files, truth = make_files(tmp_path)
+    reversed_rows = np.arange(truth["item_ids"].size)[::-1]
+    items = vector_table(tmp_path / "iv.csv", truth["item_ids"], truth["items"], reversed_rows)
+    users = tmp_path / "uv.parquet"
+    parquet.write_table(
+        pa.table(
+            {
+                "id": truth["user_ids"].tolist(),
+                "vector": pa.array(truth["users"].tolist(), pa.list_(pa.float32())),
+            }
+        ),
+        users,
+    )
+    from_npy = load_artifact(package_two_tower(files, tmp_path / "repo", "npy"))
+    as_tables = replace(files, item_embeddings=items, user_embeddings=users)
+    from_tables = load_artifact(package_two_tower(as_tables, tmp_path / "repo", "tables"))
+    for key in ("item_ids", "user_ids", "item_vectors", "user_vectors"):
+        assert from_tables.tables[key].tobytes() == from_npy.tables[key].tobytes(), key
+
+
+def table_missing_an_id(folder: Path, files: TwoTowerFiles, truth: dict) -> TwoTowerFiles:
+    order = np.arange(1, truth["item_ids"].size)  # the first id left out
+    table = vector_table(folder / "t.csv", truth["item_ids"], truth["items"], order)
+    return replace(files, item_embeddings=table)
+
+
+def table_with_an_extra_id(folder: Path, files: TwoTowerFiles, truth: dict) -> TwoTowerFiles:
+    ids = np.append(truth["user_ids"], 999)
+    vectors = np.vstack([truth["users"], np.ones((1, truth["users"].shape[1]))])
+    table = vector_table(folder / "t.csv", ids, vectors, np.arange(ids.size))
+    return replace(files, user_embeddings=table)
+
+
+def table_with_a_short_vector(folder: Path, files: TwoTowerFiles, truth: dict) -> TwoTowerFiles:
+    order = np.arange(truth["item_ids"].size)
+    table = vector_table(folder / "t.csv", truth["item_ids"], truth["items"], order)
+    rows = data_rows(table)
+    rows[5][1] = " ".join(rows[5][1].split()[:-1])
+    return replace(files, item_embeddings=write_csv(folder / "t2.csv", ["id", "vector"], rows))
+
+
+def table_with_text(folder: Path, files: TwoTowerFiles, truth: dict) -> TwoTowerFiles:
+    order = np.arange(truth["item_ids"].size)
+    table = vector_table(folder / "t.csv", truth["item_ids"], truth["items"], order)
+    rows = data_rows(table)
+    rows[2][1] = "0.5 high 0.1"
+    return replace(files, item_embeddings=write_csv(folder / "t2.csv", ["id", "vector"], rows))
+
+
+def table_with_a_repeated_id(folder: Path, files: TwoTowerFiles, truth: dict) -> TwoTowerFiles:
+    order = np.append(np.arange(truth["item_ids"].size), 0)
+    table = vector_table(folder / "t.csv", truth["item_ids"], truth["items"], order)
+    return replace(files, item_embeddings=table)
+
+
+def table_without_vectors(folder: Path, files: TwoTowerFiles, truth: dict) -> TwoTowerFiles:
+    rows = [[int(i)] for i in truth["user_ids"]]
+    return replace(files, user_embeddings=write_csv(folder / "t.csv", ["id"], rows))
+
+
+@pytest.mark.parametrize(
+    ("breaks", "message"),
+    [
+        (table_missing_an_id, r"t.csv has no vector for id \d+ \(1 ids of the id table"),
+        (table_with_an_extra_id, "has a vector for id 999, which the id table does not list"),
+        (table_with_a_short_vector, r"t2.csv: 'vector' of data row 6 has 6 numbers; every vector .*\(the first has 7\)"),
+        (table_with_text, "'vector' of data row 3 is '0.5 high 0.1', not numbers"),
+        (table_with_a_repeated_id, "duplicate 'id' values"),
+        (table_without_vectors, "has no column 'vector' in its header"),
+    ],
+)
+def test_bad_embedding_tables_are_refused_by_name_and_nothing_is_written(
+    tmp_path: Path, breaks: Callable[[Path, TwoTowerFiles, dict], TwoTowerFiles], message: str
+) -> None:
+    files, truth = make_files(tmp_path)
+    repo = tmp_path / "repo"
+    with pytest.raises(PackageError, match=message):
+        package_two_tower(breaks(tmp_path, files, truth), repo, "towers")
+    assert not repo.exists() or not any(repo.rglob("*"))

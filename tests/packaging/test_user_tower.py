@@ -170,7 +170,7 @@ def test_bad_user_towers_are_refused_and_nothing_is_written(
     repo = tmp_path / "repo"
     with pytest.raises(PackageError, match=message):
         package_two_tower(breaks(tmp_path), repo, "towers")
-    assert not repo.exists() or not any(repo.rglob("manifest.json"))
+    assert not repo.exists() or not any(repo.rglob("*"))
 
 
 def test_the_command_packages_a_user_tower(tmp_path: Path, run_recserve) -> None:

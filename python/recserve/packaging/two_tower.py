@@ -1,11 +1,13 @@
 """A two-tower retriever trained elsewhere, packaged as a model recserve serves.
 
 The inputs are plain files: the item embeddings as a ``.npy`` array (row r is the r-th
-id of the items CSV), the ids (and optional titles) as CSV, optionally an interaction
+id of the items table) or as a table of ``id`` and ``vector`` (CSV or Parquet, matched
+by id), the ids (and optional titles) as a table, optionally an interaction
 log whose pairs are excluded from each user's answers and give the cold-start order
 (popularity), and the user side in one of two forms:
 
-- user embeddings (``.npy``, row r the r-th id of the users CSV): family ``embedding``;
+- user embeddings (``.npy``, row r the r-th id of the users table, or a table of ``id``
+  and ``vector``): family ``embedding``;
 - a user-tower program (TorchScript or ``torch.export``, ``forward(user: int64[B, Fu])
   -> float[B, d]``) with a feature schema of ``[[user]]`` features and their columns in
   the users CSV: family ``user_tower``, which computes the user's vector per request, so
@@ -40,17 +42,34 @@ FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 @dataclass(frozen=True)
 class TwoTowerFiles:
     items: Path  # CSV with a header: `id` (int64) and optionally `title`
-    item_embeddings: Path  # .npy, [items, d], float
+    item_embeddings: Path  # .npy, [items, d], float; or a table of id, vector
     users: Path  # CSV with a header: `id` (and the user tower's feature columns)
-    user_embeddings: Path | None = None  # .npy, [users, d], float; or:
+    user_embeddings: Path | None = None  # .npy, [users, d], float, or a table; or:
     interactions: Path | None = None  # CSV with a header: `user_id`, `item_id`
     user_tower: Path | None = None  # program: int64 [B, Fu] -> float [B, d]
     user_features: Path | None = None  # the tower's feature schema: [[user]] entries
 
 
-def read_embeddings(path: Path, rows: int, what: str) -> np.ndarray:
-    """float32 [rows, d] from a ``.npy`` file, refusing pickles, other dtypes and shapes,
-    and values that are not finite."""
+def read_embeddings(path: Path, ids: np.ndarray, what: str) -> np.ndarray:
+    """float32 [len(ids), d], row r the vector of ``ids[r]``: from a ``.npy`` array in the
+    ids' order, or from a table (CSV or Parquet) of ``id`` and ``vector`` matched by id
+    (:func:`read_embedding_table`). Refuses pickles, other dtypes and shapes, and values
+    that are not finite."""
+    if path.suffix != ".npy":
+        array = read_embedding_table(path, ids, what)
+    else:
+        array = _read_npy(path, ids.size, what)
+    bad = ~np.isfinite(array).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise PackageError(
+            f"{what}: {path}: the vector of id {int(ids[row])} has a value that is not finite "
+            f"({int(bad.sum())} such vectors)"
+        )
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _read_npy(path: Path, rows: int, what: str) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -70,14 +89,50 @@ def read_embeddings(path: Path, rows: int, what: str) -> np.ndarray:
             f"{what}: {path} has {array.shape[0]} rows but its id table has {rows} ids "
             "(row r must be the vector of the r-th id)"
         )
-    bad = ~np.isfinite(array).all(axis=1)
-    if bad.any():
+    return array
+
+
+def read_embedding_table(path: Path, ids: np.ndarray, what: str) -> np.ndarray:
+    """float64 [len(ids), d] from a table with an ``id`` column and a ``vector`` column
+    (a list column in Parquet, numbers separated by spaces in CSV), in any row order: it
+    must hold each of ``ids`` exactly once, and nothing else, each with d numbers."""
+    table = read_table(path, ("id", "vector"), what)
+    table_ids = parse_ids(table["id"], path, "id")
+    wanted = np.sort(ids)
+    missing = np.setdiff1d(wanted, table_ids)
+    if missing.size:
         raise PackageError(
-            f"{what}: {path} row {int(np.flatnonzero(bad)[0])} (counted from 0: the vector of "
-            f"data row {int(np.flatnonzero(bad)[0]) + 1} of the ids) has a value that is not "
-            f"finite ({int(bad.sum())} such rows)"
+            f"{what}: {path} has no vector for id {int(missing[0])} ({missing.size} ids of the "
+            "id table are missing)"
         )
-    return np.ascontiguousarray(array, dtype=np.float32)
+    extra = np.setdiff1d(table_ids, wanted)
+    if extra.size:
+        raise PackageError(
+            f"{what}: {path} has a vector for id {int(extra[0])}, which the id table does not "
+            f"list ({extra.size} such ids)"
+        )
+    vectors = [_vector(cell, path, row) for row, cell in enumerate(table["vector"])]
+    dim = len(vectors[0]) if vectors else 0
+    ragged = next((row for row, v in enumerate(vectors) if len(v) != dim), None)
+    if dim == 0 or ragged is not None:
+        row = 0 if ragged is None else ragged
+        raise PackageError(
+            f"{what}: {path}: 'vector' of data row {row + 1} has {len(vectors[row])} numbers; "
+            f"every vector needs the same dimension, at least 1 (the first has {dim})"
+        )
+    position = {int(i): row for row, i in enumerate(table_ids)}
+    return np.asarray(vectors, dtype=np.float64)[[position[int(i)] for i in ids]]
+
+
+def _vector(cell: str | list[str], path: Path, row: int) -> list[float]:
+    values = cell.split() if isinstance(cell, str) else cell
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        raise PackageError(
+            f"{path}: 'vector' of data row {row + 1} is {cell!r}, not numbers (a Parquet list "
+            "column, or numbers separated by spaces in CSV)"
+        ) from None
 
 
 def package_two_tower(files: TwoTowerFiles, repo: str | os.PathLike[str], name: str) -> Path:
@@ -95,7 +150,7 @@ def package_two_tower(files: TwoTowerFiles, repo: str | os.PathLike[str], name: 
     item_ids = parse_ids(items["id"], files.items, "id")
     if item_ids.size == 0:
         raise PackageError(f"items: {files.items} has no rows")
-    item_vectors = read_embeddings(files.item_embeddings, item_ids.size, "item embeddings")
+    item_vectors = read_embeddings(files.item_embeddings, item_ids, "item embeddings")
     item_order = np.argsort(item_ids)  # served sorted
     item_ids = item_ids[item_order]
     titles = np.asarray(items.get("title", [""] * item_ids.size))[item_order].astype(str)
@@ -138,7 +193,7 @@ def _embedding_side(files: TwoTowerFiles, dim: int) -> UserSide:
     user_ids = parse_ids(users["id"], files.users, "id")
     if user_ids.size == 0:
         raise PackageError(f"users: {files.users} has no rows")
-    vectors = read_embeddings(files.user_embeddings, user_ids.size, "user embeddings")
+    vectors = read_embeddings(files.user_embeddings, user_ids, "user embeddings")
     if vectors.shape[1] != dim:
         raise PackageError(
             f"user embeddings have dimension {vectors.shape[1]} but item embeddings {dim}; "
