@@ -6,7 +6,8 @@ what a team with its own ranker would have. The model embeds every feature (user
 age, gender, occupation; item id, release year, genres), and scores a (user, item) pair
 with a dot product of the two sides plus an MLP on both, as a two-part "deep and
 factorised" ranker does. It learns to tell each user's next interactions from items
-drawn at random from the catalog (binary cross-entropy), which is what a ranker behind a
+drawn at random from the catalog (by default a softmax over each positive and its
+negatives; binary cross-entropy with --loss bce), which is what a ranker behind a
 retriever is asked: which of these items will the user take?
 
     python examples/ranker/train_ranker.py --log LOG.csv --users USERS.csv \

@@ -1,6 +1,6 @@
-"""examples/ranker end to end on a small log: a ranker written in plain PyTorch is
-trained, packaged with `recserve package ranker` (both program formats), served, and
-called from the Python client and the Node.js client's example."""
+"""examples/ranker end to end on a slice of MovieLens-100k: a ranker written in plain
+PyTorch is trained, packaged with `recserve package ranker` (both program formats),
+served, and called from the Python client and the Node.js client's example."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from client_runs import require
 from helpers.packages import write_csv
@@ -22,36 +23,40 @@ from recserve import Client
 from recserve.engine.programs import torchscript_deprecation_silenced
 
 ROOT = Path(__file__).resolve().parents[2]
-GENRES = ["Comedy", "Drama", "Horror", "Sci-Fi"]
-JOBS = ["artist", "student", "writer"]
+SLICE_USERS = 40
 
 
-def small_data(folder: Path) -> tuple[Path, Path, Path]:
-    """40 users, 30 items, each user's items mostly from one genre."""
-    rng = np.random.default_rng(5)
-    genre = rng.integers(0, len(GENRES), 30)
-    items = [
-        [100 + i, f"film {i}", str(1960 + 2 * i), GENRES[g] + ("|Drama" if i % 5 == 0 else "")]
-        for i, g in enumerate(genre)
-    ]
-    users = [[u + 1, str(15 + u), "MF"[u % 2], JOBS[u % 3]] for u in range(40)]
-    rows = []
-    for user in range(40):
-        liked = np.flatnonzero(genre == user % len(GENRES))
-        for item in rng.choice(liked, size=min(5, liked.size), replace=False):
-            rows.append([user + 1, 100 + int(item)])
+def movielens_slice(folder: Path, run_recserve) -> tuple[Path, Path, Path]:
+    """The training split of MovieLens-100k as `recserve evaluate --make-split` writes it
+    (the README's first step), its interactions cut to those of the first SLICE_USERS
+    users; the user and item tables whole."""
+    split = folder / "split"
+    made = run_recserve(
+        "evaluate",
+        "--make-split",
+        str(split),
+        "--data",
+        "ml-100k",
+        "--data-dir",
+        str(ROOT / "data"),
+    )
+    assert made.returncode == 0, made.stderr
+    train = split / "train"
+    with (train / "interactions.csv").open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["user_id"]) <= SLICE_USERS]
+    rows = [[r["user_id"], r["item_id"]] for r in rows]
     return (
         write_csv(folder / "log.csv", ["user_id", "item_id"], rows),
-        write_csv(folder / "users.csv", ["user_id", "age", "gender", "occupation"], users),
-        write_csv(folder / "items.csv", ["item_id", "title", "release_year", "genres"], items),
+        train / "users.csv",
+        train / "items.csv",
     )
 
 
-def train(folder: Path, out: Path, program_format: str) -> None:
-    log, users, items = small_data(folder)
+def train(folder: Path, out: Path, program_format: str, run_recserve) -> None:
+    log, users, items = movielens_slice(folder, run_recserve)
     script = ROOT / "examples" / "ranker" / "train_ranker.py"
     args = ["--log", log, "--users", users, "--items", items, "--out", out]
-    args += ["--format", program_format, "--epochs", "2", "--batch-size", "32"]
+    args += ["--format", program_format, "--epochs", "2", "--batch-size", "256"]
     trained = subprocess.run(
         [sys.executable, str(script), *map(str, args)],
         capture_output=True,
@@ -68,7 +73,7 @@ def test_the_ranker_example_trains_packages_serves_and_answers_both_clients(
     tmp_path: Path, run_recserve, program_format: str
 ) -> None:
     out = tmp_path / "ranker"
-    train(tmp_path, out, program_format)
+    train(tmp_path, out, program_format, run_recserve)
     program = out / ("ranker.pt2" if program_format == "export" else "ranker.pt")
     repo = tmp_path / "repo"
     packaged = run_recserve(
@@ -79,9 +84,8 @@ def test_the_ranker_example_trains_packages_serves_and_answers_both_clients(
     )  # fmt: skip
     assert packaged.returncode == 0, packaged.stderr
 
-    # the program's own order for user 1 (id and feature codes as the schema declares:
-    # user 1 is row 1; item 100 + i is row i + 1)
-    candidates = [100, 103, 107, 111, 118, 125, 129]
+    # the program's own order for user 1
+    candidates = [1, 50, 100, 127, 172, 181, 258, 313, 1682]
     with serving(repo, default_model="ranker") as running:
         with Client(f"127.0.0.1:{running.port}", timeout=10) as client:
             answer = client.rank(1, candidates)
@@ -109,23 +113,41 @@ def test_the_ranker_example_trains_packages_serves_and_answers_both_clients(
 
 def own_order(program: Path, program_format: str, candidates: list[int]) -> list[int]:
     """The saved program run here on user 1's row and the candidates' rows, encoded as
-    the example encodes them (user 1: id 1, age 15 -> bucket 1, gender M, artist)."""
+    features.toml declares (an id's code: its rank among the sorted ids + 1; a bucket's:
+    its index among the boundaries + 1; a token's: its index in the vocabulary + 1)."""
     if program_format == "export":
         module = torch.export.load(str(program)).module()
     else:
         with torchscript_deprecation_silenced():
             module = torch.jit.load(str(program))
+    schema = tomllib.loads((program.parent / "features.toml").read_text())
+    fields = {f["name"]: f for side in ("user", "item") for f in schema[side]}
+    with (program.parent / "users.csv").open(newline="") as f:
+        users = {int(r["id"]): r for r in csv.DictReader(f)}
     with (program.parent / "items.csv").open(newline="") as f:
         items = {int(r["id"]): r for r in csv.DictReader(f)}
-    genres = sorted({g for r in items.values() for g in r["genres"].split("|")})
-    years = [1950, 1970, 1980, 1990, 1995, 1997]
+
+    def code(name: str, value: str) -> int:
+        field = fields[name]
+        if field["kind"] == "bucket":
+            return int(np.searchsorted(field["boundaries"], float(value), side="right")) + 1
+        return field["vocabulary"].index(value) + 1
+
+    user = users[1]
+    user_row = [sorted(users).index(1) + 1, code("age", user["age"])]
+    user_row += [code("gender", user["gender"]), code("occupation", user["occupation"])]
     rows, multi = [], []
     for item in candidates:
-        year = float(items[item]["release_year"])
-        rows.append([item - 99, int(np.searchsorted(years, year, side="right")) + 1])
-        codes = [genres.index(g) + 1 for g in items[item]["genres"].split("|")]
-        multi.append(codes + [0] * (6 - len(codes)))
-    user = torch.tensor([[1, 1, 2, 1]] * len(candidates))  # gender M = 2, artist = 1
+        year = items[item]["release_year"]
+        rows.append([sorted(items).index(item) + 1, code("release_year", year)])
+        genres = [code("genres", g) for g in items[item]["genres"].split("|") if g]
+        multi.append(genres + [0] * (fields["genres"]["max_values"] - len(genres)))
     with torch.no_grad():
-        logits = module(user, torch.tensor(rows), torch.tensor(multi)).double().numpy()
+        logits = (
+            module(
+                torch.tensor([user_row] * len(candidates)), torch.tensor(rows), torch.tensor(multi)
+            )
+            .double()
+            .numpy()
+        )
     return [candidates[j] for j in np.argsort(-logits, kind="stable")]

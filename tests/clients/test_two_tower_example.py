@@ -1,6 +1,6 @@
-"""examples/two_tower end to end on a small log: a two-tower model written in plain
-PyTorch is trained, packaged with `recserve package two-tower`, served, and called from
-the Python client and the Node.js client's example."""
+"""examples/two_tower end to end on a slice of MovieLens-100k: a two-tower model written
+in plain PyTorch is trained, packaged with `recserve package two-tower`, served, and
+called from the Python client and the Node.js client's example."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from client_runs import require
 from helpers.packages import write_csv
@@ -20,30 +19,36 @@ from test_node_client import NODE_CLIENT, _missing_node_setup
 from recserve import Client
 
 ROOT = Path(__file__).resolve().parents[2]
-GENRES = ["Comedy", "Drama", "Horror", "Sci-Fi"]
+SLICE_USERS = 40
 
 
-def small_log(folder: Path) -> tuple[Path, Path]:
-    """40 users, 30 items, each user's items mostly from one genre."""
-    rng = np.random.default_rng(3)
-    genre = rng.integers(0, len(GENRES), 30)
-    items = [[100 + i, f"film {i}", GENRES[g]] for i, g in enumerate(genre)]
-    rows = []
-    for user in range(40):
-        liked = np.flatnonzero(genre == user % len(GENRES))
-        for item in rng.choice(liked, size=min(5, liked.size), replace=False):
-            rows.append([user + 1, 100 + int(item)])
-    return (
-        write_csv(folder / "log.csv", ["user_id", "item_id"], rows),
-        write_csv(folder / "items.csv", ["item_id", "title", "genres"], items),
+def movielens_slice(folder: Path, run_recserve) -> tuple[Path, Path]:
+    """The training split of MovieLens-100k as `recserve evaluate --make-split` writes it
+    (the README's first step), cut to the interactions of its first SLICE_USERS users."""
+    split = folder / "split"
+    made = run_recserve(
+        "evaluate",
+        "--make-split",
+        str(split),
+        "--data",
+        "ml-100k",
+        "--data-dir",
+        str(ROOT / "data"),
     )
+    assert made.returncode == 0, made.stderr
+    with (split / "train" / "interactions.csv").open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["user_id"]) <= SLICE_USERS]
+    log = write_csv(
+        folder / "log.csv", ["user_id", "item_id"], [[r["user_id"], r["item_id"]] for r in rows]
+    )
+    return log, split / "train" / "items.csv"
 
 
 @pytest.mark.slow
 def test_the_two_tower_example_trains_packages_serves_and_answers_both_clients(
     tmp_path: Path, run_recserve
 ) -> None:
-    log, items = small_log(tmp_path)
+    log, items = movielens_slice(tmp_path, run_recserve)
     out = tmp_path / "towers"
     script = ROOT / "examples" / "two_tower" / "train_towers.py"
     trained = subprocess.run(
@@ -95,7 +100,9 @@ def test_the_two_tower_example_trains_packages_serves_and_answers_both_clients(
             seen = {row[1] for row in csv.reader(f) if row[0] == "1"}
         assert answer.model_name == "towers" and len(answer.items) == 5
         assert not {str(i.item_id) for i in answer.items} & seen
-        assert all(i.title.startswith("film ") for i in answer.items)
+        with items.open(newline="") as f:
+            titles = {int(r["item_id"]): r["title"] for r in csv.DictReader(f)}
+        assert [i.title for i in answer.items] == [titles[i.item_id] for i in answer.items]
 
         require(_missing_node_setup(), "Node.js client")
         node = shutil.which("node")

@@ -230,7 +230,10 @@ def table_without_vectors(folder: Path, files: TwoTowerFiles, truth: dict) -> Tw
     [
         (table_missing_an_id, r"t.csv has no vector for id \d+ \(1 ids of the id table"),
         (table_with_an_extra_id, "has a vector for id 999, which the id table does not list"),
-        (table_with_a_short_vector, r"t2.csv: 'vector' of data row 6 has 6 numbers; every vector .*\(the first has 7\)"),
+        (
+            table_with_a_short_vector,
+            r"t2.csv: 'vector' of data row 6 has 6 numbers; every vector .*\(the first has 7\)",
+        ),
         (table_with_text, "'vector' of data row 3 is '0.5 high 0.1', not numbers"),
         (table_with_a_repeated_id, "duplicate 'id' values"),
         (table_without_vectors, "has no column 'vector' in its header"),
