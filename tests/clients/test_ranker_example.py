@@ -15,7 +15,7 @@ import pytest
 import tomllib
 import torch
 from client_runs import require
-from helpers.packages import write_csv
+from helpers.packages import movielens_slice
 from helpers.serving import serving
 from test_node_client import NODE_CLIENT, _missing_node_setup
 
@@ -26,34 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SLICE_USERS = 40
 
 
-def movielens_slice(folder: Path, run_recserve) -> tuple[Path, Path, Path]:
-    """The training split of MovieLens-100k as `recserve evaluate --make-split` writes it
-    (the README's first step), its interactions cut to those of the first SLICE_USERS
-    users; the user and item tables whole."""
-    split = folder / "split"
-    made = run_recserve(
-        "evaluate",
-        "--make-split",
-        str(split),
-        "--data",
-        "ml-100k",
-        "--data-dir",
-        str(ROOT / "data"),
-    )
-    assert made.returncode == 0, made.stderr
-    train = split / "train"
-    with (train / "interactions.csv").open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["user_id"]) <= SLICE_USERS]
-    rows = [[r["user_id"], r["item_id"]] for r in rows]
-    return (
-        write_csv(folder / "log.csv", ["user_id", "item_id"], rows),
-        train / "users.csv",
-        train / "items.csv",
-    )
-
-
 def train(folder: Path, out: Path, program_format: str, run_recserve) -> None:
-    log, users, items = movielens_slice(folder, run_recserve)
+    log, split = movielens_slice(folder, run_recserve, SLICE_USERS)
+    users, items = split / "users.csv", split / "items.csv"
     script = ROOT / "examples" / "ranker" / "train_ranker.py"
     args = ["--log", log, "--users", users, "--items", items, "--out", out]
     args += ["--format", program_format, "--epochs", "2", "--batch-size", "256"]

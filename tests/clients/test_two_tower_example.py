@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from client_runs import require
-from helpers.packages import write_csv
+from helpers.packages import movielens_slice
 from helpers.serving import serving
 from test_node_client import NODE_CLIENT, _missing_node_setup
 
@@ -22,33 +22,12 @@ ROOT = Path(__file__).resolve().parents[2]
 SLICE_USERS = 40
 
 
-def movielens_slice(folder: Path, run_recserve) -> tuple[Path, Path]:
-    """The training split of MovieLens-100k as `recserve evaluate --make-split` writes it
-    (the README's first step), cut to the interactions of its first SLICE_USERS users."""
-    split = folder / "split"
-    made = run_recserve(
-        "evaluate",
-        "--make-split",
-        str(split),
-        "--data",
-        "ml-100k",
-        "--data-dir",
-        str(ROOT / "data"),
-    )
-    assert made.returncode == 0, made.stderr
-    with (split / "train" / "interactions.csv").open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["user_id"]) <= SLICE_USERS]
-    log = write_csv(
-        folder / "log.csv", ["user_id", "item_id"], [[r["user_id"], r["item_id"]] for r in rows]
-    )
-    return log, split / "train" / "items.csv"
-
-
 @pytest.mark.slow
 def test_the_two_tower_example_trains_packages_serves_and_answers_both_clients(
     tmp_path: Path, run_recserve
 ) -> None:
-    log, items = movielens_slice(tmp_path, run_recserve)
+    log, split = movielens_slice(tmp_path, run_recserve, SLICE_USERS)
+    items = split / "items.csv"
     out = tmp_path / "towers"
     script = ROOT / "examples" / "two_tower" / "train_towers.py"
     trained = subprocess.run(
