@@ -111,7 +111,7 @@ def read_embedding_table(path: Path, ids: np.ndarray, what: str) -> np.ndarray:
             f"{what}: {path} has a vector for id {int(extra[0])}, which the id table does not "
             f"list ({extra.size} such ids)"
         )
-    vectors = [_vector(cell, path, row) for row, cell in enumerate(table["vector"])]
+    vectors = [_vector(cell, path, row, what) for row, cell in enumerate(table["vector"])]
     dim = len(vectors[0]) if vectors else 0
     ragged = next((row for row, v in enumerate(vectors) if len(v) != dim), None)
     if dim == 0 or ragged is not None:
@@ -120,18 +120,19 @@ def read_embedding_table(path: Path, ids: np.ndarray, what: str) -> np.ndarray:
             f"{what}: {path}: 'vector' of data row {row + 1} has {len(vectors[row])} numbers; "
             f"every vector needs the same dimension, at least 1 (the first has {dim})"
         )
-    position = {int(i): row for row, i in enumerate(table_ids)}
-    return np.asarray(vectors, dtype=np.float64)[[position[int(i)] for i in ids]]
+    by_id = np.argsort(table_ids)
+    rows = by_id[np.searchsorted(table_ids[by_id], ids)]  # the table row of each id
+    return np.asarray(vectors, dtype=np.float64)[rows]
 
 
-def _vector(cell: str | list[str], path: Path, row: int) -> list[float]:
+def _vector(cell: str | list[str], path: Path, row: int, what: str) -> list[float]:
     values = cell.split() if isinstance(cell, str) else cell
     try:
         return [float(v) for v in values]
     except ValueError:
         raise PackageError(
-            f"{path}: 'vector' of data row {row + 1} is {cell!r}, not numbers (a Parquet list "
-            "column, or numbers separated by spaces in CSV)"
+            f"{what}: {path}: 'vector' of data row {row + 1} is {cell!r}, not numbers (a "
+            "Parquet list column, or numbers separated by spaces in CSV)"
         ) from None
 
 
