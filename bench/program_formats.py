@@ -14,7 +14,9 @@ ahead of time with ``torch._inductor.aoti_compile_and_package``. For each format
 
 Each is timed ``--repeats`` times, formats interleaved, one torch thread; the table gives
 the median and its ratio to TorchScript (above 1: slower), and the largest relative
-difference of its logits from the eager model's.
+differences of its logits and of its scores (the sigmoids a Rank answer reports) from
+the eager model's; a last line gives how far the eager model's own float32 logits are
+from the same model run in float64, the scale of float32 rounding.
 
     recserve train --model deepfm --data ml-100k
     python bench/program_formats.py                       # 1000 candidates
@@ -24,6 +26,7 @@ difference of its logits from the eager model's.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import statistics
 import sys
@@ -180,10 +183,15 @@ def report(args, artifact: Artifact, model, pipelines, formats: list[str]) -> No
                 "head": head(*head_rows.inputs).reshape(-1).double(),
                 "model program": model(*model_rows.inputs).double(),
             }
+            # the same computations in float64: how far float32 rounding alone moves logits
+            exact = {
+                "head": copy.deepcopy(head).double()(*_float64(head_rows.inputs)).reshape(-1),
+                "model program": copy.deepcopy(model).double()(*model_rows.inputs),
+            }
         calls = part_calls(pipelines, formats, x)
         with torch.no_grad():
             errors = {
-                (name, part): _relative(calls[(name, part)](), eager[part])
+                (name, part): _differences(calls[(name, part)](), eager[part])
                 for name in formats
                 for part in eager
             }
@@ -193,19 +201,33 @@ def report(args, artifact: Artifact, model, pipelines, formats: list[str]) -> No
                 call()  # warm
                 times[key].append(median_ms(call, args.repeats))
         print(f"\nN = {rows.size} candidates")
-        print("| part | format | ms | x TorchScript | max relative difference from eager |")
-        print("| --- | --- | --- | --- | --- |")
+        print("| part | format | ms | x TorchScript | logits: max relative difference from "
+              "eager | scores: max relative difference from eager |")  # fmt: skip
+        print("| --- | --- | --- | --- | --- | --- |")
         for part in ("head", "whole ranking", "model program"):
             base = statistics.median(times[("torchscript", part)])
             for name in formats:
                 ms = statistics.median(times[(name, part)])
-                error = errors.get((name, part), errors[(name, "head")])  # the ranking's logits
-                print(f"| {part} | {name} | {ms:.3f} | {ms / base:.2f}x | {error:.1e} |")
+                logit, score = errors.get((name, part), errors[(name, "head")])  # the ranking's
+                print(
+                    f"| {part} | {name} | {ms:.3f} | {ms / base:.2f}x | {logit:.1e} | {score:.1e} |"
+                )
+        rounding = {part: _differences(eager[part], exact[part]) for part in eager}
+        print("eager float32 against the same model in float64 (logits, scores): "
+              + ", ".join(f"{part} {a:.1e}, {b:.1e}" for part, (a, b) in rounding.items()))  # fmt: skip
 
 
-def _relative(logits: torch.Tensor, reference: torch.Tensor) -> float:
-    diff = (logits.reshape(-1).double() - reference).abs()
-    return float((diff / reference.abs().clamp(min=1e-3)).max())
+def _float64(inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    return [t.double() if t.is_floating_point() else t for t in inputs]
+
+
+def _differences(logits: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """Largest relative differences from ``reference`` of the logits (each against at
+    least 1e-3, so a logit near 0 does not divide by ~0) and of the scores (sigmoids)."""
+    logits, reference = logits.reshape(-1).double(), reference.reshape(-1).double()
+    logit = (logits - reference).abs() / reference.abs().clamp(min=1e-3)
+    score = (logits.sigmoid() - reference.sigmoid()).abs() / reference.sigmoid()
+    return float(logit.max()), float(score.max())
 
 
 if __name__ == "__main__":

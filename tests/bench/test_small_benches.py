@@ -112,6 +112,9 @@ def test_program_formats_bench_times_each_format_exactly(model_repo: Path) -> No
         "--repeats", "2", "--rounds", "1", "--no-aoti",
     )  # fmt: skip
     rows = re.findall(r"^\| (head|whole ranking|model program) \| (\w+) \| [0-9.]+ \| "
-                      r"[0-9.]+x \| ([0-9.e+-]+) \|$", out, re.MULTILINE)  # fmt: skip
+                      r"[0-9.]+x \| ([0-9.e+-]+) \| ([0-9.e+-]+) \|$", out, re.MULTILINE)  # fmt: skip
     assert len(rows) == 2 * 3 * 2, out  # 2 sizes x 3 parts x 2 formats
-    assert all(float(error) < 1e-5 for _, _, error in rows), out
+    assert all(float(logit) < 1e-5 and float(score) < 1e-5 for *_, logit, score in rows), out
+    assert (
+        len(re.findall(r"^eager float32 against the same model in float64", out, re.MULTILINE)) == 2
+    )

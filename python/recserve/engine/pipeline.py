@@ -392,8 +392,8 @@ class RankerPipeline(CatalogPipeline):
         """Replaces the served program (the crossing head, or the whole ``model``) by its
         AOTInductor compilation, when the artifact holds it as a ``torch.export`` program
         and it runs in float32; records in ``compiled`` the time taken and the largest
-        relative difference of the logits from the exported program's, for the first
-        user against up to 256 items (compiled kernels may reassociate sums)."""
+        relative difference of the served scores from the exported program's, for the
+        first user against up to 256 items (compiled kernels may reassociate sums)."""
         key = "head" if self.crossing is not None else "model"
         program = self.artifact.exported.get(key)
         if program is None or self.head_dtype != "float32":
@@ -402,7 +402,7 @@ class RankerPipeline(CatalogPipeline):
         user = (
             self.user_features[0] if self.num_users else np.zeros(len(self.users.columns), np.int64)
         )
-        before = self.score_logits(user, rows)
+        before = self.score_rows(user, rows).astype(np.float64)
         started = time.perf_counter()
         compiled = compile_aoti(program)
         if self.crossing is not None:
@@ -410,8 +410,8 @@ class RankerPipeline(CatalogPipeline):
         else:
             self.module = compiled
         seconds = time.perf_counter() - started
-        after = self.score_logits(user, rows).astype(np.float64)
-        scale = np.maximum(np.abs(before.astype(np.float64)), 1e-3)
+        after = self.score_rows(user, rows).astype(np.float64)
+        scale = np.maximum(before, np.finfo(np.float32).tiny)  # a score can underflow to 0
         difference = float(np.max(np.abs(after - before) / scale)) if rows.size else 0.0
         self.compiled[key] = (seconds, difference)
 

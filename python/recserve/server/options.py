@@ -95,8 +95,8 @@ class ServeOptions:
     compile_programs: str = _opt(
         "none",
         "aoti: compile each ranker's torch.export program (program format export) with "
-        "AOTInductor when it loads (CPU only; 10-20 s per model; logs the difference from "
-        "the uncompiled program)",
+        "AOTInductor when it loads (CPU only, needs a C++ compiler; 10-20 s per model; logs "
+        "how far its scores moved from the uncompiled program's)",
         choices=("none", "aoti"),
     )
     device: str = _opt(

@@ -262,7 +262,7 @@ class ModelRepository:
         for program, (seconds, difference) in getattr(pipeline, "compiled", {}).items():
             log.info(
                 "compiled the %s program of %s v%d with AOTInductor in %.1f s; largest relative "
-                "difference of its logits from the exported program's on the probe: %.1e",
+                "difference of its scores from the exported program's on the probe: %.1e",
                 program, artifact.name, artifact.version, seconds, difference,
                 extra={"model": artifact.name},
             )  # fmt: skip
