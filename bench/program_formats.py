@@ -1,11 +1,12 @@
-"""One ranker in three program formats: TorchScript (the baseline), a torch.export program
-and an AOTInductor-compiled one, timed on the same inputs in one process.
+"""One ranker in four program formats: TorchScript (the baseline), a torch.export program
+and that program compiled by AOTInductor for this machine and for the x86-64-v3 level (as
+``--aoti-target`` stores it), timed on the same inputs in one process.
 
 The model is a ranker of a model repository (by default ``deepfm``, what
 ``scripts/start.sh`` trains): its TorchScript artifact is loaded, the eager model is
 rebuilt from the artifact's settings and weights, and that eager model is exported
 (``recserve train --program-format export`` writes the same programs) and compiled
-ahead of time with ``torch._inductor.aoti_compile_and_package``. For each format:
+ahead of time by AOTInductor (recserve.engine.aoti, as the server does). For each format:
 
 - ``head``: the crossing head alone, on the rows the fused C++ crossing kernel gives for
   N candidates (one user);
@@ -44,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import machine, newest_version
 
 from recserve.core import kernels
+from recserve.engine.aoti import compile_aoti, compile_package, load_package
 from recserve.engine.artifact import Artifact, load_artifact
 from recserve.engine.batch_plan import HeadRows
 from recserve.engine.pipeline import RankerPipeline
@@ -52,7 +54,8 @@ from recserve.training.features import EncodedData
 from recserve.training.registry import MODELS
 from recserve.training.trainer import build_ranker
 
-FORMATS = ("torchscript", "export", "aoti")
+# aoti: compiled for this machine; aoti-x86-64-v3: for the AVX2 level, as stored in artifacts
+FORMATS = ("torchscript", "export", "aoti", "aoti-x86-64-v3")
 
 
 def eager_model(artifact: Artifact) -> torch.nn.Module:
@@ -70,14 +73,15 @@ def eager_model(artifact: Artifact) -> torch.nn.Module:
     return model.eval()
 
 
-def aoti(program_file: Path, out: Path) -> Callable[..., torch.Tensor]:
-    """An exported program file compiled ahead of time, loaded. Its kernels assume the
-    strides they were compiled for, so inputs are made contiguous (the pipeline hands the
-    whole program a user row expanded with stride 0)."""
+def aoti(program_file: Path, out: Path, target: str | None) -> Callable[..., torch.Tensor]:
+    """An exported program file compiled by AOTInductor, as the server runs it: for this
+    machine (``target`` None: what ``--compile-programs aoti`` does at load) or for an
+    x86-64 level (what ``--aoti-target`` stores in an artifact)."""
     program = torch.export.load(str(program_file))
-    path = torch._inductor.aoti_compile_and_package(program, package_path=str(out))
-    runner = torch._inductor.aoti_load_package(path)
-    return lambda *inputs: runner(*(x.contiguous() for x in inputs))
+    if target is None:
+        return compile_aoti(program)
+    compile_package(program, out, target)
+    return load_package(out.read_bytes())
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(1)
     model = eager_model(artifact)
-    formats = [f for f in FORMATS if f != "aoti" or not args.no_aoti]
+    formats = [f for f in FORMATS if not (f.startswith("aoti") and args.no_aoti)]
 
     with tempfile.TemporaryDirectory() as tmp:
         encoded = EncodedData(artifact.schema, dict(artifact.tables), *(np.empty(0),) * 3)
@@ -124,13 +128,17 @@ def main(argv: list[str] | None = None) -> int:
             RankerPipeline(exported),
             RankerPipeline(exported, use_crossing=False),
         )
-        if "aoti" in formats:
+        for name in (f for f in formats if f.startswith("aoti")):
+            target = name.removeprefix("aoti-") if name != "aoti" else None
             started = time.perf_counter()
             crossing, whole = RankerPipeline(exported), RankerPipeline(exported, use_crossing=False)
-            crossing.crossing.head = aoti(exported_dir / "head.pt2", Path(tmp) / "head-aoti.pt2")
-            whole.module = aoti(exported_dir / "model.pt2", Path(tmp) / "model-aoti.pt2")
-            pipelines["aoti"] = (crossing, whole)
-            print(f"AOTInductor build of both programs: {time.perf_counter() - started:.0f} s")
+            out = Path(tmp)
+            crossing.crossing.head = aoti(exported_dir / "head.pt2", out / "head.aoti.pt2", target)
+            whole.module = aoti(exported_dir / "model.pt2", out / "model.aoti.pt2", target)
+            pipelines[name] = (crossing, whole)
+            print(
+                f"{name}: AOTInductor build of both programs {time.perf_counter() - started:.0f} s"
+            )
         report(args, artifact, model, pipelines, formats)
     return 0
 

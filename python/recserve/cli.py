@@ -183,7 +183,7 @@ def _package(args: argparse.Namespace) -> int:
             files = RankerFiles(
                 args.program, args.features, args.items, args.users, args.interactions
             )
-            path = package_ranker(files, args.model_repo, args.name)
+            path = package_ranker(files, args.model_repo, args.name, args.aoti_target)
         else:
             towers = TwoTowerFiles(
                 args.items,
@@ -423,6 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--interactions",
         type=Path,
         help="CSV: user_id, item_id; left out of each user's Recommend answers",
+    )
+    ranker.add_argument(
+        "--aoti-target",
+        choices=("x86-64-v3", "x86-64-v4"),  # recserve.engine.aoti.AOTI_TARGETS
+        help="also store the .pt2 program compiled by AOTInductor for this x86-64 level "
+        "(v3: AVX2, v4: AVX-512), checked here first: `recserve serve --compile-programs "
+        "aoti-stored` loads it instead of compiling at load",
     )
     ranker.add_argument("--model-repo", type=Path, default=Path("model-repo"))
     ranker.add_argument("--name", required=True, help="model name in the repository")

@@ -65,7 +65,8 @@ def flip_a_byte(version_dir: Path, filename: str = "model.pt") -> None:
 
 @contextmanager
 def serving(repo: Path, **options: Any) -> Iterator[RunningServer]:
-    running = build_server(ServeOptions(model_repo=repo, port=0, metrics_port=-1, **options))
+    settings = {"port": 0, "metrics_port": -1, **options}  # a test may turn metrics on
+    running = build_server(ServeOptions(model_repo=repo, **settings))
     try:
         running.repository.load_all()
         running.set_serving(True)

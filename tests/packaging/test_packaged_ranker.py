@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.metrics import sample_value, scrape
 from helpers.packages import data_rows, write_csv
 from helpers.serving import serving
 from torch import nn
@@ -190,6 +191,32 @@ def test_a_packaged_ranker_answers_rank_as_its_program_says(
             assert [f.feature for f in e.fields] == [
                 "user_id", "age", "gender", "item_id", "year", "genres",
             ]  # fmt: skip
+
+
+def test_a_packaged_rankers_requests_are_counted_and_timed_like_any_rankers(
+    tmp_path: Path,
+) -> None:
+    files, truth = make_files(tmp_path)
+    repo = tmp_path / "repo"
+    package_ranker(files, repo, "ranker")
+    candidates = [int(i[0]) for i in truth["items"]]
+    with (
+        serving(repo, metrics_port=0) as running,
+        Client(f"127.0.0.1:{running.port}", timeout=10) as client,
+    ):
+        for user in (int(u[0]) for u in truth["users"][:3]):
+            client.rank(user, candidates, k=5, model="ranker")
+        families = scrape(running.metrics_port)
+    ok = dict(rpc="Rank", model="ranker", version="1", code="OK")
+    assert sample_value(families["recserve_requests"], "recserve_requests_total", **ok) == 3
+    stages = families["recserve_stage_seconds"]
+    for stage in ("feature", "head", "topk"):
+        assert sample_value(stages, "recserve_stage_seconds_count", stage=stage) == 3, stage
+    # each request's candidates are one call of the program; requests are not merged
+    batches = families["recserve_batch_size"]
+    assert sample_value(batches, "recserve_batch_size_count", model="ranker") == 0
+    loaded = families["recserve_model_loaded"]
+    assert sample_value(loaded, "recserve_model_loaded", model="ranker", version="1") == 1
 
 
 def test_a_packaged_ranker_ranks_a_retrievers_items_in_a_cascade(tmp_path: Path) -> None:
@@ -375,6 +402,50 @@ def test_the_command_packages_and_refuses_with_exit_status_2(tmp_path: Path, run
     assert refused.returncode == 2
     assert "largest index" in refused.stderr and "nothing was written" in refused.stderr
     assert not (tmp_path / "r" / "ranker" / "2").exists()
+
+
+@pytest.mark.slow
+def test_a_pt2_packaged_with_an_aoti_target_serves_its_stored_compilation(
+    tmp_path: Path, run_recserve
+) -> None:
+    """`--aoti-target x86-64-v3` stores the compiled program; a server told to trust it
+    (`--compile-programs aoti-stored`) loads it instead of compiling, and answers Rank as
+    the program says, scores within 1e-5."""
+    files, truth = make_files(tmp_path, "export")
+    repo = tmp_path / "repo"
+    done = run_recserve(
+        "package", "ranker", "--program", str(files.program), "--features", str(files.features),
+        "--items", str(files.items), "--users", str(files.users), "--name", "ranker",
+        "--model-repo", str(repo), "--aoti-target", "x86-64-v3",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert load_artifact(repo / "ranker" / "1").compiled["model"].target == "x86-64-v3"
+    with (
+        serving(repo, compile_programs="aoti-stored") as running,
+        Client(f"127.0.0.1:{running.port}", timeout=10) as client,
+    ):
+        (model,) = running.repository.served()
+        assert model.pipeline.compiled["model"].how == "stored compilation for x86-64-v3"
+        known = [int(i[0]) for i in truth["items"]]
+        for user in (int(u[0]) for u in truth["users"]):
+            answer = client.rank(user, known, k=5, model="ranker")
+            logits = reference_logits(truth, user, known)
+            scores = dict(zip(known, 1 / (1 + np.exp(-logits)), strict=True))
+            np.testing.assert_allclose(
+                [i.score for i in answer.items], [scores[i.item_id] for i in answer.items],
+                rtol=1e-5,
+            )  # fmt: skip
+            assert [i.score for i in answer.items] == sorted(
+                (i.score for i in answer.items), reverse=True
+            )
+
+
+def test_an_aoti_target_for_a_torchscript_program_is_refused(tmp_path: Path) -> None:
+    files, _ = make_files(tmp_path)
+    repo = tmp_path / "repo"
+    with pytest.raises(PackageError, match=r"ranker\.pt is not a \.pt2; AOTInductor compiles"):
+        package_ranker(files, repo, "ranker", aoti_target="x86-64-v3")
+    assert not repo.exists()
 
 
 def test_parquet_tables_package_as_their_csv_twins(tmp_path: Path) -> None:

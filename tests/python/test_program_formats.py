@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.programs import eager_scores, spread_weights
 
 from recserve.engine.artifact import ArtifactError, load_artifact, save_artifact
 from recserve.engine.pipeline import RankerPipeline
@@ -29,17 +30,6 @@ from recserve.training.trainer import RANKERS, build_ranker
 @pytest.fixture(scope="module")
 def encoded() -> EncodedData:
     return encode_movielens(make_synthetic_movielens(seed=3))
-
-
-def _eager_scores(model, tables, user_row: int, item_rows: np.ndarray) -> np.ndarray:
-    n = item_rows.size
-    with torch.no_grad():
-        logits = model(
-            torch.from_numpy(tables["user_features"][user_row : user_row + 1]).expand(n, -1),
-            torch.from_numpy(tables["item_features"][item_rows]),
-            torch.from_numpy(tables["item_multi"][item_rows]),
-        ).double()
-    return torch.sigmoid(logits).numpy()
 
 
 @pytest.mark.parametrize("family", list(RANKERS))
@@ -71,7 +61,7 @@ def test_exported_program_serves_the_eager_models_scores(
             user = int(rng.integers(pipeline.num_users))
             served = pipeline.score_rows(tables["user_features"][user], rows)
             np.testing.assert_allclose(
-                served, _eager_scores(model, tables, user, rows), rtol=1e-5, atol=1e-7
+                served, eager_scores(model, tables, user, rows), rtol=1e-5, atol=1e-7
             )
 
 
@@ -275,17 +265,6 @@ def test_train_writes_an_exported_ranker_that_the_server_answers_with(
         running.stop(0)
 
 
-def _spread_weights(model: torch.nn.Module) -> torch.nn.Module:
-    """Every weight drawn wider than at initialisation, so that the logits spread over
-    several units both ways as a trained model's do (at initialisation they sit within
-    0.1 of one value, where any rounding passes a relative bound)."""
-    generator = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    return model
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("family", list(RANKERS))
 def test_aoti_compiled_whole_programs_serve_the_eager_models_scores(
@@ -295,15 +274,15 @@ def test_aoti_compiled_whole_programs_serve_the_eager_models_scores(
     AOTInductor, serves the eager model's scores within 1e-5 relative."""
     torch.manual_seed(7)
     config = RANKERS[family].config_type(embedding_dim=8)
-    model = _spread_weights(build_ranker(family, encoded, config)).eval()
+    model = spread_weights(build_ranker(family, encoded, config)).eval()
     export_ranker(
         model, encoded, tmp_path, family, family=family, metrics={}, config={},
         crossing=False, program_format="export",
     )  # fmt: skip
     pipeline = RankerPipeline(
-        load_artifact(tmp_path / family / "1"), use_crossing=False, compile_programs=True
+        load_artifact(tmp_path / family / "1"), use_crossing=False, compile_programs="aoti"
     )
-    assert set(pipeline.compiled) == {"model"}
+    assert set(pipeline.compiled) == {"model"} and pipeline.compiled["model"].served
     tables = encoded.tables
     rng = np.random.default_rng(1)
     logits = []
@@ -313,7 +292,7 @@ def test_aoti_compiled_whole_programs_serve_the_eager_models_scores(
         logits.append(pipeline.score_logits(tables["user_features"][user], rows))
         served = pipeline.score_rows(tables["user_features"][user], rows)
         np.testing.assert_allclose(
-            served, _eager_scores(model, tables, user, rows), rtol=1e-5, atol=1e-7
+            served, eager_scores(model, tables, user, rows), rtol=1e-5, atol=1e-7
         )
     assert np.ptp(np.concatenate(logits)) > 3  # the bound was tested on spread logits
 
@@ -331,7 +310,7 @@ def test_a_server_compiles_exported_rankers_with_aoti_on_request(
 
     torch.manual_seed(5)
     config = RANKERS["deepfm"].config_type(embedding_dim=8)
-    model = _spread_weights(build_ranker("deepfm", encoded, config)).eval()
+    model = spread_weights(build_ranker("deepfm", encoded, config)).eval()
     for name, crossing in (("whole", False), ("crossing", True)):
         export_ranker(
             model, encoded, tmp_path, name, family="deepfm", metrics={}, config={},
@@ -349,8 +328,8 @@ def test_a_server_compiles_exported_rankers_with_aoti_on_request(
         compiled = {m.name: m.pipeline.compiled for m in running.repository.served()}
         assert set(compiled["whole"]) == {"model"} and set(compiled["crossing"]) == {"head"}
         assert compiled["scripted"] == {}
-        assert all(d < 1e-5 for c in compiled.values() for _, d in c.values()), compiled
-        assert "compiled the model program of whole v1 with AOTInductor" in caplog.text
+        assert all(c.served and c.difference < 1e-5 for m in compiled.values() for c in m.values())
+        assert "the model program of whole v1 with AOTInductor (compiled at load)" in caplog.text
         user = int(plain["whole"].user_ids[2])
         candidates = plain["whole"].item_ids[:40].tolist()
         with Client(f"127.0.0.1:{running.port}", timeout=30) as client:

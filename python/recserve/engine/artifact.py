@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import aoti
 from .programs import (
     PROGRAM_FORMATS,
     PROGRAM_SUFFIXES,
     Program,
     ProgramError,
+    first_line,
     load_exported,
     load_program,
     program_format_of,
@@ -36,6 +38,7 @@ from .schema import FeatureSchema
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+COMPILED_SUFFIX = ".aoti.pt2"  # a stored AOTInductor compilation of the module of that key
 # Model names: also what a request may name, so never a path ("..", "/" are refused).
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 # Parameter roles of a crossing block, by kind: what the fused kernel computes.
@@ -91,6 +94,25 @@ class CrossingBlock:
 
 
 @dataclass(frozen=True)
+class StoredCompilation:
+    """A program's AOTInductor compilation stored in the artifact (docs/artifact.md):
+    native code for ``target``, built with torch ``torch``; its file had ``sha256``."""
+
+    path: Path
+    target: str
+    torch: str
+    sha256: str
+
+    def read_verified(self) -> bytes:
+        """The file's bytes, checked again against the manifest's checksum: what a server
+        loads is what was verified, even if the file changed since the version loaded."""
+        data = self.path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise ArtifactError(f"{self.path}: checksum mismatch; the file was altered")
+        return data
+
+
+@dataclass(frozen=True)
 class Artifact:
     """A verified, loaded model version."""
 
@@ -106,6 +128,8 @@ class Artifact:
     crossing: CrossingBlock | None = None  # absent: serve with the whole "model" program
     # program_format "export": each module's torch.export program (what compile_aoti takes)
     exported: dict[str, torch.export.ExportedProgram] = field(default_factory=dict)
+    # module key -> its stored AOTInductor compilation (verified, not loaded)
+    compiled: dict[str, StoredCompilation] = field(default_factory=dict)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -152,18 +176,27 @@ def save_artifact(
     config: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     version: int | None = None,
+    compile_for: str | None = None,
+    compiled_keys: tuple[str, ...] = (),
 ) -> Path:
     """Write a new version of ``name`` into ``repo`` atomically; returns its directory.
 
     ``version`` defaults to one more than the newest existing version. The programs are
     TorchScript modules or ``torch.export`` programs, all in one format (the manifest's
-    ``program_format``; ``torchscript`` when there are none).
+    ``program_format``; ``torchscript`` when there are none). With ``compile_for`` (a
+    target of recserve.engine.aoti.AOTI_TARGETS), the ``torch.export`` programs named by
+    ``compiled_keys`` are also stored compiled by AOTInductor for that target, each
+    checked first on its program's example inputs, on this machine, which must run it.
     """
     validate_model_name(name)
     formats = {program_format_of(module) for module in modules.values()}
     if len(formats) > 1:
         raise ArtifactError("the programs of one version must share one program format")
     program_format = formats.pop() if formats else "torchscript"
+    compiled: dict[str, bytes] = {}
+    if compile_for is not None:
+        _check_compile_for(compile_for, program_format, compiled_keys, modules)
+        compiled = {key: _compile_checked(modules[key], compile_for) for key in compiled_keys}
     model_dir = Path(repo) / name
     model_dir.mkdir(parents=True, exist_ok=True)
     if version is None:
@@ -179,6 +212,13 @@ def save_artifact(
             path = staging / f"{key}{PROGRAM_SUFFIXES[program_format]}"
             save_program(module, path)
             files[path.name] = {"kind": "module", "key": key, "program_format": program_format}
+        for key, data in compiled.items():
+            path = staging / f"{key}{COMPILED_SUFFIX}"
+            path.write_bytes(data)
+            files[path.name] = {
+                "kind": "compiled", "key": key, "compiler": "aotinductor",
+                "target": compile_for, "torch": torch.__version__,
+            }  # fmt: skip
         for key, table in tables.items():
             if table.dtype == object:
                 raise ArtifactError(f"table {key!r} has dtype object; it would need pickle")
@@ -207,6 +247,51 @@ def save_artifact(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def _check_compile_for(
+    target: str, program_format: str, keys: tuple[str, ...], modules: dict[str, Any]
+) -> None:
+    if target not in aoti.AOTI_TARGETS:
+        raise ArtifactError(
+            f"AOTInductor target {target!r} is not supported "
+            f"(supported: {', '.join(aoti.AOTI_TARGETS)})"
+        )
+    if program_format != "export":
+        raise ArtifactError(
+            "AOTInductor compiles torch.export programs; these programs are TorchScript "
+            "(export them with torch.export: program format export)"
+        )
+    missing = [key for key in keys if key not in modules]
+    if not keys or missing:
+        raise ArtifactError(f"no program {missing or list(keys)!r} to compile")
+    unfit = aoti.unfit_reason(target, torch.__version__)
+    if unfit is not None:
+        raise ArtifactError(
+            f"cannot check a compilation for {target} on this machine: {unfit}; compile on "
+            "a machine that runs it"
+        )
+
+
+def _compile_checked(program: torch.export.ExportedProgram, target: str) -> bytes:
+    """``program`` compiled for ``target`` (the package's bytes); refuses a compilation
+    whose scores leave aoti.SCORE_TOLERANCE of the program's."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="recserve-aoti-") as folder:
+            path = Path(folder) / f"program{COMPILED_SUFFIX}"
+            aoti.compile_package(program, path, target)
+            difference = aoti.package_difference(path, program)
+            data = path.read_bytes()
+    except Exception as exc:  # the compiler and its loader raise many kinds
+        raise ArtifactError(
+            f"AOTInductor could not compile the program for {target}: {first_line(exc)}"
+        ) from exc
+    if difference > aoti.SCORE_TOLERANCE:
+        raise ArtifactError(
+            f"the AOTInductor compilation for {target} moved scores by {difference:.1e} "
+            f"relative on the example inputs, more than {aoti.SCORE_TOLERANCE:.0e}"
+        )
+    return data
 
 
 def load_artifact(path: str | os.PathLike[str]) -> Artifact:
@@ -243,6 +328,7 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
     modules: dict[str, Program] = {}
     exported: dict[str, torch.export.ExportedProgram] = {}
     tables: dict[str, np.ndarray] = {}
+    compiled: dict[str, StoredCompilation] = {}
     for filename, entry in manifest.get("files", {}).items():
         file_path = path / filename
         if Path(filename).name != filename:
@@ -266,6 +352,12 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
             elif entry["kind"] == "table":
                 _check_sha256(path, filename, _sha256(file_path), entry)
                 tables[entry["key"]] = _map_table(file_path)
+            elif entry["kind"] == "compiled":
+                # native code: verified here, loaded only by a server told to trust it
+                _check_sha256(path, filename, _sha256(file_path), entry)
+                compiled[entry["key"]] = StoredCompilation(
+                    file_path, str(entry["target"]), str(entry["torch"]), entry["sha256"]
+                )
             else:
                 raise ArtifactError(f"{path}: unknown file kind {entry['kind']!r} for {filename}")
         except (RuntimeError, ValueError, OSError, ProgramError) as exc:
@@ -274,6 +366,11 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
             raise ArtifactError(f"{path}: cannot load {filename}: {exc}") from None
 
     crossing = _crossing_block(path, manifest.get("crossing"), modules, tables)
+    for key in compiled.keys() - exported.keys():
+        raise ArtifactError(
+            f"{path}: a compilation of {key!r} is stored, but the version has no torch.export "
+            f"program {key!r} to check it against"
+        )
     return Artifact(
         path=path,
         name=manifest["name"],
@@ -286,6 +383,7 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
         tables=tables,
         crossing=crossing,
         exported=exported,
+        compiled=compiled,
     )
 
 

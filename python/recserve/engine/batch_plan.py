@@ -25,7 +25,8 @@ Batch composition never changes a request's answer, bit for bit:
   A ranker's whole ``model`` program (no crossing block) instead runs once per request
   on exactly its rows, as the trained model would: its served scores then stay equal to
   the trained model's forward bit for bit (tests/python/test_artifact.py), which no
-  padding keeps; such a batch shares the queue and the worker but not the call.
+  padding keeps. The server runs such a ranker's requests each on its own thread, not
+  through the batcher (recserve.server.batching.runner_factory).
 - The top-k inner product uses the same per-query arithmetic for every batch smaller
   than ``kernels.topk_small_batch()`` (see recserve.core.kernels), so queries run in chunks
   below it; a batch of one is such a chunk too. Each chunk selects the largest k of its

@@ -14,11 +14,12 @@ def make_pipeline(
     limits: Limits | None = None,
     head_dtype: str = "float32",
     device: str = "cpu",
-    compile_programs: bool = False,
+    compile_programs: str = "none",
 ) -> CatalogPipeline:
     """The pipeline that serves an artifact's family (``head_dtype``: of a ranker's
     crossing head, see RankerPipeline), placed on ``device`` ("cpu" or "cuda");
-    ``compile_programs``: a ranker's exported program compiled by AOTInductor (CPU only)."""
+    ``compile_programs``: a ranker's exported program compiled by AOTInductor (CPU only;
+    a mode of recserve.engine.aoti.COMPILE_MODES)."""
     if artifact.family in RANKER_PROGRAM_FAMILIES:
         ranker = RankerPipeline(
             artifact, limits, head_dtype=head_dtype, compile_programs=compile_programs

@@ -22,6 +22,8 @@ import torch
 
 from ..core import kernels
 from ..results import Ranking, ScoredItem
+from . import aoti
+from .aoti import COMPILE_MODES, Compilation
 from .artifact import RANKER_PROGRAM_FAMILIES, Artifact
 from .batch_plan import (
     DEVICES,
@@ -33,7 +35,7 @@ from .batch_plan import (
     timed_batch,
 )
 from .crossing import HEAD_DTYPES, crossing_from_artifact
-from .programs import compile_aoti
+from .programs import first_line
 from .request_context import RequestContext
 from .schema import FeatureSchema, encode_ids
 from .user_features import UserFeatures
@@ -351,9 +353,9 @@ class RankerPipeline(CatalogPipeline):
     the same scores within float32 rounding. ``head_dtype="bfloat16"`` (opt-in) runs the
     crossing path's head in bfloat16: faster, scores to about 3 significant digits;
     ``head_dtype="int8"`` (opt-in, CPU only) runs its Linear layers in int8
-    (recserve.engine.int8_head). Both need a crossing block. ``compile_programs`` (opt-in)
-    compiles the served float32 program of an ``export``-format artifact with AOTInductor
-    when the model loads (:meth:`compile_served_program`).
+    (recserve.engine.int8_head). Both need a crossing block. ``compile_programs`` (opt-in,
+    a mode of recserve.engine.aoti.COMPILE_MODES) serves the float32 program of an
+    ``export``-format artifact compiled by AOTInductor (:meth:`compile_served_program`).
     """
 
     def __init__(
@@ -362,7 +364,7 @@ class RankerPipeline(CatalogPipeline):
         limits: Limits | None = None,
         use_crossing: bool = True,
         head_dtype: str = "float32",
-        compile_programs: bool = False,
+        compile_programs: str = "none",
     ) -> None:
         if artifact.family not in RANKER_PROGRAM_FAMILIES:
             raise ValueError(f"family {artifact.family!r} is not a ranker")
@@ -383,17 +385,25 @@ class RankerPipeline(CatalogPipeline):
         self._check_tables()
         self.crossing = crossing_from_artifact(artifact, head_dtype) if use_crossing else None
         self.head_dtype = head_dtype if self.crossing is not None else "float32"
-        # served program -> (seconds to compile, largest relative difference on the probe)
-        self.compiled: dict[str, tuple[float, float]] = {}
-        if compile_programs:
-            self.compile_served_program()
+        # served program -> how it was compiled, and whether that is what serves
+        self.compiled: dict[str, Compilation] = {}
+        if compile_programs not in COMPILE_MODES:
+            raise ValueError(
+                f"compile mode {compile_programs!r} is not supported "
+                f"(supported: {', '.join(COMPILE_MODES)})"
+            )
+        if compile_programs != "none":
+            self.compile_served_program(use_stored=compile_programs == "aoti-stored")
 
-    def compile_served_program(self) -> None:
+    def compile_served_program(self, use_stored: bool = False) -> None:
         """Replaces the served program (the crossing head, or the whole ``model``) by its
         AOTInductor compilation, when the artifact holds it as a ``torch.export`` program
-        and it runs in float32; records in ``compiled`` the time taken and the largest
-        relative difference of the served scores from the exported program's, for the
-        first user against up to 256 items (compiled kernels may reassociate sums)."""
+        and it runs in float32. With ``use_stored``, the artifact's stored compilation
+        is loaded when it fits this machine (recserve.engine.aoti.unfit_reason); otherwise
+        the program is compiled here. The served scores of the first user against up to
+        256 items are compared with the exported program's: a compilation that moves them
+        by more than aoti.SCORE_TOLERANCE relative is not served. ``compiled`` records
+        what happened."""
         key = "head" if self.crossing is not None else "model"
         program = self.artifact.exported.get(key)
         if program is None or self.head_dtype != "float32":
@@ -402,18 +412,44 @@ class RankerPipeline(CatalogPipeline):
         user = (
             self.user_features[0] if self.num_users else np.zeros(len(self.users.columns), np.int64)
         )
-        before = self.score_rows(user, rows).astype(np.float64)
+        before = torch.from_numpy(self.score_rows(user, rows).astype(np.float64))
         started = time.perf_counter()
-        compiled = compile_aoti(program)
-        if self.crossing is not None:
-            self.crossing.head = compiled
-        else:
-            self.module = compiled
+        compiled, how = self._compilation(key, program, use_stored)
+        exported = self._set_served_program(compiled)
         seconds = time.perf_counter() - started
-        after = self.score_rows(user, rows).astype(np.float64)
-        scale = np.maximum(before, np.finfo(np.float32).tiny)  # a score can underflow to 0
-        difference = float(np.max(np.abs(after - before) / scale)) if rows.size else 0.0
-        self.compiled[key] = (seconds, difference)
+        after = torch.from_numpy(self.score_rows(user, rows).astype(np.float64))
+        difference = aoti.score_difference(after, before)
+        served = difference <= aoti.SCORE_TOLERANCE
+        if not served:
+            self._set_served_program(exported)
+        self.compiled[key] = Compilation(how, seconds, difference, served)
+
+    def _compilation(
+        self, key: str, program: torch.export.ExportedProgram, use_stored: bool
+    ) -> tuple[aoti.CompiledProgram, str]:
+        """The compiled program, and how it was had."""
+        stored = self.artifact.compiled.get(key) if use_stored else None
+        if stored is None:
+            reason = "" if not use_stored else "; the artifact stores no compilation of it"
+            return aoti.compile_aoti(program), f"compiled at load{reason}"
+        unfit = aoti.unfit_reason(stored.target, stored.torch)
+        if unfit is not None:
+            how = f"compiled at load; its stored compilation does not fit: {unfit}"
+            return aoti.compile_aoti(program), how
+        data = stored.read_verified()  # a checksum mismatch refuses the version
+        try:
+            return aoti.load_package(data), f"stored compilation for {stored.target}"
+        except RuntimeError as exc:  # e.g. a library the package links is missing here
+            how = f"compiled at load; its stored compilation did not load: {first_line(exc)}"
+            return aoti.compile_aoti(program), how
+
+    def _set_served_program(self, program: torch.nn.Module) -> torch.nn.Module:
+        """Serves ``program`` in place of the head or whole program; returns the one replaced."""
+        if self.crossing is not None:
+            replaced, self.crossing.head = self.crossing.head, program
+        else:
+            replaced, self.module = self.module, program
+        return replaced
 
     def _check_tables(self) -> None:
         n_items = self.num_items

@@ -19,7 +19,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -108,34 +107,6 @@ def load_program(data: bytes, program_format: str | None) -> Program:
     )
 
 
-class CompiledProgram(nn.Module):
-    """A program compiled by AOTInductor: fused C++ kernels for this machine's CPU. They
-    assume the input strides they were compiled for, so inputs are made contiguous (a
-    ranker's user row arrives expanded with stride 0)."""
-
-    def __init__(self, runner: Any) -> None:
-        super().__init__()
-        self.runner = runner
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.runner(*(x.contiguous() for x in inputs))
-
-
-def compile_aoti(program: torch.export.ExportedProgram) -> CompiledProgram:
-    """``program`` compiled ahead of time by AOTInductor, on and for this machine (the
-    artifact keeps the portable program; nothing compiled is ever read from a file)."""
-    # AOTInductor calls torch.jit itself; its deprecation notice is not the caller's
-    with (
-        tempfile.TemporaryDirectory(prefix="recserve-aoti-") as folder,
-        torchscript_deprecation_silenced(),
-        tree_spec_warning_silenced(),
-    ):
-        package = torch._inductor.aoti_compile_and_package(
-            program, package_path=os.path.join(folder, "program.pt2")
-        )
-        return CompiledProgram(torch._inductor.aoti_load_package(package))
-
-
 # The entries of a .pt2 archive that holds plain programs, below its one root folder. An
 # allow-list: torch.export.load also reads other layouts (a legacy one, pickled payloads,
 # compiled AOTInductor libraries), and any entry outside it refuses the archive.
@@ -155,10 +126,10 @@ def load_exported(data: bytes) -> torch.export.ExportedProgram:
     try:
         return torch.export.load(io.BytesIO(data))
     except Exception as exc:  # noqa: BLE001 - torch.export.load raises many kinds
-        raise ProgramError(f"not a loadable torch.export program ({_first_line(exc)})") from None
+        raise ProgramError(f"not a loadable torch.export program ({first_line(exc)})") from None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     lines = [line for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
 
@@ -201,7 +172,7 @@ def check_pt2_plain(data: bytes) -> None:
                     torch.load(io.BytesIO(archive.read(name)), weights_only=True)
                 except Exception as exc:  # noqa: BLE001 - any failure means "not plain"
                     raise ProgramError(
-                        f"the .pt2 archive's {name} is not plain tensors ({_first_line(exc)})"
+                        f"the .pt2 archive's {name} is not plain tensors ({first_line(exc)})"
                     ) from None
 
 

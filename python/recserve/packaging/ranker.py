@@ -11,8 +11,10 @@ one logit per candidate (the answer's score is its sigmoid), each column an enco
 feature: 0 is unknown, an id is its rank among the table's sorted ids plus 1, a token its
 place in the sorted vocabulary plus 1, a number its bucket (recserve.engine.schema). The
 package is the ``packaged_ranker`` family (docs/artifact.md), served by ``Rank`` and as a
-cascade's ``rank_with`` with batching, explanations and metrics like the rankers recserve
-trains. Everything is checked before anything is written, including a forward pass on
+cascade's ``rank_with`` with explanations and metrics like the rankers recserve trains.
+Each request's candidates are one call of the program, never merged with another
+request's: a program from elsewhere may mix the rows of a call (a softmax over the
+candidates), and merging would change its answers. Everything is checked before anything is written, including a forward pass on
 rows of the tables and on the largest index of every column; nothing is unpickled.
 """
 
@@ -68,11 +70,23 @@ def check_ranker(
         )
 
 
-def package_ranker(files: RankerFiles, repo: str | os.PathLike[str], name: str) -> Path:
+def package_ranker(
+    files: RankerFiles,
+    repo: str | os.PathLike[str],
+    name: str,
+    aoti_target: str | None = None,
+) -> Path:
     """Checks the files and writes a new version of ``name`` into ``repo`` (atomically);
     returns its directory. Raises PackageError, naming the file and field, and writes
-    nothing, when a file is missing or wrong."""
+    nothing, when a file is missing or wrong. With ``aoti_target`` (a target of
+    recserve.engine.aoti.AOTI_TARGETS) a ``.pt2`` program is also stored compiled by
+    AOTInductor for it (``recserve serve --compile-programs aoti-stored`` loads that)."""
     check_model_name(name)
+    if aoti_target is not None and files.program.suffix != ".pt2":
+        raise PackageError(
+            f"program: {files.program} is not a .pt2; AOTInductor compiles torch.export "
+            "programs (save one with torch.export.save)"
+        )
     features = read_features(files.features)
     if not any(f.spec.side == "item" for f in features):
         raise PackageError(
@@ -114,4 +128,6 @@ def package_ranker(files: RankerFiles, repo: str | os.PathLike[str], name: str) 
             "model": "ranker (packaged)",
             "files": {key: str(path) for key, path in vars(files).items() if path is not None},
         },
+        compile_for=aoti_target,
+        compiled_keys=("model",),
     )

@@ -130,7 +130,7 @@ def build_server(options: ServeOptions) -> RunningServer:
         options.default_model,
         options.head_dtype,
         default_rank_with=options.default_rank_with,
-        compile_programs=options.compile_programs == "aoti",
+        compile_programs=options.compile_programs,
         metrics=metrics,
         keep_versions=options.keep_versions,
         device=device,

@@ -96,8 +96,10 @@ class ServeOptions:
         "none",
         "aoti: compile each ranker's torch.export program (program format export) with "
         "AOTInductor when it loads (CPU only, needs a C++ compiler; 10-20 s per model; logs "
-        "how far its scores moved from the uncompiled program's)",
-        choices=("none", "aoti"),
+        "how far its scores moved from the uncompiled program's); aoti-stored: load the "
+        "compilation the artifact stores when it fits this CPU and torch (native code from "
+        "the model repository: only for a repository you trust), else compile as aoti",
+        choices=("none", "aoti", "aoti-stored"),  # recserve.engine.aoti.COMPILE_MODES
     )
     device: str = _opt(
         "auto",
@@ -257,9 +259,9 @@ def check_head_on_device(head_precision: str, device: str) -> None:
 
 def check_compile_on_device(compile_programs: str, device: str) -> None:
     """AOTInductor compiles the programs for this machine's CPU: refused with CUDA."""
-    if compile_programs == "aoti" and device == "cuda":
+    if compile_programs != "none" and device == "cuda":
         raise ValueError(
-            "--compile-programs aoti compiles the rankers' programs for the CPU, and the "
+            f"--compile-programs {compile_programs} compiles the rankers' programs for the CPU, and the "
             "kernels would run on CUDA (--device cuda, or auto with a usable GPU); use "
             "--device cpu, or leave --compile-programs at none"
         )

@@ -99,7 +99,7 @@ class ModelRepository:
         keep_versions: int = 1,
         device: str = "cpu",
         default_rank_with: str = "",
-        compile_programs: bool = False,
+        compile_programs: str = "none",
     ) -> None:
         if keep_versions < 1:
             raise ValueError(f"keep_versions must be at least 1; got {keep_versions}")
@@ -108,7 +108,7 @@ class ModelRepository:
         self.limits = limits
         self.head_dtype = head_dtype  # of the rankers' crossing heads
         self.device = device  # where each loaded version's tables and head live
-        self.compile_programs = compile_programs  # AOTInductor for exported rankers
+        self.compile_programs = compile_programs  # AOTInductor for exported rankers (aoti.py)
         self.keep_versions = keep_versions
         self._metrics = metrics
         self._default = default_model
@@ -259,11 +259,14 @@ class ModelRepository:
             artifact, self.limits, self.head_dtype, self.device, self.compile_programs
         )
         built = time.perf_counter()
-        for program, (seconds, difference) in getattr(pipeline, "compiled", {}).items():
-            log.info(
-                "compiled the %s program of %s v%d with AOTInductor in %.1f s; largest relative "
-                "difference of its scores from the exported program's on the probe: %.1e",
-                program, artifact.name, artifact.version, seconds, difference,
+        for program, compiled in getattr(pipeline, "compiled", {}).items():
+            log.log(
+                logging.INFO if compiled.served else logging.WARNING,
+                "the %s program of %s v%d with AOTInductor (%s) in %.1f s: largest relative "
+                "difference of its scores from the exported program's on the probe %.1e; %s",
+                program, artifact.name, artifact.version, compiled.how, compiled.seconds,
+                compiled.difference,
+                "serving it" if compiled.served else "beyond the bound, the exported program serves",
                 extra={"model": artifact.name},
             )  # fmt: skip
         warm_up(pipeline)

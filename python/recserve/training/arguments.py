@@ -42,3 +42,10 @@ def add_program_format_argument(parser: argparse.ArgumentParser) -> None:
         help="how the model's programs are written: TorchScript (default) or torch.export "
         "programs (.pt2) (docs/artifact.md)",
     )
+    parser.add_argument(
+        "--aoti-target",
+        choices=("x86-64-v3", "x86-64-v4"),  # recserve.engine.aoti.AOTI_TARGETS
+        help="with --program-format export, a ranker's programs are also stored compiled by "
+        "AOTInductor for this x86-64 level (v3: AVX2, v4: AVX-512; this machine must run "
+        "it), for `recserve serve --compile-programs aoti-stored`",
+    )

@@ -11,6 +11,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import distributed
 from .checkpoint import checkpoint_path, load_checkpoint
 from .data import (
@@ -109,10 +111,34 @@ def _check_workers(entry: ModelEntry) -> distributed.Workers:
     return workers
 
 
+def check_aoti_target(args: argparse.Namespace, entry: ModelEntry) -> None:
+    """Refuses --aoti-target, before any training, where it cannot be honoured."""
+    if args.aoti_target is None:
+        return
+    if args.program_format != "export":
+        raise SystemExit(
+            "--aoti-target compiles torch.export programs; add --program-format export"
+        )
+    if entry.task != "ctr":
+        raise SystemExit(
+            f"--aoti-target stores compilations of rankers' programs; {entry.name} is a "
+            "top-N model (serve it with `recserve serve --compile-programs none`)"
+        )
+    from recserve.engine.aoti import unfit_reason
+
+    unfit = unfit_reason(args.aoti_target, torch.__version__)
+    if unfit is not None:
+        raise SystemExit(
+            f"--aoti-target {args.aoti_target}: the compilation is checked on this machine, "
+            f"and {unfit}"
+        )
+
+
 def train_command(args: argparse.Namespace) -> int:
     entry = MODELS.get(args.model)
     if entry is None:
         raise SystemExit(f"unknown model {args.model!r}; available: {', '.join(sorted(MODELS))}")
+    check_aoti_target(args, entry)
     workers = _check_workers(entry)
     report = print_stderr if workers.is_main else _silent
     overrides = {"epochs": args.epochs, "seed": args.seed}
@@ -170,7 +196,11 @@ def train_command(args: argparse.Namespace) -> int:
     if workers.is_main:  # one artifact; the others wait until it is written
         _print_headline(entry, trained.metrics)
         path = trained.export(
-            args.model_repo, args.name or entry.name, data.name, args.program_format
+            args.model_repo,
+            args.name or entry.name,
+            data.name,
+            args.program_format,
+            aoti_target=args.aoti_target,
         )
         print(f"exported {path}")
     distributed.barrier()
@@ -200,6 +230,7 @@ def export_command(args: argparse.Namespace) -> int:
             f"{args.run_dir}: a run of {name!r}; `recserve export --run-dir` is for rankers "
             f"(`recserve train --model {name} --resume` exports the top-N model)"
         )
+    check_aoti_target(args, entry)
     data_spec = str(state.get("data") or "")
     if not data_spec:
         raise SystemExit(f"{args.run_dir}: the checkpoint does not name its data set")
@@ -208,7 +239,11 @@ def export_command(args: argparse.Namespace) -> int:
     trained = ranker_from_checkpoint(state, data, entry.config_type)
     _print_headline(entry, trained.metrics)
     path = trained.export(
-        args.model_repo, args.name or name, data.name, program_format=args.program_format
+        args.model_repo,
+        args.name or name,
+        data.name,
+        program_format=args.program_format,
+        aoti_target=args.aoti_target,
     )
     print(f"exported {path}")
     return 0

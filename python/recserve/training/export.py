@@ -170,6 +170,7 @@ def export_ranker(
     extra: dict[str, Any] | None = None,
     crossing: bool = True,
     program_format: str = "torchscript",
+    aoti_target: str | None = None,
 ) -> Path:
     """Write ``model`` and the tables it is served with as a new version of ``name``.
 
@@ -177,7 +178,9 @@ def export_ranker(
     the fused-crossing block (manifest key ``crossing``, its parameter tables and the
     ``head`` program) unless ``crossing`` is False; an artifact without it is served
     with the whole ``model`` program. The programs are in ``program_format``
-    (``torchscript`` or ``export``: recserve.engine.programs).
+    (``torchscript`` or ``export``: recserve.engine.programs); with ``aoti_target``,
+    exported programs are also stored compiled by AOTInductor for that target
+    (recserve.engine.aoti).
     """
     tables = dict(encoded.tables)
     modules = {"model": program_of(model, program_format, _ranker_examples(tables))}
@@ -198,6 +201,8 @@ def export_ranker(
         metrics=metrics,
         config=config,
         extra=extra,
+        compile_for=aoti_target,
+        compiled_keys=tuple(modules),
     )
 
 

@@ -39,6 +39,7 @@ class TrainedRanker:
         name: str,
         data_name: str,
         program_format: str = "torchscript",
+        aoti_target: str | None = None,
     ) -> Path:
         return export_ranker(
             self.model,
@@ -50,6 +51,7 @@ class TrainedRanker:
             config={**self.config.to_json(), "data": data_name, "split": "random 80/10/10"},
             extra={"label": f"rating >= {self.config.positive_rating:g}"},
             program_format=program_format,
+            aoti_target=aoti_target,
         )
 
 

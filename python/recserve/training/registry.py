@@ -40,6 +40,7 @@ class Trained(Protocol):
         name: str,
         data_name: str,
         program_format: str = "torchscript",
+        aoti_target: str | None = None,
     ) -> Path: ...
 
 

@@ -322,9 +322,12 @@ class TrainedDIN:
         name: str,
         data_name: str,
         program_format: str = "torchscript",
+        aoti_target: str | None = None,
     ) -> Path:
         """The ``din`` artifact; an exported ranker program takes exactly ``max_length``
         history items (the server pads on the left) and any number of candidates."""
+        if aoti_target is not None:
+            raise ValueError("AOTInductor compilations are stored for rankers' programs only")
         tables = self.prepared.tables
         length, candidates = self.config.max_length, EXAMPLE_ROWS
         example = (

@@ -37,9 +37,12 @@ class TrainedTopN:
         name: str,
         data_name: str,
         program_format: str = "torchscript",
+        aoti_target: str | None = None,
     ) -> Path:
         """The artifact of the model's family; ``program_format`` applies to the sequence
         and generator programs (the embedding family has none)."""
+        if aoti_target is not None:
+            raise ValueError("AOTInductor compilations are stored for rankers' programs only")
         config = {**self.config.to_json(), "model": self.name, "data": data_name, "split": SPLIT}
         if isinstance(self.model, GRU4Rec | SASRec):
             return export_sequence(
