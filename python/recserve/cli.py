@@ -336,7 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     train = sub.add_parser("train", help="train a model and export it into a repository")
-    from recserve.training.arguments import add_program_format_argument, add_train_arguments
+    from recserve.training.arguments import (
+        add_aoti_target_argument,
+        add_program_format_argument,
+        add_train_arguments,
+    )
 
     add_train_arguments(train)
     train.set_defaults(handler=_train)
@@ -424,13 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="CSV: user_id, item_id; left out of each user's Recommend answers",
     )
-    ranker.add_argument(
-        "--aoti-target",
-        choices=("x86-64-v3", "x86-64-v4"),  # recserve.engine.aoti.AOTI_TARGETS
-        help="also store the .pt2 program compiled by AOTInductor for this x86-64 level "
-        "(v3: AVX2, v4: AVX-512), checked here first: `recserve serve --compile-programs "
-        "aoti-stored` loads it instead of compiling at load",
-    )
+    add_aoti_target_argument(ranker, "the .pt2 program is")
     ranker.add_argument("--model-repo", type=Path, default=Path("model-repo"))
     ranker.add_argument("--name", required=True, help="model name in the repository")
     ranker.set_defaults(handler=_package)

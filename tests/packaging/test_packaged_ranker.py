@@ -425,7 +425,8 @@ def test_a_pt2_packaged_with_an_aoti_target_serves_its_stored_compilation(
         Client(f"127.0.0.1:{running.port}", timeout=10) as client,
     ):
         (model,) = running.repository.served()
-        assert model.pipeline.compiled["model"].how == "stored compilation for x86-64-v3"
+        compiled = model.pipeline.compiled["model"]
+        assert compiled.how == "stored compilation for x86-64-v3" and compiled.served
         known = [int(i[0]) for i in truth["items"]]
         for user in (int(u[0]) for u in truth["users"]):
             answer = client.rank(user, known, k=5, model="ranker")

@@ -7,6 +7,7 @@ scores."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -80,25 +81,18 @@ def test_stored_compilations_serve_both_paths_without_compiling(stored, encoded)
         _served_scores_match(pipeline, model, encoded.tables)
 
 
-def _no_avx(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setattr(aoti, "cpu_flags", lambda: frozenset({"sse2"}))
-    return "its stored compilation does not fit: this CPU lacks abm, avx, avx2"
+def _exported_scores(version: Path, encoded: EncodedData) -> np.ndarray:
+    """The uncompiled whole program's scores of user row 2 against every item."""
+    pipeline = RankerPipeline(load_artifact(version), use_crossing=False)
+    return pipeline.score_rows(encoded.tables["user_features"][2], None)
 
 
-def _no_library(monkeypatch: pytest.MonkeyPatch) -> str:
-    def fails(data: bytes) -> None:
-        raise RuntimeError("libmissing.so: cannot open shared object file\n(more)")
-
-    monkeypatch.setattr(aoti, "load_package", fails)
-    return "its stored compilation did not load: libmissing.so: cannot open shared object file"
-
-
-@pytest.mark.parametrize("cause", [_no_avx, _no_library], ids=["cpu lacks the level", "load fails"])
-def test_a_stored_compilation_that_cannot_serve_is_compiled_again_at_load(
-    stored, monkeypatch: pytest.MonkeyPatch, cause
+@pytest.mark.slow
+def test_a_stored_compilation_for_a_level_this_cpu_lacks_is_compiled_at_load(
+    stored, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What falls back, and why the log will say; compiling at load itself is tested in
-    test_program_formats.py, so here it hands back the exported program."""
+    """Compiling at load itself is tested in test_program_formats.py; here it hands back
+    the exported program, and the test checks what fell back and why."""
     compiled_at_load = []
 
     def compile_here(program: torch.export.ExportedProgram) -> torch.nn.Module:
@@ -106,38 +100,86 @@ def test_a_stored_compilation_that_cannot_serve_is_compiled_again_at_load(
         return program.module()
 
     monkeypatch.setattr(aoti, "compile_aoti", compile_here)
-    why = cause(monkeypatch)
+    monkeypatch.setattr(aoti, "cpu_flags", lambda: frozenset({"sse2"}))
     artifact = load_artifact(stored[1])
     pipeline = RankerPipeline(artifact, use_crossing=False, compile_programs="aoti-stored")
-    assert pipeline.compiled["model"].how.startswith(f"compiled at load; {why}")
+    assert pipeline.compiled["model"].how.startswith(
+        "compiled at load; its stored compilation does not fit: this CPU lacks abm, avx, avx2"
+    )
     assert compiled_at_load == [artifact.exported["model"]]
+
+
+class _Shifted(torch.nn.Module):
+    """A compiled program gone wrong: the program's logits, all moved by 0.01."""
+
+    def __init__(self, program: torch.export.ExportedProgram) -> None:
+        super().__init__()
+        self.module = program.module()
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.module(*inputs) + 0.01
+
+
+def _moves_scores(monkeypatch: pytest.MonkeyPatch, program) -> str:
+    monkeypatch.setattr(aoti, "load_package", lambda data: _Shifted(program))
+    return f"stored compilation for {TARGET}"
+
+
+def _fails_to_load(monkeypatch: pytest.MonkeyPatch, program) -> str:
+    def fails(data: bytes) -> None:
+        raise RuntimeError("libmissing.so: cannot open shared object file\n(more)")
+
+    monkeypatch.setattr(aoti, "load_package", fails)
+    return f"stored compilation for {TARGET}, failed: libmissing.so: cannot open shared object file"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", [_moves_scores, _fails_to_load], ids=["moves", "fails"])
+def test_a_compilation_that_moves_scores_or_fails_is_not_served(
+    stored, encoded, monkeypatch: pytest.MonkeyPatch, fault
+) -> None:
+    """The version still serves, by its exported program, bit for bit."""
+    artifact = load_artifact(stored[1])
+    how = fault(monkeypatch, artifact.exported["model"])
+    pipeline = RankerPipeline(artifact, use_crossing=False, compile_programs="aoti-stored")
+    assert pipeline.compiled["model"].how == how
+    assert not pipeline.compiled["model"].served
+    served = pipeline.score_rows(encoded.tables["user_features"][2], None)
+    assert np.array_equal(served, _exported_scores(stored[1], encoded))
 
 
 def test_unfit_reasons_name_the_torch_and_the_missing_flags(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(aoti, "cpu_flags", lambda: aoti.AOTI_TARGETS["x86-64-v3"].cpu_flags)
-    assert aoti.unfit_reason("x86-64-v3", torch.__version__) is None
-    assert aoti.unfit_reason("x86-64-v4", torch.__version__) == (
-        "this CPU lacks avx512bw, avx512cd, avx512dq, avx512f, avx512vl (needed by x86-64-v4)"
+    level = aoti.AOTI_TARGETS[TARGET].cpu_flags
+    monkeypatch.setattr(aoti, "cpu_flags", lambda: level)
+    assert aoti.unfit_reason(TARGET, torch.__version__) is None
+    monkeypatch.setattr(aoti, "cpu_flags", lambda: level - {"avx2", "fma"})
+    assert aoti.unfit_reason(TARGET, torch.__version__) == (
+        "this CPU lacks avx2, fma (needed by x86-64-v3)"
     )
-    assert aoti.unfit_reason("x86-64-v3", "2.0.0") == (
+    assert aoti.unfit_reason(TARGET, "2.0.0") == (
         f"it was built with torch 2.0.0, this is torch {torch.__version__}"
     )
-    assert "does not know" in aoti.unfit_reason("armv9", torch.__version__)
+    assert "does not know" in aoti.unfit_reason("x86-64-v4", torch.__version__)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["none", "aoti"])
 def test_without_aoti_stored_the_native_code_is_never_loaded(
-    stored, monkeypatch: pytest.MonkeyPatch
+    stored, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     def refuse(data: bytes) -> None:
         raise AssertionError("a stored compilation was loaded")
 
     monkeypatch.setattr(aoti, "load_package", refuse)
-    pipeline = RankerPipeline(load_artifact(stored[1]))
-    assert pipeline.compiled == {}
+    monkeypatch.setattr(aoti, "compile_aoti", lambda program: program.module())
+    pipeline = RankerPipeline(load_artifact(stored[1]), use_crossing=False, compile_programs=mode)
+    hows = {key: c.how for key, c in pipeline.compiled.items()}
+    assert hows == ({} if mode == "none" else {"model": "compiled at load"})
 
 
+@pytest.mark.slow
 def test_a_stored_compilation_altered_after_loading_is_refused(stored, tmp_path: Path) -> None:
     version = tmp_path / "deepfm" / "1"
     shutil.copytree(stored[1], version)
@@ -151,13 +193,28 @@ def test_a_stored_compilation_altered_after_loading_is_refused(stored, tmp_path:
         load_artifact(version)
 
 
-def test_a_compilation_of_a_program_the_version_lacks_is_refused(stored, tmp_path: Path) -> None:
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("key", "tower", r"no torch\.export program 'tower'"),
+        ("target", None, r"model\.aoti\.pt2 does not say which target and torch"),
+        ("torch", None, r"model\.aoti\.pt2 does not say which target and torch"),
+    ],
+)
+def test_a_compiled_entry_that_cannot_be_checked_refuses_the_version(
+    stored, tmp_path: Path, field: str, value, message: str
+) -> None:
     version = tmp_path / "deepfm" / "1"
     shutil.copytree(stored[1], version)
     manifest = json.loads((version / "manifest.json").read_text())
-    manifest["files"]["model.aoti.pt2"]["key"] = "tower"
+    entry = manifest["files"]["model.aoti.pt2"]
+    if value is None:
+        del entry[field]
+    else:
+        entry[field] = value
     (version / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match=r"no torch\.export program 'tower'"):
+    with pytest.raises(ArtifactError, match=message):
         load_artifact(version)
 
 
@@ -189,12 +246,22 @@ def test_compilations_that_cannot_be_made_are_refused_before_writing(
     assert list(tmp_path.rglob("*")) == []
 
 
-def test_a_target_this_machine_cannot_run_is_refused_before_compiling(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("lacking", "reason"),
+    [
+        ("cpu_flags", "this CPU lacks abm"),
+        ("compiler_missing", "AOTInductor finds no C++ compiler"),
+    ],
+)
+def test_a_compilation_this_machine_cannot_make_or_run_is_refused_before_compiling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lacking: str, reason: str
 ) -> None:
-    monkeypatch.setattr(aoti, "cpu_flags", lambda: frozenset())
-    with pytest.raises(ArtifactError, match="cannot check a compilation for x86-64-v3 on this "
-                       "machine: this CPU lacks abm"):  # fmt: skip
+    if lacking == "cpu_flags":
+        monkeypatch.setattr(aoti, "cpu_flags", lambda: frozenset())
+    else:
+        monkeypatch.setattr(aoti, "compiler_missing", lambda: f"{reason} (none found)")
+    expected = f"cannot make and check a compilation for x86-64-v3 on this machine: {reason}"
+    with pytest.raises(ArtifactError, match=re.escape(expected)):
         save_artifact(
             tmp_path, "m", family="mlp", schema=FeatureSchema(()), modules={"model": _linear()},
             tables={}, compile_for=TARGET, compiled_keys=("model",),

@@ -11,7 +11,11 @@ Two ways to get one (docs/artifact.md, docs/serving.md):
 A stored compilation is native code, built for one instruction set and one libtorch: an
 AVX-512 build would crash an AVX2 machine, and another torch may not link it. So it is
 compiled for a level rather than for the building machine (``-march=native``), and the
-manifest records the level and the torch it was built with.
+manifest records the level and the torch it was built with. The one level is x86-64-v3
+(AVX2, FMA): every machine here has it, and the compiled program ran as fast as one
+compiled for this AVX-512 machine (docs/performance.md). An AVX-512 level is left out on
+purpose: torch would add whatever 512-bit extensions the building CPU has (VNNI, AMX),
+which the level's name does not promise.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .programs import torchscript_deprecation_silenced, tree_spec_warning_silenced
+from .programs import first_line, torchscript_deprecation_silenced, tree_spec_warning_silenced
 
 # --compile-programs: none; compile at load; or load the artifact's stored compilation
 # when it fits this machine (native code from the model repository) and compile otherwise.
@@ -52,11 +56,7 @@ class AotiTarget:
 
 _V2 = {"cx16", "lahf_lm", "popcnt", "pni", "sse4_1", "sse4_2", "ssse3"}
 _V3 = _V2 | {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}
-_V4 = _V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
-AOTI_TARGETS = {
-    "x86-64-v3": AotiTarget("x86-64-v3", 256, frozenset(_V3)),  # AVX2 and FMA
-    "x86-64-v4": AotiTarget("x86-64-v4", 512, frozenset(_V4)),  # AVX-512
-}
+AOTI_TARGETS = {"x86-64-v3": AotiTarget("x86-64-v3", 256, frozenset(_V3))}  # AVX2 and FMA
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,17 @@ def score_difference(got: torch.Tensor, expected: torch.Tensor) -> float:
         return 0.0
     scale = expected.clamp(min=torch.finfo(torch.float32).tiny)
     return float(((got.reshape(expected.shape) - expected).abs() / scale).max())
+
+
+def compiler_missing() -> str | None:
+    """Why AOTInductor cannot compile here (no C++ compiler), or None."""
+    from torch._inductor import cpp_builder  # loaded only where a compilation is asked for
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as exc:  # noqa: BLE001 - torch raises its own kinds when the search fails
+        return f"AOTInductor finds no C++ compiler ({first_line(exc)})"
+    return None
 
 
 def unfit_reason(target: str, built_with: str) -> str | None:

@@ -265,11 +265,11 @@ def _check_compile_for(
     missing = [key for key in keys if key not in modules]
     if not keys or missing:
         raise ArtifactError(f"no program {missing or list(keys)!r} to compile")
-    unfit = aoti.unfit_reason(target, torch.__version__)
+    unfit = aoti.unfit_reason(target, torch.__version__) or aoti.compiler_missing()
     if unfit is not None:
         raise ArtifactError(
-            f"cannot check a compilation for {target} on this machine: {unfit}; compile on "
-            "a machine that runs it"
+            f"cannot make and check a compilation for {target} on this machine: {unfit}; "
+            "compile on a machine that runs it and has a C++ compiler"
         )
 
 
@@ -355,8 +355,14 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
             elif entry["kind"] == "compiled":
                 # native code: verified here, loaded only by a server told to trust it
                 _check_sha256(path, filename, _sha256(file_path), entry)
+                target, built_with = entry.get("target"), entry.get("torch")
+                if not isinstance(target, str) or not isinstance(built_with, str):
+                    raise ArtifactError(
+                        f"{path}: {filename} does not say which target and torch it was "
+                        "compiled for"
+                    )
                 compiled[entry["key"]] = StoredCompilation(
-                    file_path, str(entry["target"]), str(entry["torch"]), entry["sha256"]
+                    file_path, target, built_with, entry["sha256"]
                 )
             else:
                 raise ArtifactError(f"{path}: unknown file kind {entry['kind']!r} for {filename}")

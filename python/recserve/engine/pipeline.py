@@ -13,6 +13,7 @@ With a ``request_context`` the stages are timed: ``feature`` (validation, user e
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -402,11 +403,12 @@ class RankerPipeline(CatalogPipeline):
         is loaded when it fits this machine (recserve.engine.aoti.unfit_reason); otherwise
         the program is compiled here. The served scores of the first user against up to
         256 items are compared with the exported program's: a compilation that moves them
-        by more than aoti.SCORE_TOLERANCE relative is not served. ``compiled`` records
-        what happened."""
+        by more than aoti.SCORE_TOLERANCE relative, or that fails to compile, load or
+        run, is not served: the exported program is. ``compiled`` records what happened.
+        A stored compilation whose bytes fail their checksum refuses the version."""
         key = "head" if self.crossing is not None else "model"
         program = self.artifact.exported.get(key)
-        if program is None or self.head_dtype != "float32":
+        if program is None or self.head_dtype != "float32" or self.num_items == 0:
             return
         rows = np.arange(min(256, self.num_items))
         user = (
@@ -414,34 +416,35 @@ class RankerPipeline(CatalogPipeline):
         )
         before = torch.from_numpy(self.score_rows(user, rows).astype(np.float64))
         started = time.perf_counter()
-        compiled, how = self._compilation(key, program, use_stored)
-        exported = self._set_served_program(compiled)
-        seconds = time.perf_counter() - started
-        after = torch.from_numpy(self.score_rows(user, rows).astype(np.float64))
-        difference = aoti.score_difference(after, before)
-        served = difference <= aoti.SCORE_TOLERANCE
+        exported = self.crossing.head if self.crossing is not None else self.module
+        how, make = self._compilation(key, program, use_stored)
+        try:
+            self._set_served_program(make())
+            after = torch.from_numpy(self.score_rows(user, rows).astype(np.float64))
+            difference = aoti.score_difference(after, before)
+        except Exception as exc:  # noqa: BLE001 - the compiler, the loader and the kernels raise many kinds
+            how, difference = f"{how}, failed: {first_line(exc)}", float("nan")
+        served = difference <= aoti.SCORE_TOLERANCE  # False for nan
         if not served:
             self._set_served_program(exported)
-        self.compiled[key] = Compilation(how, seconds, difference, served)
+        self.compiled[key] = Compilation(how, time.perf_counter() - started, difference, served)
 
     def _compilation(
         self, key: str, program: torch.export.ExportedProgram, use_stored: bool
-    ) -> tuple[aoti.CompiledProgram, str]:
-        """The compiled program, and how it was had."""
+    ) -> tuple[str, Callable[[], aoti.CompiledProgram]]:
+        """How the compiled program is had, and the call that has it. A stored
+        compilation's bytes are read (and their checksum checked) here: a mismatch
+        refuses the version."""
         stored = self.artifact.compiled.get(key) if use_stored else None
         if stored is None:
             reason = "" if not use_stored else "; the artifact stores no compilation of it"
-            return aoti.compile_aoti(program), f"compiled at load{reason}"
+            return f"compiled at load{reason}", functools.partial(aoti.compile_aoti, program)
         unfit = aoti.unfit_reason(stored.target, stored.torch)
         if unfit is not None:
             how = f"compiled at load; its stored compilation does not fit: {unfit}"
-            return aoti.compile_aoti(program), how
-        data = stored.read_verified()  # a checksum mismatch refuses the version
-        try:
-            return aoti.load_package(data), f"stored compilation for {stored.target}"
-        except RuntimeError as exc:  # e.g. a library the package links is missing here
-            how = f"compiled at load; its stored compilation did not load: {first_line(exc)}"
-            return aoti.compile_aoti(program), how
+            return how, functools.partial(aoti.compile_aoti, program)
+        data = stored.read_verified()
+        return f"stored compilation for {stored.target}", functools.partial(aoti.load_package, data)
 
     def _set_served_program(self, program: torch.nn.Module) -> torch.nn.Module:
         """Serves ``program`` in place of the head or whole program; returns the one replaced."""

@@ -42,10 +42,16 @@ def add_program_format_argument(parser: argparse.ArgumentParser) -> None:
         help="how the model's programs are written: TorchScript (default) or torch.export "
         "programs (.pt2) (docs/artifact.md)",
     )
+    add_aoti_target_argument(parser, "with --program-format export, a ranker's programs are")
+
+
+def add_aoti_target_argument(parser: argparse.ArgumentParser, stored: str) -> None:
+    """--aoti-target; ``stored`` says what is also stored compiled ("the program is")."""
     parser.add_argument(
         "--aoti-target",
-        choices=("x86-64-v3", "x86-64-v4"),  # recserve.engine.aoti.AOTI_TARGETS
-        help="with --program-format export, a ranker's programs are also stored compiled by "
-        "AOTInductor for this x86-64 level (v3: AVX2, v4: AVX-512; this machine must run "
-        "it), for `recserve serve --compile-programs aoti-stored`",
+        choices=("x86-64-v3",),  # recserve.engine.aoti.AOTI_TARGETS
+        help=f"{stored} also stored compiled by AOTInductor for this x86-64 level "
+        "(v3: AVX2 and FMA), checked on this machine first, which must run it; "
+        "`recserve serve --compile-programs aoti-stored` loads that instead of compiling "
+        "at load (docs/artifact.md)",
     )

@@ -124,13 +124,13 @@ def check_aoti_target(args: argparse.Namespace, entry: ModelEntry) -> None:
             f"--aoti-target stores compilations of rankers' programs; {entry.name} is a "
             "top-N model (serve it with `recserve serve --compile-programs none`)"
         )
-    from recserve.engine.aoti import unfit_reason
+    from recserve.engine.aoti import compiler_missing, unfit_reason
 
-    unfit = unfit_reason(args.aoti_target, torch.__version__)
+    unfit = unfit_reason(args.aoti_target, torch.__version__) or compiler_missing()
     if unfit is not None:
         raise SystemExit(
-            f"--aoti-target {args.aoti_target}: the compilation is checked on this machine, "
-            f"and {unfit}"
+            f"--aoti-target {args.aoti_target}: the compilation is made and checked on this "
+            f"machine, and {unfit}"
         )
 
 
@@ -195,16 +195,30 @@ def train_command(args: argparse.Namespace) -> int:
         ) from None
     if workers.is_main:  # one artifact; the others wait until it is written
         _print_headline(entry, trained.metrics)
-        path = trained.export(
-            args.model_repo,
-            args.name or entry.name,
-            data.name,
-            args.program_format,
-            aoti_target=args.aoti_target,
-        )
+        path = _export(trained, args, args.name or entry.name, data.name, run)
         print(f"exported {path}")
     distributed.barrier()
     return 0
+
+
+def _export(
+    trained: Any, args: argparse.Namespace, name: str, data_name: str, run: RunOptions | None
+) -> Path:
+    """The trained model's new version in --model-repo; a refused compilation
+    (--aoti-target) exits saying how to export the run's model again."""
+    from recserve.engine.artifact import ArtifactError
+
+    try:
+        return trained.export(
+            args.model_repo, name, data_name, args.program_format, aoti_target=args.aoti_target
+        )
+    except ArtifactError as error:
+        again = (
+            f"; export the trained model again with `recserve export --run-dir {run.run_dir}`"
+            if run is not None
+            else ""
+        )
+        raise SystemExit(f"error: {error}; nothing was written{again}") from None
 
 
 def _silent(message: str) -> None:
@@ -238,13 +252,7 @@ def export_command(args: argparse.Namespace) -> int:
     data = load_data(data_spec, data_dir)
     trained = ranker_from_checkpoint(state, data, entry.config_type)
     _print_headline(entry, trained.metrics)
-    path = trained.export(
-        args.model_repo,
-        args.name or name,
-        data.name,
-        program_format=args.program_format,
-        aoti_target=args.aoti_target,
-    )
+    path = _export(trained, args, args.name or name, data.name, None)
     print(f"exported {path}")
     return 0
 
