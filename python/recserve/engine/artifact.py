@@ -372,10 +372,11 @@ def load_artifact(path: str | os.PathLike[str]) -> Artifact:
             raise ArtifactError(f"{path}: cannot load {filename}: {exc}") from None
 
     crossing = _crossing_block(path, manifest.get("crossing"), modules, tables)
-    for key in compiled.keys() - exported.keys():
+    orphans = sorted(compiled.keys() - exported.keys())
+    if orphans:
         raise ArtifactError(
-            f"{path}: a compilation of {key!r} is stored, but the version has no torch.export "
-            f"program {key!r} to check it against"
+            f"{path}: a compilation of {orphans[0]!r} is stored, but the version has no "
+            f"torch.export program {orphans[0]!r} to check it against"
         )
     return Artifact(
         path=path,

@@ -14,8 +14,9 @@ package is the ``packaged_ranker`` family (docs/artifact.md), served by ``Rank``
 cascade's ``rank_with`` with explanations and metrics like the rankers recserve trains.
 Each request's candidates are one call of the program, never merged with another
 request's: a program from elsewhere may mix the rows of a call (a softmax over the
-candidates), and merging would change its answers. Everything is checked before anything is written, including a forward pass on
-rows of the tables and on the largest index of every column; nothing is unpickled.
+candidates), and merging would change its answers. Everything is checked before anything
+is written, including a forward pass on rows of the tables and on the largest index of
+every column; nothing is unpickled.
 """
 
 from __future__ import annotations
